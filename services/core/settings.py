@@ -1,0 +1,102 @@
+"""The one settings object of Model Custody, read from ``MODELCUSTODY_*`` environment variables (or ``.env``).
+
+Every component (gateway, detector, admin API, workers, CLI) reads this class; fields carry their
+component as a prefix so one flat namespace stays greppable: ``MODELCUSTODY_GATEWAY_UPSTREAM_URL`` etc.
+Validation fails fast at start: placeholder secrets are refused outside the ``dev``/``demo``/``test``
+environments.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "admin"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODELCUSTODY_", env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
+
+    env: Literal["dev", "demo", "test", "prod"] = "dev"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path("var")
+
+    # --- gateway -------------------------------------------------------------------------------
+    gateway_upstream_url: str = "http://127.0.0.1:8081"
+    gateway_instance_id: str = ""  # stable id of this gateway; names its spill file. Empty → hostname.
+    # Connect fast-fails a dead upstream; the read timeout covers a slow model (a large batch on CPU).
+    gateway_connect_timeout_s: float = 2.0
+    gateway_read_timeout_s: float = 30.0
+    # 1 MiB fits a batch of ~1,000 64-dim rows; larger bodies get 413 before they are parsed.
+    gateway_max_body_bytes: int = 1_048_576
+    gateway_input_dim: int | None = None  # when set, rows of another width get 400
+    gateway_generic_route: str = "/predict"
+    gateway_generic_input_path: str = "inputs"
+    gateway_generic_output_path: str = "outputs"
+    # Buffer bound: at 10k rows/s this is ~10 s of Redis outage before the spill file takes over.
+    gateway_log_buffer_max: int = 100_000
+    gateway_log_batch_max: int = 1_000
+    # 5 ms keeps records fresh for the detector while batching hundreds of XADDs per round trip.
+    gateway_log_flush_interval_s: float = 0.005
+    gateway_log_fail_open: bool = False  # False: a full buffer answers 503 rather than lose a record
+    gateway_redis_retry_s: float = 1.0
+    gateway_client_refresh_s: float = 2.0  # how soon a revoked key or a tightened policy takes effect
+    queries_stream: str = "mc:queries"
+
+    # --- admin API / alerts --------------------------------------------------------------------
+    admin_token: str = ""
+    webhook_url: str | None = None
+    webhook_secret: str = ""
+
+    # --- audits / signing ----------------------------------------------------------------------
+    signing_key_path: Path | None = None  # default: <data_dir>/keys/signing_ed25519.pem
+
+    # --- detector ------------------------------------------------------------------------------
+    detector_reference_path: Path | None = None
+    alerts_stream: str = "mc:alerts"
+
+    celery_broker_url: str | None = None  # default: redis_url
+    extra_trusted_types: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        relaxed = self.env in ("dev", "demo", "test")
+        for name in ("admin_token", "webhook_secret"):
+            value = getattr(self, name)
+            if value in PLACEHOLDER_SECRETS:
+                if not relaxed and (name == "admin_token" or self.webhook_url):
+                    raise ValueError(
+                        f"MODELCUSTODY_{name.upper()} must be set to a real secret when env={self.env}"
+                    )
+                if relaxed and value == "":
+                    # A per-process random secret keeps dev/demo usable without a published default.
+                    setattr(self, name, secrets.token_urlsafe(24))
+        return self
+
+    @property
+    def signing_key_file(self) -> Path:
+        return self.signing_key_path or self.data_dir / "keys" / "signing_ed25519.pem"
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def instance_id(self) -> str:
+        if self.gateway_instance_id:
+            return self.gateway_instance_id
+        import socket
+
+        return socket.gethostname()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
