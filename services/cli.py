@@ -1,0 +1,118 @@
+"""The ``modelcustody`` command line: clients, servers, and the demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import orjson
+import redis
+import typer
+
+from services.core.clients import ClientRegistry
+from services.core.policy import OutputPolicy
+from services.core.settings import get_settings
+
+app = typer.Typer(help="Model Custody: guard a model's prediction API against extraction.", no_args_is_help=True)
+clients_app = typer.Typer(help="API clients of the gateway.", no_args_is_help=True)
+serve_app = typer.Typer(help="Run a component in the foreground.", no_args_is_help=True)
+app.add_typer(clients_app, name="clients")
+app.add_typer(serve_app, name="serve")
+
+
+def _registry() -> ClientRegistry:
+    return ClientRegistry(redis.Redis.from_url(get_settings().redis_url))
+
+
+@clients_app.command("add")
+def clients_add(name: str) -> None:
+    """Create a client and print its API key (shown once, stored only as a hash)."""
+    try:
+        info, key = _registry().add(name)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"client: {info.id}")
+    typer.echo(f"api key (shown once, store it now): {key}")
+
+
+@clients_app.command("list")
+def clients_list() -> None:
+    """List clients with their status and policy (never their keys)."""
+    reg = _registry()
+    for info in reg.list():
+        policy = reg.get_policy(info.id)
+        status = "revoked" if info.revoked else "active"
+        typer.echo(f"{info.id}\t{status}\t{info.key_hint}…\tpolicy={policy.name}{' blocked' if policy.blocked else ''}")
+
+
+@clients_app.command("revoke")
+def clients_revoke(name: str) -> None:
+    """Revoke a client's key; the gateway refuses it within one refresh interval."""
+    try:
+        _registry().revoke(name)
+    except KeyError as exc:
+        typer.echo(f"error: {exc.args[0]}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"revoked {name}")
+
+
+@clients_app.command("policy")
+def clients_policy(
+    name: str,
+    label_only: bool = typer.Option(False, help="answer with the class label only"),
+    round_decimals: int | None = typer.Option(None, help="round probabilities to k decimals"),
+    top_k: int | None = typer.Option(None, help="only the k largest probabilities"),
+    noise_sigma: float = typer.Option(0.0, help="Gaussian noise on probabilities"),
+    daily_quota: int | None = typer.Option(None, help="rows per UTC day"),
+    rate_per_s: float | None = typer.Option(None, help="rows per second"),
+    blocked: bool = typer.Option(False, help="refuse every request"),
+) -> None:
+    """Set a client's output policy (replaces the current one)."""
+    try:
+        policy = OutputPolicy(label_only=label_only, round_decimals=round_decimals, top_k=top_k,
+                              noise_sigma=noise_sigma, daily_quota=daily_quota, rate_per_s=rate_per_s,
+                              blocked=blocked, reason="set by operator")
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    reg = _registry()
+    if reg.get(name) is None:
+        typer.echo(f"error: no client '{name}'", err=True)
+        raise typer.Exit(2)
+    reg.set_policy(name, policy)
+    typer.echo(orjson.dumps(policy.to_dict()).decode())
+
+
+def _run_uvicorn(factory: str, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(factory, factory=True, host=host, port=port, loop="uvloop", http="httptools",
+                access_log=False, log_level="info")
+
+
+@serve_app.command("gateway")
+def serve_gateway(host: str = "127.0.0.1", port: int = 8080) -> None:
+    """The query-logging gateway (upstream: MODELCUSTODY_GATEWAY_UPSTREAM_URL)."""
+    _run_uvicorn("services.gateway.app:create_app", host, port)
+
+
+@serve_app.command("model-server")
+def serve_model_server(host: str = "127.0.0.1", port: int = 8081) -> None:
+    """The demo model server (digits classifiers over OIP v2 and KServe v1)."""
+    _run_uvicorn("services.model_server.app:create_app", host, port)
+
+
+@app.command()
+def demo(rows_per_client: int = typer.Option(300, help="query rows each benign client sends")) -> None:
+    """Run the whole stack on embedded defaults, send traffic, report what was logged, shut down."""
+    from services.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("MODELCUSTODY_ENV", "demo")
+    sys.exit(run_demo(rows_per_client=rows_per_client))
+
+
+if __name__ == "__main__":
+    app()

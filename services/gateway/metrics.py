@@ -1,0 +1,61 @@
+"""Prometheus metrics of the gateway. Built on an injected registry so tests read a fresh one."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Proxy hops on loopback take ~0.3-3 ms; model calls up to seconds: buckets span 0.25 ms .. 10 s.
+LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "modelcustody_gateway_requests_total",
+            "Requests answered by the gateway, by route and HTTP status class.",
+            ["route", "code"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "modelcustody_gateway_request_duration_seconds",
+            "Time from the request's arrival to the answer, including the upstream call.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "modelcustody_gateway_upstream_duration_seconds",
+            "Time the upstream model API took to answer.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rows = Counter(
+            "modelcustody_gateway_rows_total",
+            "Query rows forwarded to the model (a batched request counts each row).",
+            registry=registry,
+        )
+        self.querylog_records = Counter(
+            "modelcustody_querylog_records_total",
+            "Query-log records by outcome: written to Redis, spilled to disk, replayed from disk, dropped.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("written", "spilled", "replayed", "dropped"):
+            self.querylog_records.labels(outcome)
+        self.buffer_depth = Gauge(
+            "modelcustody_querylog_buffer_records",
+            "Records waiting in the in-process buffer for the next flush.",
+            registry=registry,
+        )
+        self.spill_bytes = Gauge(
+            "modelcustody_querylog_spill_bytes",
+            "Size of the local spill file holding records not yet replayed to Redis.",
+            registry=registry,
+        )
+        self.redis_up = Gauge(
+            "modelcustody_querylog_redis_up",
+            "1 while the query log reaches Redis, 0 while it spills to disk.",
+            registry=registry,
+        )

@@ -1,0 +1,320 @@
+"""The durable query log: every answered row becomes a record in the Redis Stream ``mc:queries``.
+
+Hot path: ``offer()`` appends one entry per request to an in-process bounded deque (no I/O, no JSON).
+A background task drains the deque every few milliseconds and writes the rows to Redis in one
+pipelined MULTI/EXEC per batch. The transaction also stores this gateway's last committed sequence
+number (``mc:gateway:<instance>:seq``), which makes delivery exactly-once across outages:
+
+- Redis unreachable → the batch goes to a local append-only spill file (fsynced), and so does every
+  later batch while the file is non-empty, so records stay in order.
+- Redis back → the file is replayed in order; rows whose ``seq`` is not above the committed sequence
+  (a transaction that did commit before the connection dropped) are skipped, then the file is removed.
+- Shutdown drains the buffer to Redis, or to the spill file if Redis is down; a restarted gateway with
+  the same instance id replays it.
+
+A full buffer (Redis slow *and* spilling behind) makes ``offer()`` return False: the gateway answers
+503 (fail-closed, the default) or, when fail-open is configured, answers and counts the record as
+dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.core.records import SCHEMA_VERSION, OutputKind, Protocol, QueryRecord
+from services.gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError)
+_VERSION_FIELD = str(SCHEMA_VERSION).encode()
+
+
+@dataclass(slots=True)
+class AnsweredRequest:
+    """One answered request as the hot path hands it over; expanded into per-row records later."""
+
+    ts: float
+    client_id: str
+    model: str
+    protocol: Protocol
+    request_id: str
+    inputs: np.ndarray  # [n, d]
+    outputs: np.ndarray | None  # [n, k] as returned to the client
+    output_kind: OutputKind
+    status: int
+    upstream_latency_s: float
+    policy: str
+
+
+class QueryLogWriter:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        stream: str,
+        instance: str,
+        spill_dir: Path,
+        metrics: GatewayMetrics,
+        buffer_max: int = 100_000,
+        batch_max: int = 1_000,
+        flush_interval_s: float = 0.005,
+        retry_s: float = 1.0,
+        fail_open: bool = False,
+        stream_maxlen: int | None = None,
+    ) -> None:
+        if buffer_max < 1 or batch_max < 1 or flush_interval_s <= 0:
+            raise ValueError("buffer_max and batch_max must be >= 1 and flush_interval_s > 0")
+        self.redis = redis
+        self.stream = stream
+        self.instance = instance
+        self.seq_key = f"mc:gateway:{instance}:seq"
+        self.spill_path = spill_dir / f"{instance}.spill.jsonl"
+        self.metrics = metrics
+        self.buffer_max = buffer_max
+        self.batch_max = batch_max
+        self.flush_interval_s = flush_interval_s
+        self.retry_s = retry_s
+        self.fail_open = fail_open
+        self.stream_maxlen = stream_maxlen
+        self._buffer: deque[AnsweredRequest] = deque()
+        self._buffered_rows = 0
+        self._next_seq = 1
+        self._redis_up = True
+        self._next_probe = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+
+    # ---------------------------------------------------------------- hot path
+    def offer(self, entry: AnsweredRequest) -> bool:
+        """Queue an answered request. False when the buffer is full (caller decides 503 or drop)."""
+        n = len(entry.inputs)
+        if self._buffered_rows + n > self.buffer_max:
+            if self.fail_open:
+                self.metrics.querylog_records.labels("dropped").inc(n)
+            return False
+        self._buffer.append(entry)
+        self._buffered_rows += n
+        if self._buffered_rows >= self.batch_max:
+            self._wakeup.set()
+        return True
+
+    def has_room(self, n_rows: int) -> bool:
+        return self._buffered_rows + n_rows <= self.buffer_max
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        committed = 0
+        try:
+            committed = int(await self.redis.get(self.seq_key) or 0)
+        except _REDIS_DOWN:
+            self._mark_down()
+        self._next_seq = max(committed, self._spill_last_seq()) + 1
+        self._update_spill_gauge()
+        self._task = asyncio.create_task(self._run(), name="querylog-flusher")
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Flush everything: to Redis if it answers, else to the spill file. Nothing is lost."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self._next_probe = 0.0
+        while self._buffer or self._spill_pending():
+            if loop.time() > deadline:
+                break
+            await self._flush_once()
+            if not self._redis_up:
+                break
+        if self._buffer:  # Redis down or too slow: keep the rest on disk for the next start
+            self._spill(self._drain(self._buffered_rows + 1))
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._buffered_rows
+
+    # ---------------------------------------------------------------- flusher
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.flush_interval_s)
+            self._wakeup.clear()
+            try:
+                await self._flush_once()
+            except Exception:  # never let the flusher die: records would pile up silently
+                log.exception("query-log flush failed; retrying")
+                await asyncio.sleep(self.retry_s)
+
+    async def _flush_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not self._redis_up and loop.time() < self._next_probe:
+            if self._buffer:
+                self._spill(self._drain(self.batch_max * 10))
+            return
+        if self._spill_pending():
+            if self._buffer:  # keep order: new rows queue behind the spilled ones
+                self._spill(self._drain(self.batch_max * 10))
+            await self._replay_spill()
+            return
+        while self._buffer:
+            records = self._drain(self.batch_max)
+            try:
+                await self._write(records)
+            except _REDIS_DOWN as exc:
+                log.warning("Redis unreachable (%s); spilling query log to %s", type(exc).__name__,
+                            self.spill_path)
+                self._mark_down()
+                self._spill(records)
+                return
+            self.metrics.querylog_records.labels("written").inc(len(records))
+            self._mark_up()
+
+    def _drain(self, max_rows: int) -> list[QueryRecord]:
+        records: list[QueryRecord] = []
+        while self._buffer and len(records) < max_rows:
+            entry = self._buffer.popleft()
+            self._buffered_rows -= len(entry.inputs)
+            records.extend(self._expand(entry))
+        self.metrics.buffer_depth.set(self._buffered_rows)
+        return records
+
+    def _expand(self, e: AnsweredRequest) -> list[QueryRecord]:
+        n = len(e.inputs)
+        inputs = e.inputs.tolist()
+        outputs = e.outputs.tolist() if e.outputs is not None else [None] * n
+        first = self._next_seq
+        self._next_seq += n
+        return [
+            QueryRecord(
+                record_id=f"{self.instance}:{first + i}",
+                gateway=self.instance,
+                seq=first + i,
+                ts=e.ts,
+                client_id=e.client_id,
+                model=e.model,
+                protocol=e.protocol,
+                request_id=e.request_id,
+                row=i,
+                batch_size=n,
+                input=inputs[i],
+                output=outputs[i],
+                output_kind=e.output_kind,
+                status=e.status,
+                upstream_latency_s=e.upstream_latency_s,
+                policy=e.policy,
+            )
+            for i in range(n)
+        ]
+
+    async def _write(self, records: list[QueryRecord]) -> None:
+        await self._write_encoded([(r.seq, orjson.dumps(r)) for r in records])
+
+    async def _write_encoded(self, rows: list[tuple[int, bytes]]) -> None:
+        if not rows:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        for _, payload in rows:
+            pipe.xadd(
+                self.stream,
+                {"v": _VERSION_FIELD, "r": payload},
+                maxlen=self.stream_maxlen,
+                approximate=True,
+            )
+        pipe.set(self.seq_key, rows[-1][0])
+        await pipe.execute()
+
+    # ---------------------------------------------------------------- spill file
+    def _spill(self, records: list[QueryRecord]) -> None:
+        if not records:
+            return
+        data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+        with open(self.spill_path, "ab") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # a spilled record must survive a gateway crash
+        self.metrics.querylog_records.labels("spilled").inc(len(records))
+        self._update_spill_gauge()
+
+    def _spill_pending(self) -> bool:
+        return self.spill_path.exists() and self.spill_path.stat().st_size > 0
+
+    def _spill_last_seq(self) -> int:
+        if not self._spill_pending():
+            return 0
+        last = 0
+        with open(self.spill_path, "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        last = max(last, int(orjson.loads(line)["seq"]))
+        return last
+
+    async def _replay_spill(self) -> None:
+        """Replay the spill file in order; on success remove it. Idempotent by sequence number."""
+        replayed = 0
+        try:
+            committed = int(await self.redis.get(self.seq_key) or 0)
+            batch: list[tuple[int, bytes]] = []
+            with open(self.spill_path, "rb") as fh:
+                for line in fh:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        seq = int(orjson.loads(line)["seq"])
+                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                        # A torn last line from a crash mid-write: nothing was acknowledged for it.
+                        log.warning("skipping an unreadable line in %s", self.spill_path)
+                        continue
+                    if seq <= committed:
+                        continue
+                    batch.append((seq, line))
+                    if len(batch) >= self.batch_max:
+                        await self._write_encoded(batch)
+                        replayed += len(batch)
+                        committed = batch[-1][0]
+                        batch = []
+            await self._write_encoded(batch)
+            replayed += len(batch)
+        except _REDIS_DOWN:
+            self._mark_down()
+            if replayed:
+                self.metrics.querylog_records.labels("replayed").inc(replayed)
+            return
+        self.metrics.querylog_records.labels("replayed").inc(replayed)
+        self.spill_path.unlink(missing_ok=True)
+        self._update_spill_gauge()
+        self._mark_up()
+        log.info("replayed %d spilled query-log records to Redis", replayed)
+
+    def _update_spill_gauge(self) -> None:
+        size = self.spill_path.stat().st_size if self.spill_path.exists() else 0
+        self.metrics.spill_bytes.set(size)
+
+    def _mark_down(self) -> None:
+        self._redis_up = False
+        self._next_probe = asyncio.get_running_loop().time() + self.retry_s
+        self.metrics.redis_up.set(0)
+
+    def _mark_up(self) -> None:
+        if not self._redis_up:
+            log.info("Redis reachable again")
+        self._redis_up = True
+        self.metrics.redis_up.set(1)

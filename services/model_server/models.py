@@ -1,0 +1,59 @@
+"""The demo victim models: scikit-learn classifiers on scikit-learn's digits (8×8 images, 64 features 0..16).
+
+The split is fixed by seed so every component (model server, detector reference data, red-team,
+benchmarks) agrees on which rows the owner trained on ("private") and which it never saw ("holdout").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.tree import DecisionTreeClassifier
+
+DIGITS_MAX = 16.0  # pixel intensities in load_digits are integers 0..16
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    x_private: np.ndarray  # the owner's training data
+    y_private: np.ndarray
+    x_holdout: np.ndarray  # same distribution, never used for training (benign users, test data)
+    y_holdout: np.ndarray
+
+
+def digits_split(seed: int = 0, private_fraction: float = 0.5) -> DigitsSplit:
+    x, y = load_digits(return_X_y=True)
+    xp, xh, yp, yh = train_test_split(
+        x.astype(np.float64), y, train_size=private_fraction, random_state=seed, stratify=y
+    )
+    return DigitsSplit(xp, yp, xh, yh)
+
+
+def _scale(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64) / DIGITS_MAX
+
+
+def train_model(kind: str, split: DigitsSplit, seed: int = 0) -> Pipeline:
+    """A fitted pipeline taking raw digits features (0..16) and giving class probabilities."""
+    if kind == "mlp":
+        # One hidden layer of 64: ~0.97 holdout accuracy, trains in ~1 s on one core.
+        est = MLPClassifier(hidden_layer_sizes=(64,), max_iter=400, random_state=seed)
+    elif kind == "logreg":
+        est = LogisticRegression(max_iter=2000, C=1.0)
+    elif kind == "tree":
+        est = DecisionTreeClassifier(max_depth=10, random_state=seed)
+    else:
+        raise ValueError(f"unknown model kind '{kind}' (mlp, logreg, tree)")
+    model = make_pipeline(FunctionTransformer(_scale), est)
+    model.fit(split.x_private, split.y_private)
+    return model
+
+
+MODEL_KINDS = {"digits-mlp": "mlp", "digits-logreg": "logreg", "digits-tree": "tree"}
