@@ -1,0 +1,56 @@
+"""Start real components for integration tests: gateways and model servers as uvicorn subprocesses."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from services.core.processes import ManagedProcess, free_port, uvicorn_command, wait_for_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Server:
+    process: ManagedProcess
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; 0 when the server shut down gracefully.
+
+        uvicorn re-raises the SIGTERM it handled after its graceful shutdown, so -SIGTERM counts too.
+        """
+        code = self.process.stop()
+        return 0 if code == -signal.SIGTERM else code
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """Read one sample from the server's /metrics (the real exposition, parsed)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and (labels is None or all(sample.labels.get(k) == v for k, v in labels.items())):
+                    return float(sample.value)
+        return None
+
+
+def start_server(factory: str, env: dict[str, str], log_dir: Path, name: str, timeout_s: float = 60) -> Server:
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    proc = ManagedProcess(uvicorn_command(factory, port), env=env, log_path=log_dir / f"{name}-{port}.log", cwd=REPO)
+    wait_for_port(port, timeout_s, proc.proc)
+    return Server(proc, port, env)
+
+
+def oip_body(x: np.ndarray) -> dict[str, object]:
+    return {"inputs": [{"name": "input-0", "shape": list(x.shape), "datatype": "FP64", "data": x.reshape(-1).tolist()}]}
