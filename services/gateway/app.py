@@ -12,7 +12,6 @@ the original bytes → parse the answer → apply the output policy → answer �
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
@@ -27,12 +26,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from services.core.policy import apply_policy
 from services.core.records import OutputKind, Protocol
 from services.core.settings import Settings
 from services.gateway import protocols
 from services.gateway.clientcache import ClientCache
 from services.gateway.metrics import GatewayMetrics
-from services.core.policy import apply_policy
 from services.gateway.querylog import AnsweredRequest, QueryLogWriter
 
 log = logging.getLogger(__name__)
@@ -254,7 +253,7 @@ class Gateway:
                 up_headers = [
                     (k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP_BY_HOP
                 ]
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return await _error(send, 504, "upstream model API timed out")
         except aiohttp.ClientError as exc:
             return await _error(send, 502, f"upstream model API unreachable ({type(exc).__name__})")
@@ -323,7 +322,7 @@ class Gateway:
                 body = await resp.read()
                 headers = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP_BY_HOP]
                 await _respond(send, resp.status, body, headers)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await _error(send, 504, "upstream model API timed out")
         except aiohttp.ClientError as exc:
             await _error(send, 502, f"upstream model API unreachable ({type(exc).__name__})")

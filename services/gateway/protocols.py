@@ -35,7 +35,7 @@ def _as_rows(data: Any, what: str) -> np.ndarray:
     elif arr.ndim > 2:
         arr = arr.reshape(arr.shape[0], -1)
     if not np.isfinite(arr).all():
-        raise BadRequest(f"{what} contains NaN or infinity")
+        raise BadRequest(f"{what} contains NaN, infinity or null")
     return arr
 
 

@@ -31,7 +31,6 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.core.records import SCHEMA_VERSION, OutputKind, Protocol, QueryRecord
@@ -95,6 +94,7 @@ class QueryLogWriter:
         self._next_seq = 1
         self._redis_up = True
         self._next_probe = 0.0
+        self._replay_offset = 0
         self._task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
 
@@ -118,6 +118,7 @@ class QueryLogWriter:
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair_spill_tail()
         committed = 0
         try:
             committed = int(await self.redis.get(self.seq_key) or 0)
@@ -252,6 +253,18 @@ class QueryLogWriter:
         self.metrics.querylog_records.labels("spilled").inc(len(records))
         self._update_spill_gauge()
 
+    def _repair_spill_tail(self) -> None:
+        """Cut a torn last line (a crash mid-write) so the next append starts on a fresh line."""
+        if not self._spill_pending():
+            return
+        with open(self.spill_path, "rb+") as fh:
+            data = fh.read()
+            if data.endswith(b"\n"):
+                return
+            keep = data.rfind(b"\n") + 1
+            log.warning("cutting a torn %d-byte line off %s", len(data) - keep, self.spill_path)
+            fh.truncate(keep)
+
     def _spill_pending(self) -> bool:
         return self.spill_path.exists() and self.spill_path.stat().st_size > 0
 
@@ -267,42 +280,53 @@ class QueryLogWriter:
         return last
 
     async def _replay_spill(self) -> None:
-        """Replay the spill file in order; on success remove it. Idempotent by sequence number."""
-        replayed = 0
+        """Replay the spill file in order; on success remove it. Idempotent by sequence number.
+
+        ``_replay_offset`` remembers how far an interrupted replay got, so the counters count each
+        record once; after a gateway restart it starts at 0 and the sequence check alone dedupes.
+        """
+        counted = self.metrics.querylog_records
         try:
             committed = int(await self.redis.get(self.seq_key) or 0)
             batch: list[tuple[int, bytes]] = []
+            skipped = 0
             with open(self.spill_path, "rb") as fh:
-                for line in fh:
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        seq = int(orjson.loads(line)["seq"])
-                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                        # A torn last line from a crash mid-write: nothing was acknowledged for it.
-                        log.warning("skipping an unreadable line in %s", self.spill_path)
-                        continue
-                    if seq <= committed:
-                        continue
-                    batch.append((seq, line))
-                    if len(batch) >= self.batch_max:
+                fh.seek(self._replay_offset)
+                while True:
+                    raw = fh.readline()
+                    line = raw.strip()
+                    if line:
+                        try:
+                            seq = int(orjson.loads(line)["seq"])
+                        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                            # A torn last line from a crash mid-write: nothing was acknowledged for it.
+                            log.warning("skipping an unreadable line in %s", self.spill_path)
+                            seq = -1
+                        if seq > committed:
+                            batch.append((seq, line))
+                        elif seq >= 0:
+                            # Its transaction committed before the connection dropped: written already.
+                            skipped += 1
+                    if batch and (len(batch) >= self.batch_max or not raw):
                         await self._write_encoded(batch)
-                        replayed += len(batch)
                         committed = batch[-1][0]
+                        counted.labels("replayed").inc(len(batch))
                         batch = []
-            await self._write_encoded(batch)
-            replayed += len(batch)
+                    if skipped and (not batch or not raw):
+                        counted.labels("written").inc(skipped)
+                        skipped = 0
+                    if not batch:
+                        self._replay_offset = fh.tell()
+                    if not raw:
+                        break
         except _REDIS_DOWN:
             self._mark_down()
-            if replayed:
-                self.metrics.querylog_records.labels("replayed").inc(replayed)
             return
-        self.metrics.querylog_records.labels("replayed").inc(replayed)
         self.spill_path.unlink(missing_ok=True)
+        self._replay_offset = 0
         self._update_spill_gauge()
         self._mark_up()
-        log.info("replayed %d spilled query-log records to Redis", replayed)
+        log.info("replayed the spilled query log to Redis")
 
     def _update_spill_gauge(self) -> None:
         size = self.spill_path.stat().st_size if self.spill_path.exists() else 0
