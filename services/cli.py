@@ -71,9 +71,16 @@ def clients_policy(
 ) -> None:
     """Set a client's output policy (replaces the current one)."""
     try:
-        policy = OutputPolicy(label_only=label_only, round_decimals=round_decimals, top_k=top_k,
-                              noise_sigma=noise_sigma, daily_quota=daily_quota, rate_per_s=rate_per_s,
-                              blocked=blocked, reason="set by operator")
+        policy = OutputPolicy(
+            label_only=label_only,
+            round_decimals=round_decimals,
+            top_k=top_k,
+            noise_sigma=noise_sigma,
+            daily_quota=daily_quota,
+            rate_per_s=rate_per_s,
+            blocked=blocked,
+            reason="set by operator",
+        )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -88,8 +95,9 @@ def clients_policy(
 def _run_uvicorn(factory: str, host: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(factory, factory=True, host=host, port=port, loop="uvloop", http="httptools",
-                access_log=False, log_level="info")
+    uvicorn.run(
+        factory, factory=True, host=host, port=port, loop="uvloop", http="httptools", access_log=False, log_level="info"
+    )
 
 
 @serve_app.command("gateway")

@@ -57,12 +57,22 @@ def run_demo(rows_per_client: int = 300) -> int:
             "MODELCUSTODY_GATEWAY_INPUT_DIM": "64",
         }
         os.environ.update(env)
-        procs.append(ManagedProcess(uvicorn_command("services.model_server.app:create_app", model_port),
-                                    env=env, log_path=workdir / "model_server.log"))
+        procs.append(
+            ManagedProcess(
+                uvicorn_command("services.model_server.app:create_app", model_port),
+                env=env,
+                log_path=workdir / "model_server.log",
+            )
+        )
         wait_for_port(model_port, 60, procs[-1].proc)
         console.print(f"[bold]Model server[/]: digits classifiers on :{model_port}")
-        procs.append(ManagedProcess(uvicorn_command("services.gateway.app:create_app", gateway_port),
-                                    env=env, log_path=workdir / "gateway.log"))
+        procs.append(
+            ManagedProcess(
+                uvicorn_command("services.gateway.app:create_app", gateway_port),
+                env=env,
+                log_path=workdir / "gateway.log",
+            )
+        )
         wait_for_port(gateway_port, 30, procs[-1].proc)
         console.print(f"[bold]Gateway[/]: :{gateway_port} → :{model_port}, query log → {stream}")
 
@@ -79,11 +89,12 @@ def run_demo(rows_per_client: int = 300) -> int:
                 headers = {"Authorization": f"Bearer {keys[name]}"}
                 sent[name] = 0
                 while sent[name] < rows_per_client:
-                    batch = int(min(rng.integers(1, 9), rows_per_client - sent[name]))
+                    batch = min(int(rng.integers(1, 9)), rows_per_client - sent[name])
                     x = split.x_holdout[rng.integers(0, len(split.x_holdout), batch)]
                     if i == 1:  # bob speaks KServe v1, the others OIP v2
-                        resp = http.post("/v1/models/digits-mlp:predict", json={"instances": x.tolist()},
-                                         headers=headers)
+                        resp = http.post(
+                            "/v1/models/digits-mlp:predict", json={"instances": x.tolist()}, headers=headers
+                        )
                     else:
                         resp = http.post("/v2/models/digits-mlp/infer", json=oip_body(x), headers=headers)
                     resp.raise_for_status()
@@ -94,8 +105,8 @@ def run_demo(rows_per_client: int = 300) -> int:
 
         procs[-1].stop()  # graceful shutdown flushes the query log
         counts: dict[str, int] = dict.fromkeys(names, 0)
-        for _, fields in r.xrange(stream):
-            rec = QueryRecord.from_stream_fields(fields)
+        for _, fields in r.xrange(stream):  # type: ignore[union-attr]
+            rec = QueryRecord.from_stream_fields(fields)  # type: ignore[arg-type]
             if rec.client_id in counts:
                 counts[rec.client_id] += 1
         table = Table(title="query log")

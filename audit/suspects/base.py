@@ -35,8 +35,7 @@ class Suspect(ABC):
     def _charge(self, n_rows: int) -> None:
         if self.budget is not None and self.queries_used + n_rows > self.budget:
             raise BudgetExceeded(
-                f"{n_rows} more queries would exceed the budget of {self.budget} "
-                f"({self.queries_used} used)"
+                f"{n_rows} more queries would exceed the budget of {self.budget} ({self.queries_used} used)"
             )
         self.queries_used += n_rows
 

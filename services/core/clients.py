@@ -104,9 +104,7 @@ def parse_snapshot(
     clients: dict[bytes, bytes], by_key: dict[bytes, bytes], policies: dict[bytes, bytes]
 ) -> tuple[dict[str, str], dict[str, OutputPolicy]]:
     """Key-hash → client id for active clients, and client id → policy: the gateway's in-memory view."""
-    active = {
-        k.decode() for k, v in clients.items() if not orjson.loads(v).get("revoked", False)
-    }
+    active = {k.decode() for k, v in clients.items() if not orjson.loads(v).get("revoked", False)}
     keys = {h.decode(): cid.decode() for h, cid in by_key.items() if cid.decode() in active}
     parsed: dict[str, OutputPolicy] = {}
     for cid, raw in policies.items():

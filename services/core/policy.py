@@ -46,12 +46,7 @@ class OutputPolicy:
 
     @property
     def transforms_output(self) -> bool:
-        return (
-            self.label_only
-            or self.round_decimals is not None
-            or self.top_k is not None
-            or self.noise_sigma > 0.0
-        )
+        return self.label_only or self.round_decimals is not None or self.top_k is not None or self.noise_sigma > 0.0
 
     @property
     def name(self) -> str:

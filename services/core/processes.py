@@ -41,14 +41,24 @@ def wait_for_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen[byt
 class ManagedProcess:
     """A child process started with a command line; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None,
-                 log_path: Path | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.args = list(args)
         self.log_path = log_path
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-            self.args, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-            cwd=cwd, start_new_session=True,
+            self.args,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
         )
 
     @property
@@ -77,9 +87,24 @@ class ManagedProcess:
 def uvicorn_command(app_factory: str, port: int) -> list[str]:
     # One worker, uvloop + httptools: the fastest single-process setup; access logs off on the hot path.
     return [
-        sys.executable, "-m", "uvicorn", "--factory", app_factory, "--host", "127.0.0.1",
-        "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-        "--log-level", "warning", "--timeout-graceful-shutdown", "10",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        app_factory,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--timeout-graceful-shutdown",
+        "10",
     ]
 
 
@@ -114,10 +139,24 @@ class PrivateRedis:
 
     def start(self) -> PrivateRedis:
         args = [
-            self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+            self.binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
             # fsync every write: a test that stops Redis with SIGTERM must find every acknowledged entry.
-            "--appendfsync", "always", "--daemonize", "no", "--protected-mode", "no",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
         ]
         self.process = ManagedProcess(args, log_path=self.workdir / "redis.log")
         wait_for_port(self.port, 10, self.process.proc)

@@ -43,9 +43,20 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # RFC 9110 §7.6.1 connection-specific headers, plus what the gateway itself sets or consumes.
 HOP_BY_HOP = frozenset(
     {
-        b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-        b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length",
-        b"authorization", b"x-api-key", b"content-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"authorization",
+        b"x-api-key",
+        b"content-encoding",
     }
 )
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -123,17 +134,19 @@ class Gateway:
         method: str = scope["method"]
         if method == "POST":
             if path.startswith("/v2/models/") and path.endswith("/infer"):
-                await self._proxy(scope, receive, send, "oip_v2", path[len("/v2/models/"):].split("/")[0])
+                await self._proxy(scope, receive, send, "oip_v2", path[len("/v2/models/") :].split("/")[0])
                 return
             if path.startswith("/v1/models/") and path.endswith(":predict"):
-                await self._proxy(scope, receive, send, "kserve_v1", path[len("/v1/models/"):-len(":predict")])
+                await self._proxy(scope, receive, send, "kserve_v1", path[len("/v1/models/") : -len(":predict")])
                 return
             if path == self.settings.gateway_generic_route:
                 await self._proxy(scope, receive, send, "generic", "default")
                 return
         elif method == "GET":
             if path == "/metrics":
-                await _respond(send, 200, generate_latest(self.registry), [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+                await _respond(
+                    send, 200, generate_latest(self.registry), [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+                )
                 return
             if path == "/healthz":
                 ql = self.querylog
@@ -234,9 +247,7 @@ class Gateway:
 
         if request_id is None:
             request_id = f"{self.instance}-{next(self._request_ids)}"
-        fwd_headers = {
-            k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k not in HOP_BY_HOP
-        }
+        fwd_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k not in HOP_BY_HOP}
         fwd_headers["x-request-id"] = request_id
         client_addr = scope.get("client")
         if client_addr:
@@ -250,9 +261,7 @@ class Gateway:
             async with self.session.post(url, data=body, headers=fwd_headers) as resp:
                 up_body = await resp.read()
                 up_status = resp.status
-                up_headers = [
-                    (k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP_BY_HOP
-                ]
+                up_headers = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP_BY_HOP]
         except TimeoutError:
             return await _error(send, 504, "upstream model API timed out")
         except aiohttp.ClientError as exc:
@@ -270,8 +279,9 @@ class Gateway:
         # Only answered queries teach the client something; errors are counted, not logged as queries.
         if up_status == 200:
             self.querylog.offer(
-                AnsweredRequest(now, client_id, model, protocol, request_id, rows, outputs, kind,
-                                up_status, upstream_s, policy_name)
+                AnsweredRequest(
+                    now, client_id, model, protocol, request_id, rows, outputs, kind, up_status, upstream_s, policy_name
+                )
             )
         return up_status
 

@@ -110,10 +110,10 @@ class ClientCache:
             cid_raw = await self.redis.hget(BY_KEY_KEY, digest)
             if cid_raw is not None:
                 info_raw = await self.redis.hget(CLIENTS_KEY, cid_raw)
-                if info_raw is not None:
-                    if not orjson.loads(info_raw).get("revoked", False):
-                        self.keys[digest] = cid_raw.decode()
-                        return cid_raw.decode()
+                if info_raw is not None and not orjson.loads(info_raw).get("revoked", False):
+                    cid = cid_raw.decode() if isinstance(cid_raw, bytes) else str(cid_raw)
+                    self.keys[digest] = cid
+                    return cid
         except (RedisError, OSError):
             return None
         if len(self._unknown) < 100_000:  # bound the memory an attacker spraying keys can take

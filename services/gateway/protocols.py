@@ -108,7 +108,8 @@ def classify_output(out: np.ndarray) -> OutputKind:
     """Probabilities when rows are non-negative and sum to 1; a label when one integer per row."""
     if out.shape[1] == 1:
         return "label" if np.all(out == np.round(out)) else "raw"
-    if np.all(out >= 0.0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3):
+    # Plain reductions, not np.allclose: this runs on every answer and allclose costs ~20 µs.
+    if out.min() >= 0.0 and float(np.abs(out.sum(axis=1) - 1.0).max()) <= 1e-3:
         return "probabilities"
     return "raw"
 

@@ -95,6 +95,7 @@ class QueryLogWriter:
         self._redis_up = True
         self._next_probe = 0.0
         self._replay_offset = 0
+        self._has_spill = False
         self._task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
 
@@ -119,6 +120,7 @@ class QueryLogWriter:
     async def start(self) -> None:
         self.spill_path.parent.mkdir(parents=True, exist_ok=True)
         self._repair_spill_tail()
+        self._has_spill = self._spill_file_nonempty()
         committed = 0
         try:
             committed = int(await self.redis.get(self.seq_key) or 0)
@@ -179,8 +181,7 @@ class QueryLogWriter:
             try:
                 await self._write(records)
             except _REDIS_DOWN as exc:
-                log.warning("Redis unreachable (%s); spilling query log to %s", type(exc).__name__,
-                            self.spill_path)
+                log.warning("Redis unreachable (%s); spilling query log to %s", type(exc).__name__, self.spill_path)
                 self._mark_down()
                 self._spill(records)
                 return
@@ -250,12 +251,13 @@ class QueryLogWriter:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())  # a spilled record must survive a gateway crash
+        self._has_spill = True
         self.metrics.querylog_records.labels("spilled").inc(len(records))
         self._update_spill_gauge()
 
     def _repair_spill_tail(self) -> None:
         """Cut a torn last line (a crash mid-write) so the next append starts on a fresh line."""
-        if not self._spill_pending():
+        if not self._spill_file_nonempty():
             return
         with open(self.spill_path, "rb+") as fh:
             data = fh.read()
@@ -266,10 +268,13 @@ class QueryLogWriter:
             fh.truncate(keep)
 
     def _spill_pending(self) -> bool:
+        return self._has_spill  # a flag, not a stat() per flush: this is checked every few ms
+
+    def _spill_file_nonempty(self) -> bool:
         return self.spill_path.exists() and self.spill_path.stat().st_size > 0
 
     def _spill_last_seq(self) -> int:
-        if not self._spill_pending():
+        if not self._spill_file_nonempty():
             return 0
         last = 0
         with open(self.spill_path, "rb") as fh:
@@ -323,6 +328,7 @@ class QueryLogWriter:
             self._mark_down()
             return
         self.spill_path.unlink(missing_ok=True)
+        self._has_spill = False
         self._replay_offset = 0
         self._update_spill_gauge()
         self._mark_up()

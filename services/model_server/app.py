@@ -79,8 +79,7 @@ def create_app(model_names: tuple[str, ...] = tuple(MODEL_KINDS), seed: int = 0)
                 "model_name": name,
                 "id": body.get("id", ""),
                 "outputs": [
-                    {"name": "predict_proba", "shape": list(proba.shape), "datatype": "FP64",
-                     "data": proba.reshape(-1)}
+                    {"name": "predict_proba", "shape": list(proba.shape), "datatype": "FP64", "data": proba.reshape(-1)}
                 ],
             }
         )

@@ -24,7 +24,9 @@ def read_records(r: redis.Redis) -> list[QueryRecord]:
     return [QueryRecord.from_stream_fields(fields) for _, fields in r.xrange(STREAM)]
 
 
-def test_every_row_is_logged_with_its_content_in_order(start_gateway: Any, add_client: Any, redis_client: redis.Redis) -> None:
+def test_every_row_is_logged_with_its_content_in_order(
+    start_gateway: Any, add_client: Any, redis_client: redis.Redis
+) -> None:
     gw = start_gateway()
     keys = {name: add_client(name) for name in ("alice", "bob", "carol")}
     x = digits_split().x_holdout
@@ -80,14 +82,33 @@ def test_bad_input_gets_a_reason_and_never_loses_answered_rows(
         ({"json": good, "headers": {"Authorization": "Bearer nope"}}, 401, "unknown or revoked"),
         ({"json": good, "headers": {"X-API-Key": revoked_key}}, 401, "unknown or revoked"),
         ({"content": b'{"inputs": [', "headers": {**auth, "Content-Type": "application/json"}}, 400, "malformed JSON"),
-        ({"content": b'{"inputs":[{"shape":[1,2],"data":[NaN,1]}]}', "headers": {**auth, "Content-Type": "application/json"}}, 400, "NaN"),
-        ({"content": b"x=1", "headers": {**auth, "Content-Type": "application/x-www-form-urlencoded"}}, 415, "Content-Type"),
+        (
+            {
+                "content": b'{"inputs":[{"shape":[1,2],"data":[NaN,1]}]}',
+                "headers": {**auth, "Content-Type": "application/json"},
+            },
+            400,
+            "NaN",
+        ),
+        (
+            {"content": b"x=1", "headers": {**auth, "Content-Type": "application/x-www-form-urlencoded"}},
+            415,
+            "Content-Type",
+        ),
         ({"json": {"inputs": [{"shape": [2, 64], "data": [1.0] * 64}]}, "headers": auth}, 400, "shape"),
         ({"json": {"inputs": [{"shape": [1, 3], "data": [1, 2, 3]}]}, "headers": auth}, 400, "64 features"),
         ({"json": {"inputs": [{"shape": [1, 2], "data": [1, "a"]}]}, "headers": auth}, 400, "numbers"),
-        ({"json": {"instances": [[1, 2], [3]]}, "headers": auth, "url": "/v1/models/digits-mlp:predict"}, 400, "equal length"),
+        (
+            {"json": {"instances": [[1, 2], [3]]}, "headers": auth, "url": "/v1/models/digits-mlp:predict"},
+            400,
+            "equal length",
+        ),
         ({"json": {"nothing": 1}, "headers": auth}, 400, "inputs"),
-        ({"content": b"[" + b"1," * 20000 + b"1]", "headers": {**auth, "Content-Type": "application/json"}}, 413, "limit"),
+        (
+            {"content": b"[" + b"1," * 20000 + b"1]", "headers": {**auth, "Content-Type": "application/json"}},
+            413,
+            "limit",
+        ),
         ({"json": good, "headers": auth, "url": "/v2/models/no-such-model/infer"}, 404, "not found"),
     ]
     with httpx.Client(base_url=gw.url, timeout=30) as http:
@@ -135,8 +156,13 @@ def test_hop_by_hop_and_credentials_are_not_forwarded(start_gateway: Any, add_cl
         resp = httpx.post(
             gw.url + "/v2/models/m/infer",
             json=oip_body(np.zeros((1, 4))),
-            headers={"Authorization": f"Bearer {key}", "X-Request-ID": "req-42", "Keep-Alive": "timeout=5",
-                     "TE": "trailers", "X-Custom": "kept"},
+            headers={
+                "Authorization": f"Bearer {key}",
+                "X-Request-ID": "req-42",
+                "Keep-Alive": "timeout=5",
+                "TE": "trailers",
+                "X-Custom": "kept",
+            },
         )
         assert resp.status_code == 200
         seen = resp.json()["received_headers"]
@@ -160,6 +186,7 @@ def test_output_policies_quota_and_block(start_gateway: Any, add_client: Any, re
     time.sleep(0.6)  # > one client refresh (0.2 s)
     x = digits_split().x_holdout[:3]
     with httpx.Client(base_url=gw.url, timeout=30) as http:
+
         def post(name: str, rows: np.ndarray) -> httpx.Response:
             return http.post("/v2/models/digits-mlp/infer", json=oip_body(rows), headers={"X-API-Key": keys[name]})
 

@@ -16,13 +16,17 @@ from tests.utils.mlserver import mlserver_venv, write_model_repo
 from tests.utils.stack import oip_body
 
 
-def test_gateway_fronts_mlserver_over_oip_v2(tmp_path: Path, start_gateway: Any, add_client: Any,
-                                             redis_client: redis.Redis) -> None:
+def test_gateway_fronts_mlserver_over_oip_v2(
+    tmp_path: Path, start_gateway: Any, add_client: Any, redis_client: redis.Redis
+) -> None:
     venv = mlserver_venv()
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     write_model_repo(venv, tmp_path / "models", http_port, grpc_port, metrics_port)
-    mlserver = ManagedProcess([str(venv / "bin" / "mlserver"), "start", str(tmp_path / "models")],
-                              log_path=tmp_path / "mlserver.log", env={"PYTHONPATH": ""})
+    mlserver = ManagedProcess(
+        [str(venv / "bin" / "mlserver"), "start", str(tmp_path / "models")],
+        log_path=tmp_path / "mlserver.log",
+        env={"PYTHONPATH": ""},
+    )
     try:
         wait_for_port(http_port, 120, mlserver.proc)
         upstream = f"http://127.0.0.1:{http_port}"

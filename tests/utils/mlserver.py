@@ -18,8 +18,15 @@ def mlserver_venv() -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", f"mlserver=={MLSERVER_VERSION}",
-             f"mlserver-sklearn=={MLSERVER_VERSION}"],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                f"mlserver=={MLSERVER_VERSION}",
+                f"mlserver-sklearn=={MLSERVER_VERSION}",
+            ],
             check=True,
         )
     return venv
@@ -43,12 +50,23 @@ def write_model_repo(venv: Path, repo: Path, http_port: int, grpc_port: int, met
     model_dir.mkdir(parents=True, exist_ok=True)
     # Trained inside MLServer's venv so the joblib file matches the scikit-learn that loads it.
     subprocess.run([str(venv / "bin" / "python"), "-c", TRAIN_SCRIPT, str(model_dir / "model.joblib")], check=True)
-    (model_dir / "model-settings.json").write_bytes(orjson.dumps({
-        "name": "digits",
-        "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib", "version": "v1"},
-    }))
-    (repo / "settings.json").write_bytes(orjson.dumps({
-        "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-        "parallel_workers": 0, "debug": False,
-    }))
+    (model_dir / "model-settings.json").write_bytes(
+        orjson.dumps(
+            {
+                "name": "digits",
+                "implementation": "mlserver_sklearn.SKLearnModel",
+                "parameters": {"uri": "./model.joblib", "version": "v1"},
+            }
+        )
+    )
+    (repo / "settings.json").write_bytes(
+        orjson.dumps(
+            {
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "metrics_port": metrics_port,
+                "parallel_workers": 0,
+                "debug": False,
+            }
+        )
+    )

@@ -39,7 +39,9 @@ class Server:
         text = httpx.get(self.url + "/metrics", timeout=10).text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == name and (labels is None or all(sample.labels.get(k) == v for k, v in labels.items())):
+                if sample.name == name and (
+                    labels is None or all(sample.labels.get(k) == v for k, v in labels.items())
+                ):
                     return float(sample.value)
         return None
 

@@ -31,9 +31,17 @@ def create_echo_app() -> Any:
             "received_headers": {k.decode(): v.decode() for k, v in scope["headers"]},
         }
         payload = orjson.dumps(answer)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"connection", b"keep-alive"),
-                                (b"x-upstream", b"echo")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"connection", b"keep-alive"),
+                    (b"x-upstream", b"echo"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
     return app

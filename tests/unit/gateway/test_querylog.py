@@ -21,14 +21,22 @@ from services.gateway.querylog import AnsweredRequest, QueryLogWriter
 
 def _entry(i: int, n: int) -> AnsweredRequest:
     x = np.full((n, 4), float(i))
-    return AnsweredRequest(time.time(), "c1", "m", "oip_v2", f"r{i}", x, np.full((n, 2), 0.5),
-                           "probabilities", 200, 0.001, "none")
+    return AnsweredRequest(
+        time.time(), "c1", "m", "oip_v2", f"r{i}", x, np.full((n, 2), 0.5), "probabilities", 200, 0.001, "none"
+    )
 
 
 def _writer(url: str, spill_dir: Path, registry: CollectorRegistry, **kw: object) -> QueryLogWriter:
     client = aioredis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=1, retry=Retry(NoBackoff(), 0))
-    return QueryLogWriter(client, stream="mc:queries", instance="unit", spill_dir=spill_dir,
-                          metrics=GatewayMetrics(registry), retry_s=0.05, **kw)  # type: ignore[arg-type]
+    return QueryLogWriter(
+        client,
+        stream="mc:queries",
+        instance="unit",
+        spill_dir=spill_dir,
+        metrics=GatewayMetrics(registry),
+        retry_s=0.05,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 async def test_spilled_records_are_replayed_by_the_next_start(tmp_path: Path, redis_url: str) -> None:

@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine that has Python >= 3.11:
+#   make demo   — create .venv, install, run the demo on embedded defaults
+#   make test   — create .venv, install with test extras, lint, type-check, run the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint typecheck pytest bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU wheel on disk; installing it first keeps pip from resolving a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/modelcustody demo
+
+lint: install
+	$(BIN)/ruff check services workers audit tests bench
+
+typecheck: install
+	$(BIN)/mypy services workers audit
+
+pytest: install
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
