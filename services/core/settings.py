@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     alerts_stream: str = "mc:alerts"
 
     celery_broker_url: str | None = None  # default: redis_url
+    # Audits on small models take seconds to minutes; an hour is a generous ceiling for HTTP suspects.
+    audit_soft_time_limit_s: float = 3300.0
+    audit_hard_time_limit_s: float = 3600.0
+    # Must exceed the hard limit, or the broker hands a still-running audit to a second worker.
+    audit_visibility_timeout_s: float = 3900.0
+    allow_unsafe_formats: bool = False  # pickle/joblib/TorchScript uploads, sandboxed; off by default
     extra_trusted_types: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")

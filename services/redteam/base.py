@@ -25,7 +25,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -179,7 +179,7 @@ class QuerySession:
 class Attack(ABC):
     """Base class: validated keywords in the constructor, ``steps(oracle)`` yields ``Progress``."""
 
-    needs: ClassVar[AnswerKind]
+    needs: AnswerKind
 
     def __init__(self, *, budget: int, seed: int = 0, n_classes: int | None = None) -> None:
         positive_int("budget", budget)

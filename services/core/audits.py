@@ -1,0 +1,124 @@
+"""Audit records in Redis: queued → running → done | failed, with progress, de-duplicated by request.
+
+Re-submitting the same suspect + method + parameters + protected model returns the existing audit
+(unless it failed), so a nervous double-click does not spend a second query budget on the suspect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import orjson
+import redis
+
+AuditStatus = Literal["queued", "running", "done", "failed"]
+
+
+def canonical(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+@dataclass
+class AuditRecord:
+    id: str
+    method: str  # "watermark" | "dataset_inference"
+    protected_model: str
+    suspect: dict[str, Any]  # identity + how to load it (file path/format or endpoint)
+    params: dict[str, Any]
+    status: AuditStatus = "queued"
+    progress: float = 0.0
+    message: str = ""
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    task_id: str | None = None
+    report_path: str | None = None
+    decision: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    dedupe_key: str = ""
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> AuditRecord:
+        return cls(**orjson.loads(raw))
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["suspect"] = {k: v for k, v in self.suspect.items() if k not in ("path", "token")}
+        data.pop("report_path")
+        return data
+
+
+def dedupe_key(method: str, protected_model: str, suspect_identity: dict[str, Any], params: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical([method, protected_model, suspect_identity, params])).hexdigest()
+
+
+class AuditStore:
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+
+    @staticmethod
+    def _key(audit_id: str) -> str:
+        return f"mc:audit:{audit_id}"
+
+    def create_or_get(
+        self, *, method: str, protected_model: str, suspect: dict[str, Any], identity: dict[str, Any],
+        params: dict[str, Any],
+    ) -> tuple[AuditRecord, bool]:
+        """The existing audit for the same request (unless it failed), else a new queued one."""
+        key = dedupe_key(method, protected_model, identity, params)
+        dkey = f"mc:audit:dedupe:{key}"
+        existing_id = self.r.get(dkey)
+        if existing_id:
+            existing = self.get(existing_id.decode())  # type: ignore[union-attr]
+            if existing is not None and existing.status != "failed":
+                return existing, False
+        record = AuditRecord(
+            id=f"au_{int(time.time())}_{secrets.token_hex(4)}",
+            method=method,
+            protected_model=protected_model,
+            suspect={**suspect, **identity},
+            params=params,
+            dedupe_key=key,
+        )
+        with self.r.pipeline() as pipe:
+            pipe.set(self._key(record.id), record.to_json())
+            pipe.set(dkey, record.id)
+            pipe.zadd("mc:audits:index", {record.id: record.created_at})
+            pipe.execute()
+        return record, True
+
+    def get(self, audit_id: str) -> AuditRecord | None:
+        raw = self.r.get(self._key(audit_id))
+        return AuditRecord.from_json(raw) if raw else None  # type: ignore[arg-type]
+
+    def update(self, audit_id: str, **changes: Any) -> AuditRecord:
+        key = self._key(audit_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise KeyError(audit_id)
+                    record = AuditRecord.from_json(raw)  # type: ignore[arg-type]
+                    for name, value in changes.items():
+                        setattr(record, name, value)
+                    pipe.multi()
+                    pipe.set(key, record.to_json())
+                    pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue
+
+    def list(self, limit: int = 100) -> list[AuditRecord]:
+        ids = self.r.zrevrange("mc:audits:index", 0, limit - 1)
+        raws = self.r.mget([self._key(i.decode()) for i in ids]) if ids else []  # type: ignore[union-attr]
+        return [AuditRecord.from_json(raw) for raw in raws if raw]  # type: ignore[union-attr]

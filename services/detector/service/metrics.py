@@ -1,0 +1,63 @@
+"""Prometheus metrics of a detector process (injected registry; no label per client)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class DetectorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.queries = Counter(
+            "modelcustody_detector_queries_analysed_total", "Query records analysed.", registry=registry
+        )
+        self.malformed = Counter(
+            "modelcustody_detector_records_malformed_total",
+            "Stream entries that were not readable query records (acknowledged and set aside).",
+            registry=registry,
+        )
+        self.alerts = Counter(
+            "modelcustody_detector_alerts_total",
+            "Detections by signal and severity (a detection folded into an open alert counts too).",
+            ["signal", "severity"],
+            registry=registry,
+        )
+        self.alerts_opened = Counter(
+            "modelcustody_detector_alerts_opened_total", "New alerts opened.", ["severity"], registry=registry
+        )
+        self.lag = Gauge(
+            "modelcustody_detector_consumer_lag_records",
+            "Stream entries not yet delivered to the detectors' consumer group.",
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "modelcustody_detector_pending_records",
+            "Entries delivered to a detector but not yet acknowledged.",
+            registry=registry,
+        )
+        self.clients_at_level = Gauge(
+            "modelcustody_detector_clients", "Clients at each risk level.", ["level"], registry=registry
+        )
+        self.batch_seconds = Histogram(
+            "modelcustody_detector_batch_duration_seconds",
+            "Time to analyse and commit one batch read from the stream.",
+            # Batches of up to 1,000 records take ~1-100 ms; a stall shows up in the upper buckets.
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=registry,
+        )
+        self.commit_conflicts = Counter(
+            "modelcustody_detector_commit_conflicts_total",
+            "Optimistic commits retried because another detector updated the same client.",
+            registry=registry,
+        )
+        self.webhooks = Counter(
+            "modelcustody_detector_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.reclaimed = Counter(
+            "modelcustody_detector_reclaimed_total",
+            "Stale pending entries taken over from a detector that stopped.",
+            registry=registry,
+        )

@@ -1,0 +1,41 @@
+"""The Celery application of the audit workers (Redis broker and result backend).
+
+Reliability settings, each for a reason:
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged only when it finished, so a
+  worker killed mid-audit (OOM, SIGKILL, node loss) leaves the message to be redelivered.
+- ``worker_prefetch_multiplier=1``: an audit takes minutes; a worker must not hoard queued audits.
+- ``visibility_timeout``: the Redis transport redelivers an unacknowledged message after this long, so it
+  must exceed the longest audit (the hard time limit), or a running audit would be started twice.
+- soft/hard time limits: the soft one lets the task record "failed: time limit"; the hard one kills it.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from services.core.settings import Settings, get_settings
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    s = settings or get_settings()
+    app = Celery("modelcustody", broker=s.broker_url, backend=s.redis_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=s.audit_soft_time_limit_s,
+        task_time_limit=s.audit_hard_time_limit_s,
+        broker_transport_options={"visibility_timeout": s.audit_visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": s.audit_visibility_timeout_s},
+        task_track_started=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=7 * 86400,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = create_celery()
