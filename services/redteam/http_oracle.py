@@ -60,7 +60,7 @@ class GatewayOracle:
             }
             path = f"/v2/models/{self.model}/infer"
         else:
-            body = {"instances": x}
+            body = {"instances": x}  # type: ignore[dict-item]
             path = f"/v1/models/{self.model}:predict"
         resp = self.http.post(path, content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
         if resp.status_code != 200:
