@@ -1,11 +1,11 @@
-"""Label-only adaptive retraining of a softmax copy (Tramèr et al., USENIX Security 2016, §6.2).
+"""Label-only adaptive retraining of a softmax copy (Tramèr et al., USENIX Security 2016).
 
 The attacker knows the model class (multinomial logistic regression) but sees only labels. With a budget
 of m queries in r rounds: the first m/r queries are random; every later round draws candidate inputs,
 keeps the m/r on which the current copy is least certain (smallest margin between its two most probable
 classes — the paper's "points close to the decision boundary of the current model"), queries their labels
-and refits the copy on everything answered so far. The paper reports that adaptive retraining beats
-uniform retraining and line search for softmax models at the same budget.
+and refits the copy on everything answered so far. The paper compares this strategy with retraining on
+uniform queries and with line-search retraining, at budgets that are multiples of the number of unknowns.
 
 Where this implementation differs:
 - Candidates. The paper draws uniformly from the input space. On sklearn digits that is a poor proposal:

@@ -51,7 +51,7 @@ class Copy(Protocol):
     def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # eq=False: == on array fields would be ambiguous
 class Domain:
     """The input box [low, high] per feature that the attacker believes the API accepts."""
 
@@ -99,12 +99,13 @@ class Domain:
         return np.clip(X, self.low, self.high)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Progress:
     """What the attacker holds after one more batch of queries.
 
-    ``queries``/``answers`` are the batch just sent and its answers (empty for a step that sent none),
-    so an offline benchmark can feed them straight to a detector without a gateway in between.
+    ``queries``/``answers`` are the rows sent since the previous ``Progress`` and their answers (empty
+    for a step that sent none), so an offline benchmark can feed them straight to a detector without a
+    gateway in between.
     ``info`` carries attack-specific numbers (round, leaves found, weights recovered, ...).
     """
 
@@ -125,8 +126,9 @@ class QuerySession:
         self.needs = needs
         self.n_classes = n_classes
         self.used = 0
-        self._last_x = np.empty((0, 0))
-        self._last_y = np.empty((0,))
+        self._sent: list[np.ndarray] = []  # batches since the last progress report
+        self._got: list[np.ndarray] = []
+        self._n_features = 0
 
     @property
     def remaining(self) -> int:
@@ -142,7 +144,9 @@ class QuerySession:
         raw = np.asarray(self._oracle(X))
         self.used += len(X)
         answers = self._normalise(raw, len(X))
-        self._last_x, self._last_y = X, answers
+        self._sent.append(X)
+        self._got.append(answers)
+        self._n_features = X.shape[1]
         return answers
 
     def _normalise(self, raw: np.ndarray, n: int) -> np.ndarray:
@@ -170,10 +174,13 @@ class QuerySession:
         return labels
 
     def progress(self, copy: Copy, phase: str, **info: float) -> Progress:
-        """A ``Progress`` for the batch sent last (and clears it, so a step without queries shows none)."""
-        p = Progress(self.used, copy, phase, self._last_x, self._last_y, dict(info))
-        self._last_x, self._last_y = self._last_x[:0], self._last_y[:0]
-        return p
+        """A ``Progress`` holding every query sent since the previous one (none for a step without queries)."""
+        if self._sent:
+            X, answers = np.vstack(self._sent), np.concatenate(self._got)
+        else:
+            X, answers = np.empty((0, self._n_features)), np.empty(0)
+        self._sent, self._got = [], []
+        return Progress(self.used, copy, phase, X, answers, dict(info))
 
 
 class Attack(ABC):

@@ -134,6 +134,9 @@ def fit_softmax(
 class _Scaled(nn.Module):
     """Maps raw inputs to [0, 1] inside the net, so gradients and queries stay in the victim's units."""
 
+    low: torch.Tensor
+    width: torch.Tensor
+
     def __init__(self, domain: Domain) -> None:
         super().__init__()
         self.register_buffer("low", torch.tensor(domain.low, dtype=torch.float32))
@@ -163,10 +166,10 @@ class MLPCopy:
         """d logit[label] / d x for each row, in raw input units."""
         x = torch.as_tensor(np.asarray(X, dtype=np.float32)).requires_grad_(True)
         idx = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-        logits = self.net(x)
-        logits.gather(1, idx[:, None]).sum().backward()
-        assert x.grad is not None
-        return x.grad.double().numpy()
+        picked = self.net(x).gather(1, idx[:, None]).sum()
+        # autograd.grad, not backward(): the snapshot's parameters must not collect gradients.
+        (grad,) = torch.autograd.grad(picked, x)
+        return grad.double().numpy()
 
 
 def train_mlp(

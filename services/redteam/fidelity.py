@@ -1,4 +1,4 @@
-"""Fidelity of a stolen copy f̂ to the victim f, as Tramèr et al. (USENIX Security 2016, §4) measure it.
+"""Fidelity of a stolen copy f̂ to the victim f, as Tramèr et al. (USENIX Security 2016) measure it.
 
 - ``1 - R_test``: the fraction of held-out test inputs on which f̂ and f predict the same label.
 - ``1 - R_unif``: the same on inputs drawn uniformly from the input domain. Tramèr et al. report both

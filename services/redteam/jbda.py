@@ -5,18 +5,22 @@ Papernot, McDaniel, Goodfellow, Jha, Celik, Swami, "Practical Black-Box Attacks 
 it with the oracle, trains a substitute, and then in each substitute-training round ρ doubles the set:
 every point x with oracle label y gets a sibling ``x + λ_ρ · sign(∂F_sub[y](x)/∂x)`` (a step towards
 where the substitute's class-y score changes fastest, i.e. across the substitute's boundaries), and the
-siblings are labelled by the oracle. The paper reaches ~81 % substitute accuracy on MNIST from 150 seeds
-and 6 rounds (6,400 queries); cleverhans' tutorial uses λ = 0.1 on [0, 1] pixels and flips the step's
-sign periodically (the paper's "periodic step size" λ_ρ = λ·(−1)^⌊ρ/τ⌋).
+siblings are labelled by the oracle. The abstract reports a MetaMind DNN that labelled 6,400 synthetic
+inputs, after which 84.24 % of the substitute's adversarial examples fooled it. cleverhans' MNIST
+tutorial uses 150 seeds, λ = 0.1 on [0, 1] pixels, and steps −λ for the first three rounds and +λ
+afterwards (~4,650 oracle queries).
 
 Where this implementation differs:
 - λ is given as a fraction of each feature's domain width (``step``), so 0.1 means 1.6 grey levels on
   digits' [0, 16] — the same relative step as cleverhans' 0.1 on [0, 1].
-- The gradient is of the substitute's class-y *logit* rather than its softmax output; both point the
-  same way for the dominant class and the logit's does not vanish where the softmax saturates.
+- The gradient is of the substitute's class-y *logit* rather than its softmax output: the softmax's
+  gradient vanishes where the substitute is saturated, as a net fitted to ~100 points is on most of them.
 - The substitute is a torch MLP (``copies.train_mlp``) refitted, warm-started, after every oracle batch
   (``batch_size`` rows), so every ``Progress`` carries a copy trained on all answers so far; the paper
   retrains once per round.
+- The step's sign alternates every ``sign_period`` rounds, λ_ρ = λ·(−1)^⌊ρ/τ⌋ (our reading of the
+  paper's "periodic step size"), where cleverhans flips it once; both keep later rounds from walking
+  ever further in one direction.
 - No reservoir sampling; the last augmentation is truncated (at random) to what the budget allows.
 """
 

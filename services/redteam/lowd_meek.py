@@ -1,7 +1,7 @@
 """Lowd–Meek extraction of a binary linear classifier from labels only.
 
 Lowd & Meek, "Adversarial Learning", KDD 2005 (their ACRE learner for linear classifiers), as Tramèr et
-al. (USENIX Security 2016, §6.1) use it as the label-only baseline. Given one positive and one negative
+al. (USENIX Security 2016) use it as the label-only baseline. Given one positive and one negative
 input, bisection along the segment between them finds a point x₀ just on the negative side of the
 boundary ``w·x + b = 0``. Moving x₀ along feature axis i crosses the boundary after a distance
 ``t_i = c / |w_i|`` (c = −(w·x₀ + b) > 0, the same for every axis), in the direction sign(w_i). A line
@@ -87,11 +87,11 @@ class LowdMeek(Attack):
 
     def _steps(self, session: QuerySession, rng: np.random.Generator) -> Iterator[Progress]:
         assert self.n_classes is not None
-        pos = self.positive_label
+        k, pos = self.n_classes, self.positive_label
         seen: list[np.ndarray] = []
 
         def baseline() -> ConstantCopy:
-            return ConstantCopy.most_frequent(np.concatenate(seen) if seen else np.zeros(0, np.int64), self.n_classes or 2)
+            return ConstantCopy.most_frequent(np.concatenate(seen) if seen else np.zeros(0, np.int64), k)
 
         # 1. One positive and one negative input.
         x_pos = x_neg = None
@@ -116,14 +116,14 @@ class LowdMeek(Attack):
         negatives = labels[labels != pos]
         negative_label = int(np.bincount(negatives).argmax())
 
-        # 2. Bisection on the segment: x_n stays negative, x_n + (hi - lo)·(x_pos - x_neg) positive.
+        # 2. Bisection on the segment: x_neg + lo·(x_pos − x_neg) stays negative, x_neg + hi·(…) positive.
         lo, hi = 0.0, 1.0
         while hi - lo > self.epsilon and session.remaining > 0:
-            mid = 0.5 * (lo + hi)
-            if session.ask((x_neg + mid * (x_pos - x_neg))[None, :])[0] == pos:
-                hi = mid
+            half = 0.5 * (lo + hi)
+            if session.ask((x_neg + half * (x_pos - x_neg))[None, :])[0] == pos:
+                hi = half
             else:
-                lo = mid
+                lo = half
             yield session.progress(baseline(), "boundary", bracket=hi - lo)
         x0 = x_neg + lo * (x_pos - x_neg)
 
@@ -149,22 +149,21 @@ class LowdMeek(Attack):
             t = np.where(high_t > 2 * low_t, np.sqrt(low_t * high_t), 0.5 * (low_t + high_t))
             w = np.zeros(d)
             w[active] = sign[active] / t
-            return HalfspaceCopy(
-                w, -1.0 - w @ x0, positive_label=pos, negative_label=negative_label, n_classes=self.n_classes or 2
-            )
+            return HalfspaceCopy(w, -1.0 - w @ x0, positive_label=pos, negative_label=negative_label, n_classes=k)
 
-        while session.remaining > 0:
+        def unresolved() -> np.ndarray:
+            return (high_t > 2 * low_t) | (high_t - low_t > self.tolerance * high_t)
+
+        while session.remaining > 0 and unresolved().any():
             geometric = high_t > 2 * low_t
-            unresolved = geometric | (high_t - low_t > self.tolerance * high_t)
-            idx = np.flatnonzero(unresolved)[: session.remaining]
-            if len(idx) == 0:
-                break
+            idx = np.flatnonzero(unresolved())[: session.remaining]
             mid = np.where(geometric[idx], np.sqrt(low_t[idx] * high_t[idx]), 0.5 * (low_t[idx] + high_t[idx]))
             flipped = session.ask(self._moved(x0, active[idx], sign[active[idx]] * mid)) == pos
             high_t[idx[flipped]] = mid[flipped]
             low_t[idx[~flipped]] = mid[~flipped]
             yield session.progress(copy(), "line-search", unresolved=float(len(idx)))
-        yield session.progress(copy(), "done", weights=float(len(active)))
+        # An empty step that marks the end, so a caller can tell a finished attack from a budget cut-off.
+        yield session.progress(copy(), "budget" if unresolved().any() else "done", weights=float(len(active)))
 
     @staticmethod
     def _moved(x0: np.ndarray, axes: np.ndarray, steps: np.ndarray) -> np.ndarray:
