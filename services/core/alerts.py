@@ -45,6 +45,7 @@ class Alert:
     detections: int = 1  # detections folded into this alert (de-duplication)
     history: list[dict[str, Any]] = field(default_factory=list)  # status changes: who, when, note
     policy_applied: dict[str, Any] | None = None
+    queries_at_open: int = 0  # the client's queries analysed when the alert opened (detection latency)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -105,6 +106,7 @@ class AlertStore:
                             queries_seen=queries_seen,
                             signals=signals,
                             fired_signals=fired,
+                            queries_at_open=queries_seen,
                         )
                         event = "opened"
                     else:

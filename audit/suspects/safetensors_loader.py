@@ -1,0 +1,127 @@
+"""A suspect PyTorch model given as safetensors weights for an architecture the owner registered by name.
+
+safetensors (huggingface/safetensors format: an 8-byte little-endian header length, a JSON header, raw
+tensor buffers) holds only tensors and strings, so loading runs no code; the module itself is built by a
+factory registered in ``audit.architectures``, never by anything in the file. The architecture and its
+config come from the file's ``modelcustody.architecture`` / ``modelcustody.config`` metadata, or are
+passed explicitly for a file somebody else exported. The state dict must match the architecture exactly
+(``strict=True``): a missing, extra or misshapen tensor is a refusal with the reason, since a partially
+loaded model would answer with random weights and make the audit meaningless.
+
+The module is named ``safetensors_loader`` so that ``import safetensors`` still means the library.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from torch import nn
+
+from audit.architectures import ARCH_KEY, CONFIG_KEY, build_model, predict_logits
+from audit.suspects._outputs import Answer, softmax
+from audit.suspects.base import Suspect, SuspectError
+
+# The safetensors library's own cap on the JSON header (a DoS guard); we apply it before parsing too.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def read_header(data: bytes) -> dict[str, Any]:
+    """The JSON header of a safetensors byte string; SuspectError when the framing is wrong."""
+    if len(data) < 8:
+        raise SuspectError("not a safetensors file: shorter than its 8-byte header length")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n == 0 or n > MAX_HEADER_BYTES or 8 + n > len(data):
+        raise SuspectError(f"not a safetensors file: header length {n} does not fit a {len(data)}-byte file")
+    try:
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SuspectError(f"not a safetensors file: the header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise SuspectError("not a safetensors file: the header is not a JSON object")
+    return header
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    metadata = read_header(data).get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise SuspectError("safetensors metadata is not an object")
+    return {str(k): str(v) for k, v in metadata.items()}
+
+
+class TorchModuleSuspect(Suspect):
+    """An in-process ``nn.Module`` returning logits ``[n, k]``; probabilities are their softmax."""
+
+    def __init__(self, module: nn.Module, *, budget: int | None = None, identity: dict[str, str] | None = None) -> None:
+        super().__init__(budget=budget, identity=identity)
+        self.module = module.eval()
+
+    @property
+    def has_probabilities(self) -> bool:
+        return True
+
+    def _answer(self, x: np.ndarray) -> Answer:
+        try:
+            logits = predict_logits(self.module, x)
+        except (RuntimeError, ValueError) as exc:  # e.g. a feature width the first layer does not take
+            raise SuspectError(f"the model failed on the query: {exc}") from None
+        if logits.ndim != 2 or logits.shape[0] != len(x) or logits.shape[1] < 2:
+            raise SuspectError(f"the model returned shape {logits.shape}, expected [n, classes]")
+        proba = softmax(logits)
+        return Answer(proba.argmax(axis=1).astype(np.int64), proba, "logits")
+
+    def _labels(self, x: np.ndarray) -> np.ndarray:
+        return self._answer(x).labels
+
+    def _probabilities(self, x: np.ndarray) -> np.ndarray:
+        proba = self._answer(x).probabilities
+        assert proba is not None
+        return proba
+
+
+def load_safetensors_suspect(
+    data: bytes,
+    *,
+    architecture: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    budget: int | None = None,
+    identity: dict[str, str] | None = None,
+) -> TorchModuleSuspect:
+    """Build the named architecture and load the weights strictly. Explicit arguments override metadata."""
+    metadata = read_metadata(data)
+    name = architecture or metadata.get(ARCH_KEY)
+    if not name:
+        raise SuspectError(f"the safetensors file names no architecture ('{ARCH_KEY}' metadata); pass one")
+    if config is None:
+        if CONFIG_KEY not in metadata:
+            raise SuspectError(f"the safetensors file carries no '{CONFIG_KEY}' metadata; pass the config")
+        try:
+            config = json.loads(metadata[CONFIG_KEY])
+        except json.JSONDecodeError as exc:
+            raise SuspectError(f"the safetensors config metadata is not JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise SuspectError("the safetensors config metadata is not a JSON object")
+    try:
+        state = load_safetensors_bytes(data)
+    except SafetensorError as exc:
+        raise SuspectError(f"not a valid safetensors file: {exc}") from None
+    try:
+        module = build_model(name, config)
+    except (ValueError, TypeError) as exc:
+        raise SuspectError(f"cannot build architecture {name!r}: {exc}") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        # torch lists missing/unexpected keys and shape mismatches; that list is the useful reason.
+        reason = " ".join(str(exc).split())  # torch's message is multi-line and tab-indented
+        raise SuspectError(f"the weights do not match architecture {name!r}: {reason}") from None
+    for tensor in state.values():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise SuspectError("the weights hold NaN or infinite values")
+    return TorchModuleSuspect(module, budget=budget, identity=identity)
