@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.core.alerts import AlertStore  # noqa: E402
 from services.core.clients import ClientRegistry  # noqa: E402
 from services.core.processes import ManagedProcess, PrivateRedis, free_port, uvicorn_command, wait_for_port  # noqa: E402
-from services.model_server.models import digits_split, train_model  # noqa: E402
+from services.model_server.models import digits_split, holdout_halves, train_model  # noqa: E402
 from services.redteam import (  # noqa: E402
     AdaptiveRetraining,
     Domain,
@@ -113,10 +113,9 @@ def main() -> None:
     t_start = time.time()
 
     split = digits_split(0)
-    # The holdout half: the first 600 rows are what attackers and benign users draw queries from, the
-    # rest is the test set for fidelity (never queried by anyone).
-    pool_x, pool_y = split.x_holdout[:600], split.y_holdout[:600]
-    x_test = split.x_holdout[600:]
+    # The holdout's traffic half is what attackers and benign users draw queries from; its reference half
+    # is the detector's baseline data and the fidelity test set: nobody ever queries it.
+    x_test, y_test, pool_x, pool_y = holdout_halves(split, 0)
     domain = Domain.box(0.0, 16.0, 64)
     x_unif = np.random.default_rng(99).uniform(0, 16, size=(2000, 64))
 
@@ -183,14 +182,14 @@ def main() -> None:
         for name, model, attack in specs:
             client = f"attacker-{name}"
             key = registry.add(client)[1]
-            victim, _ = victim_and_test(model, split, x_test, split.y_holdout[600:])
+            victim, _ = victim_and_test(model, split, x_test, y_test)
             runs.append(run_attack(name, model, attack, gateway_url, key, victim, x_test, x_unif, client))
             print(
                 f"# {name}: {runs[-1].trajectory[-1][0]} queries, test agreement {runs[-1].trajectory[-1][1]:.3f}",
                 file=sys.stderr,
             )
 
-        benign = benign_population(pool_x, pool_y, domain, n_benign, seed=1)
+        benign = benign_population(pool=pool_x, labels=pool_y, domain=domain, n_clients=n_benign, seed=1)
         import httpx
 
         vol_rng = np.random.default_rng(5)
@@ -262,15 +261,15 @@ def main() -> None:
 def run_detector(r: redis.Redis, baseline: Path | None, split: Any) -> dict[str, Any]:
     """Consume the whole stream with the real detector service loop; returns its settings for the report."""
     from prometheus_client import CollectorRegistry
-    from services.detector.service.runtime import load_or_fit_engine
 
     from services.detector.service.consumer import DetectorConfig, DetectorWorker
     from services.detector.service.metrics import DetectorMetrics
+    from services.detector.service.runtime import load_or_fit_engines
 
-    engine = load_or_fit_engine(baseline)
+    engines = load_or_fit_engines(baseline, models=("digits-mlp", "digits-logreg", "digits-binary", "digits-tree"))
     worker = DetectorWorker(
         r,
-        engine,
+        engines,
         AlertStore(r),
         DetectorMetrics(CollectorRegistry()),
         DetectorConfig(batch_max=50, block_ms=50, tighten_on=""),

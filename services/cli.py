@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import orjson
 import redis
@@ -19,6 +20,8 @@ clients_app = typer.Typer(help="API clients of the gateway.", no_args_is_help=Tr
 serve_app = typer.Typer(help="Run a component in the foreground.", no_args_is_help=True)
 app.add_typer(clients_app, name="clients")
 app.add_typer(serve_app, name="serve")
+detector_app = typer.Typer(help="The extraction detector's baselines.", no_args_is_help=True)
+app.add_typer(detector_app, name="detector")
 
 
 def _registry() -> ClientRegistry:
@@ -110,6 +113,36 @@ def serve_gateway(host: str = "127.0.0.1", port: int = 8080) -> None:
 def serve_model_server(host: str = "127.0.0.1", port: int = 8081) -> None:
     """The demo model server (digits classifiers over OIP v2 and KServe v1)."""
     _run_uvicorn("services.model_server.app:create_app", host, port)
+
+
+@serve_app.command("detector")
+def serve_detector() -> None:
+    """A detector process: consumes the query log, raises alerts, serves metrics (MODELCUSTODY_DETECTOR_*)."""
+    from services.detector.service.main import run_detector
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_detector()
+
+
+@detector_app.command("fit")
+def detector_fit(
+    out: Path = typer.Argument(..., help="baseline directory (then set MODELCUSTODY_DETECTOR_REFERENCE_PATH)"),
+    model: list[str] = typer.Option(["digits-mlp"], help="demo model(s) to fit a baseline for"),
+    seed: int = 0,
+) -> None:
+    """Fit the detector baselines of the demo models on their reference data and save them (no pickle)."""
+    from services.detector.service.runtime import fit_demo_engine, save_engine
+
+    for name in model:
+        try:
+            engine = fit_demo_engine(name, seed)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        save_engine(engine, out / name, demo_model=name)
+        th = engine.thresholds
+        assert th is not None
+        typer.echo(f"{name}: alert at risk score {th.alert:.2f}, high at {th.high:.2f} → {out / name}")
 
 
 @app.command()

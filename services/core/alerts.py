@@ -24,6 +24,9 @@ import redis
 AlertStatus = Literal["open", "acknowledged", "resolved"]
 ATLAS_TECHNIQUE = "AML.T0024"  # MITRE ATLAS: Exfiltration via ML Inference API
 ATLAS_NAME = "Exfiltration via ML Inference API"
+# The webhook outbox: an opened alert is pushed here in the same MULTI/EXEC that records it, so a crash
+# between "alert stored" and "webhook queued" cannot happen (services.detector.service.webhook drains it).
+WEBHOOK_OUTBOX = "mc:webhook:outbox"
 
 
 @dataclass
@@ -46,6 +49,8 @@ class Alert:
     history: list[dict[str, Any]] = field(default_factory=list)  # status changes: who, when, note
     policy_applied: dict[str, Any] | None = None
     queries_at_open: int = 0  # the client's queries analysed when the alert opened (detection latency)
+    model: str = ""  # the model whose queries raised it
+    risk_threshold: float = 0.0  # the risk score from which the detector alerts (benign FPR budget)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -56,10 +61,13 @@ class Alert:
 
 
 class AlertStore:
-    def __init__(self, r: redis.Redis, *, stream: str = "mc:alerts", window_s: float = 3600.0) -> None:
+    def __init__(
+        self, r: redis.Redis, *, stream: str = "mc:alerts", window_s: float = 3600.0, notify: bool = False
+    ) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self.r = r
+        self.notify = notify  # queue a webhook for each opened or escalated alert
         self.stream = stream
         self.window_s = window_s
 
@@ -77,6 +85,8 @@ class AlertStore:
         window_start: float,
         window_end: float,
         queries_seen: int,
+        model: str = "",
+        risk_threshold: float = 0.0,
     ) -> tuple[Alert, bool]:
         """Open an alert for the client, or fold this detection into its open one. Returns (alert, is_new)."""
         now = time.time()
@@ -107,6 +117,8 @@ class AlertStore:
                             signals=signals,
                             fired_signals=fired,
                             queries_at_open=queries_seen,
+                            model=model,
+                            risk_threshold=risk_threshold,
                         )
                         event = "opened"
                     else:
@@ -118,15 +130,19 @@ class AlertStore:
                         if risk_score >= alert.risk_score:
                             alert.risk_score, alert.signals = risk_score, signals
                         alert.fired_signals = sorted(set(alert.fired_signals) | set(fired))
-                        if severity == "high":
-                            alert.severity = "high"
                         event = "updated"
+                        if severity == "high" and alert.severity != "high":
+                            alert.severity = "high"
+                            event = "escalated"
                     pipe.multi()
                     pipe.set(self._key(alert.id), alert.to_json())
                     pipe.zadd("mc:alerts:index", {alert.id: alert.opened_at})
                     if event == "opened":
                         pipe.set(open_key, alert.id, ex=int(self.window_s))
                     pipe.xadd(self.stream, {"event": event, "alert": alert.to_json()}, maxlen=100_000, approximate=True)
+                    if self.notify and event in ("opened", "escalated"):
+                        item = {"event": f"alert.{event}", "attempts": 0, "not_before": 0.0, "payload": asdict(alert)}
+                        pipe.lpush(WEBHOOK_OUTBOX, orjson.dumps(item))
                     pipe.execute()
                     return alert, event == "opened"
                 except redis.WatchError:

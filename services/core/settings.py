@@ -60,7 +60,16 @@ class Settings(BaseSettings):
     signing_key_path: Path | None = None  # default: <data_dir>/keys/signing_ed25519.pem
 
     # --- detector ------------------------------------------------------------------------------
+    # A baseline directory written by `modelcustody detector fit`; unset → the demo models' baselines are
+    # fitted at start-up on the demo reference data and cached under <data_dir>/detector/baseline.
     detector_reference_path: Path | None = None
+    detector_metrics_port: int = 9101
+    detector_consumer: str = ""  # consumer name in the group; empty → hostname-pid
+    detector_batch_max: int = 500
+    # Entries unacknowledged this long belong to a dead detector and are taken over (XAUTOCLAIM).
+    detector_reclaim_idle_s: float = 30.0
+    detector_tighten_on: Literal["high", "medium", ""] = "high"  # alert level that tightens a client's policy
+    alert_window_s: float = 3600.0  # detections of one client within this window fold into one alert
     alerts_stream: str = "mc:alerts"
 
     celery_broker_url: str | None = None  # default: redis_url

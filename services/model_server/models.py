@@ -36,6 +36,20 @@ def digits_split(seed: int = 0, private_fraction: float = 0.5) -> DigitsSplit:
     return DigitsSplit(xp, yp, xh, yh)
 
 
+def holdout_halves(split: DigitsSplit, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The holdout cut in two stratified halves: (x_reference, y_reference, x_traffic, y_traffic).
+
+    The *reference* half is the owner's benign reference data: the detector's baselines are fitted on it, and
+    benchmarks use it as the fidelity test set, because no client ever queries it. The *traffic* half is what
+    demo and benchmark clients (benign users and attackers' natural data) draw their queries from. Keeping
+    the two apart means the detector is always scored on queries its baselines never saw.
+    """
+    x_ref, x_traffic, y_ref, y_traffic = train_test_split(
+        split.x_holdout, split.y_holdout, test_size=0.5, random_state=seed, stratify=split.y_holdout
+    )
+    return x_ref, y_ref, x_traffic, y_traffic
+
+
 def _scale(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64) / DIGITS_MAX
 

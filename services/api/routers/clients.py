@@ -25,5 +25,6 @@ def read_client_risk(client_id: str, r: RedisDep, _: AdminDep) -> dict[str, Any]
     if info is None:
         raise HTTPException(404, f"no client '{client_id}'")
     raw = r.get(f"mc:risk:{client_id}")
-    risk = orjson.loads(raw) if raw else {"risk_score": 0.0, "level": "low", "queries_seen": 0, "signals": []}
+    no_data = {"risk_score": 0.0, "level": "low", "threshold": None, "queries_seen": 0, "models": {}}
+    risk = orjson.loads(raw) if raw else no_data
     return {"client_id": client_id, "revoked": info.revoked, "policy": reg.get_policy(client_id).to_dict(), **risk}

@@ -14,6 +14,11 @@ Alerts are recorded before the commit. Re-processing after a crash folds the rep
 the client's open alert (de-duplicated per client and window), so it cannot open a second alert or send
 a second webhook.
 
+Each record is analysed by the engine of its model (``runtime.EngineSet``); a client's state holds one
+engine state per model it queried, and its risk is the highest over those models. Records of a model with
+no engine, or whose input width is not the engine's, are acknowledged and counted as skipped / malformed:
+they can never become analysable by waiting, and leaving them pending would block nothing but the count.
+
 Two detectors may interleave one client's records slightly out of stream order; the signals are
 statistics over a window and do not depend on exact order (PRADA's distances, margins, coverage), except
 the sweep signal's consecutive-pair test, which tolerates a few swapped pairs.
@@ -22,6 +27,7 @@ the sweep signal's consecutive-pair test, which tolerates a few swapped pairs.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -37,8 +43,9 @@ from services.core.alerts import AlertStore
 from services.core.clients import ClientRegistry
 from services.core.policy import OutputPolicy
 from services.core.records import QueryRecord
-from services.detector.engine import DetectionEngine
+from services.detector.engine import Assessment
 from services.detector.service.metrics import DetectorMetrics
+from services.detector.service.runtime import EngineSet
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,7 @@ STATE_PREFIX = "mc:det:state:"
 RISK_PREFIX = "mc:risk:"
 LEVELS_KEY = "mc:risk:levels"
 MALFORMED_STREAM = "mc:queries:malformed"
+LEVEL_ORDER = ("low", "medium", "high")
 
 
 @dataclass
@@ -66,13 +74,14 @@ class DetectorWorker:
     def __init__(
         self,
         r: redis.Redis,
-        engine: DetectionEngine,
+        engines: EngineSet,
         alerts: AlertStore,
         metrics: DetectorMetrics,
         config: DetectorConfig | None = None,
     ) -> None:
         self.r = r
-        self.engine = engine
+        self.engines = engines
+        self._last_gauges = 0.0
         self.alerts = alerts
         self.metrics = metrics
         self.config = config or DetectorConfig()
@@ -109,12 +118,14 @@ class DetectorWorker:
         if now - self._last_reclaim >= self.config.reclaim_idle_s / 2:
             self._last_reclaim = now
             handled += self._reclaim()
-        resp = self.r.xreadgroup(
+        resp: Any = self.r.xreadgroup(
             GROUP, self.consumer, {self.config.stream: ">"}, count=self.config.batch_max, block=self.config.block_ms
         )
-        for _, entries in resp or []:  # type: ignore[union-attr]
+        for _, entries in resp or []:
             handled += self.process(entries)
-        self._update_gauges()
+        if now - self._last_gauges >= 1.0:  # two Redis reads: once a second, not once per batch
+            self._last_gauges = now
+            self._update_gauges()
         return handled
 
     def _reclaim(self) -> int:
@@ -144,13 +155,21 @@ class DetectorWorker:
         by_client: dict[str, list[QueryRecord]] = defaultdict(list)
         ids: list[bytes] = []
         malformed: list[tuple[bytes, dict[bytes, bytes]]] = []
+        skipped = 0
         for entry_id, fields in entries:
             ids.append(entry_id)
             try:
                 rec = QueryRecord.from_stream_fields(fields)
-                by_client[rec.client_id].append(rec)
             except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
                 malformed.append((entry_id, fields))
+                continue
+            engine = self.engines.for_model(rec.model)
+            if engine is None:
+                skipped += 1  # a model this detector has no baseline for
+            elif len(rec.input) != engine.n_features or not all(map(math.isfinite, rec.input)):
+                malformed.append((entry_id, fields))
+            else:
+                by_client[rec.client_id].append(rec)
         for attempt in range(20):
             try:
                 self._analyse_and_commit(by_client, ids, malformed)
@@ -164,6 +183,8 @@ class DetectorWorker:
         self.metrics.queries.inc(n_records)
         if malformed:
             self.metrics.malformed.inc(len(malformed))
+        if skipped:
+            self.metrics.skipped.inc(skipped)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         return len(ids)
 
@@ -178,30 +199,49 @@ class DetectorWorker:
         with self.r.pipeline() as pipe:
             if keys:
                 pipe.watch(*keys)
-            stored = [pipe.hgetall(k) for k in keys]
+            stored: list[dict[bytes, bytes]] = [pipe.hgetall(k) for k in keys]  # type: ignore[misc]
+            previous_risk: list[Any] = [pipe.get(RISK_PREFIX + c) for c in clients]
             updates: dict[str, dict[str, bytes | str | float | int]] = {}
             risks: dict[str, bytes] = {}
             levels: dict[str, str] = {}
-            for client, raw in zip(clients, stored, strict=True):
+            for client, raw, prev in zip(clients, stored, previous_risk, strict=True):
                 records = by_client[client]
-                state = self.engine.state_from_bytes(raw[b"engine"]) if raw else self.engine.new_client_state()
-                queries_before = int(raw.get(b"queries", 0)) if raw else 0
-                first_ts = float(raw[b"first_ts"]) if raw else records[0].ts
-                x, outputs, labels = _arrays(records)
+                queries = int(raw.get(b"queries", 0)) + len(records)
+                first_ts = float(raw[b"first_ts"]) if b"first_ts" in raw else min(r.ts for r in records)
                 now = max(r.ts for r in records)
-                assessment = self.engine.observe(state, x, outputs, labels, now=now)
-                queries = queries_before + len(records)
-                summary = assessment.to_dict()
-                summary.update({"queries_seen": queries, "updated_at": now, "first_seen": first_ts})
-                risks[client] = orjson.dumps(summary)
-                levels[client] = assessment.level
-                if assessment.alert:
-                    self._raise(client, assessment, first_ts, now, queries)
-                updates[client] = {
-                    "engine": self.engine.state_to_bytes(state),
-                    "queries": queries,
-                    "first_ts": first_ts,
-                }
+                per_model: dict[str, Any] = orjson.loads(prev).get("models", {}) if prev else {}
+                mapping: dict[str, bytes | str | float | int] = {"queries": queries, "first_ts": first_ts}
+                by_model: dict[str, list[QueryRecord]] = defaultdict(list)
+                for rec in records:
+                    by_model[rec.model].append(rec)
+                for model, recs in sorted(by_model.items()):
+                    engine = self.engines.for_model(model)
+                    assert engine is not None  # process() only passes records some engine analyses
+                    field = f"engine:{model}"
+                    blob = raw.get(field.encode())
+                    state = engine.state_from_bytes(blob) if blob else engine.new_client_state()
+                    x, outputs, labels = _arrays(recs, engine.n_classes)
+                    assessment = engine.observe(state, x, outputs, labels, now=now)
+                    mapping[field] = engine.state_to_bytes(state)
+                    per_model[model] = assessment.to_dict()
+                    if assessment.alert:
+                        self._raise(client, model, assessment, first_ts, now, queries)
+                worst = max(per_model.values(), key=lambda a: a["risk_score"])
+                level = max((a["level"] for a in per_model.values()), key=LEVEL_ORDER.index)
+                risks[client] = orjson.dumps(
+                    {
+                        "client_id": client,
+                        "risk_score": worst["risk_score"],
+                        "level": level,
+                        "threshold": worst["threshold"],
+                        "queries_seen": queries,
+                        "first_seen": first_ts,
+                        "updated_at": now,
+                        "models": per_model,
+                    }
+                )
+                levels[client] = level
+                updates[client] = mapping
             pipe.multi()
             for client, mapping in updates.items():
                 pipe.hset(STATE_PREFIX + client, mapping=mapping)  # type: ignore[arg-type]
@@ -209,12 +249,15 @@ class DetectorWorker:
             if levels:
                 pipe.hset(LEVELS_KEY, mapping=levels)  # type: ignore[arg-type]
             for entry_id, fields in malformed:
-                pipe.xadd(MALFORMED_STREAM, {**fields, b"source_id": entry_id}, maxlen=100_000, approximate=True)
+                entry: dict[Any, Any] = {**fields, b"source_id": entry_id}
+                pipe.xadd(MALFORMED_STREAM, entry, maxlen=100_000, approximate=True)
             if ids:
                 pipe.xack(self.config.stream, GROUP, *ids)
             pipe.execute()
 
-    def _raise(self, client: str, assessment: Any, first_ts: float, now: float, queries: int) -> None:
+    def _raise(
+        self, client: str, model: str, assessment: Assessment, first_ts: float, now: float, queries: int
+    ) -> None:
         severity = assessment.level if assessment.level in ("medium", "high") else "medium"
         alert, is_new = self.alerts.raise_or_update(
             client_id=client,
@@ -225,12 +268,16 @@ class DetectorWorker:
             window_start=first_ts,
             window_end=now,
             queries_seen=queries,
+            model=model,
+            risk_threshold=float(assessment.threshold),
         )
         for signal in assessment.fired:
             self.metrics.alerts.labels(signal, severity).inc()
         if is_new:
             self.metrics.alerts_opened.labels(severity).inc()
-            log.warning("extraction alert %s on client %s (risk %.3f)", alert.id, client, assessment.risk_score)
+            log.warning(
+                "extraction alert %s on client %s, model %s (risk %.3f)", alert.id, client, model, assessment.risk_score
+            )
         tighten = self.config.tighten_on
         if tighten and (severity == "high" or tighten == "medium"):
             reg = ClientRegistry(self.r)
@@ -249,19 +296,28 @@ class DetectorWorker:
                     self.metrics.lag.set(float(g.get("lag") or 0))
                     self.metrics.pending.set(float(g.get("pending") or 0))
             counts: dict[str, int] = defaultdict(int)
-            for level in self.r.hvals(LEVELS_KEY):  # type: ignore[union-attr]
-                counts[level.decode()] += 1
-            for level in ("low", "medium", "high"):
+            stored: Any = self.r.hvals(LEVELS_KEY)
+            for raw in stored:
+                counts[raw.decode()] += 1
+            for level in LEVEL_ORDER:
                 self.metrics.clients_at_level.labels(level).set(counts.get(level, 0))
         except redis.ResponseError:
             pass
 
 
-def _arrays(records: list[QueryRecord]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _arrays(records: list[QueryRecord], n_classes: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     x = np.asarray([r.input for r in records], dtype=np.float64)
-    labels = np.asarray([r.predicted_label() if r.output else -1 for r in records], dtype=np.int64)
-    if all(r.output_kind == "probabilities" for r in records):
+    labels = np.asarray([_label(r) for r in records], dtype=np.int64)
+    if all(r.output_kind == "probabilities" and r.output and len(r.output) == n_classes for r in records):
         outputs: np.ndarray | None = np.asarray([r.output for r in records], dtype=np.float64)
     else:
-        outputs = None  # label-only answers: the engine uses its reference model's margins
+        outputs = None  # label-only (or mixed) answers: the engine uses its reference model's margins
     return x, outputs, labels
+
+
+def _label(record: QueryRecord) -> int:
+    """The class the client was told, or -1 when the answer named none (failed request, raw output)."""
+    if record.output_kind not in ("probabilities", "label"):
+        return -1
+    label = record.predicted_label()
+    return -1 if label is None else label

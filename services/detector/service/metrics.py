@@ -16,6 +16,11 @@ class DetectorMetrics:
             "Stream entries that were not readable query records (acknowledged and set aside).",
             registry=registry,
         )
+        self.skipped = Counter(
+            "modelcustody_detector_records_skipped_total",
+            "Records of a model this detector has no baseline for (acknowledged, not analysed).",
+            registry=registry,
+        )
         self.alerts = Counter(
             "modelcustody_detector_alerts_total",
             "Detections by signal and severity (a detection folded into an open alert counts too).",

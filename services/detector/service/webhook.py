@@ -19,9 +19,11 @@ import httpx
 import orjson
 import redis
 
+from services.core.alerts import WEBHOOK_OUTBOX
+
 log = logging.getLogger(__name__)
 
-OUTBOX = "mc:webhook:outbox"
+OUTBOX = WEBHOOK_OUTBOX
 DEAD = "mc:webhook:dead"
 
 

@@ -1,0 +1,74 @@
+"""A detector process: engines, the stream consumer, the webhook sender and a Prometheus endpoint.
+
+``modelcustody serve detector`` runs ``run_detector``. SIGTERM/SIGINT stop the consumer after its current
+batch (already committed or not yet started: nothing half-done), then the webhook sender.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from types import FrameType
+
+import redis
+from prometheus_client import CollectorRegistry, start_http_server
+
+from services.core.alerts import AlertStore
+from services.core.settings import Settings, get_settings
+from services.detector.service.consumer import DetectorConfig, DetectorWorker
+from services.detector.service.metrics import DetectorMetrics
+from services.detector.service.runtime import load_or_fit_engines
+from services.detector.service.webhook import WebhookSender
+
+log = logging.getLogger(__name__)
+
+
+def build_worker(settings: Settings, r: redis.Redis, metrics: DetectorMetrics) -> DetectorWorker:
+    engines = load_or_fit_engines(settings.detector_reference_path, settings.data_dir / "detector" / "baseline")
+    alerts = AlertStore(
+        r, stream=settings.alerts_stream, window_s=settings.alert_window_s, notify=bool(settings.webhook_url)
+    )
+    config = DetectorConfig(
+        stream=settings.queries_stream,
+        consumer=settings.detector_consumer or f"{socket.gethostname()}-{os.getpid()}",
+        batch_max=settings.detector_batch_max,
+        reclaim_idle_s=settings.detector_reclaim_idle_s,
+        tighten_on=settings.detector_tighten_on,
+    )
+    return DetectorWorker(r, engines, alerts, metrics, config)
+
+
+def run_detector(settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    r = redis.Redis.from_url(settings.redis_url)
+    registry = CollectorRegistry()
+    metrics = DetectorMetrics(registry)
+    worker = build_worker(settings, r, metrics)
+    sender: WebhookSender | None = None
+    if settings.webhook_url:
+        sender = WebhookSender(
+            r,
+            settings.webhook_url,
+            settings.webhook_secret,
+            instance=worker.consumer,
+            on_result=lambda outcome: metrics.webhooks.labels(outcome).inc(),
+        )
+        sender.start()
+    if settings.detector_metrics_port:
+        start_http_server(settings.detector_metrics_port, registry=registry)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping after the current batch", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("detector %s ready: models %s", worker.consumer, ", ".join(worker.engines))
+    try:
+        worker.run()
+    finally:
+        if sender is not None:
+            sender.stop()
+        r.close()

@@ -1,0 +1,130 @@
+"""Where a detector process gets its engines: a saved baseline, or (demo defaults) one fitted at start-up.
+
+A detector analyses each record with the engine of the record's model: baselines are per model, because
+margins, classes and the input distribution are. ``EngineSet`` maps model names to engines, with ``"*"`` as
+a catch-all.
+
+Baseline directory layout (``MODELCUSTODY_DETECTOR_REFERENCE_PATH``), written by ``modelcustody detector fit``:
+
+    <dir>/<model name>/engine.json + baseline.npz     one engine per model the gateway serves
+    <dir>/<model name>/reference_model.json           optional: {"demo_model": "digits-mlp"}
+    <dir>/engine.json + baseline.npz                  or a single engine for every model ("*")
+
+The reference model is what the boundary signal asks for margins when a client received labels only. It is
+a live model, not data, so a baseline cannot carry it; we only know how to rebuild the demo models (seeded,
+identical to what the model server serves). For another model, the boundary signal uses the margins of
+the probabilities the client received and gives no evidence on label-only traffic (the other signals do).
+
+Without a configured path, the detector fits the demo models' engines on the owner's reference half of
+the digits holdout (``services.model_server.models.holdout_halves``) and caches them under
+``<data_dir>/detector/baseline`` so a restarted process loads them instead of refitting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+from services.detector.engine import DetectionEngine
+from services.model_server.models import MODEL_KINDS, digits_split, holdout_halves, train_model
+
+log = logging.getLogger(__name__)
+
+CATCH_ALL = "*"
+DEMO_MODELS = ("digits-mlp",)
+REFERENCE_MODEL_FILE = "reference_model.json"
+
+ReferenceModel = Callable[[np.ndarray], np.ndarray]
+
+
+class EngineSet(Mapping[str, DetectionEngine]):
+    """Engines by model name; ``for_model`` falls back to the catch-all engine, if any."""
+
+    def __init__(self, engines: Mapping[str, DetectionEngine]) -> None:
+        if not engines:
+            raise ValueError("a detector needs at least one engine")
+        self._engines = dict(engines)
+
+    def __getitem__(self, model: str) -> DetectionEngine:
+        return self._engines[model]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._engines)
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def for_model(self, model: str) -> DetectionEngine | None:
+        return self._engines.get(model) or self._engines.get(CATCH_ALL)
+
+
+def demo_reference_model(model: str, seed: int = 0) -> ReferenceModel:
+    """The demo model server's model (same split, same seed), as a probability function on raw inputs."""
+    try:
+        kind = MODEL_KINDS[model]
+    except KeyError:
+        raise ValueError(f"'{model}' is not a demo model ({', '.join(MODEL_KINDS)})") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fitted = train_model(kind, digits_split(seed), seed)
+    return lambda x: np.asarray(fitted.predict_proba(np.asarray(x, dtype=np.float64)))
+
+
+def fit_demo_engine(model: str, seed: int = 0, n_sim_clients: int = 200) -> DetectionEngine:
+    """Fit one demo model's engine on the reference half of the digits holdout (never sent by any client)."""
+    reference_model = demo_reference_model(model, seed)
+    x_ref, _, _, _ = holdout_halves(digits_split(seed), seed)
+    return DetectionEngine.fit(
+        x_ref, reference_model(x_ref), reference_model=reference_model, n_sim_clients=n_sim_clients, seed=seed
+    )
+
+
+def save_engine(engine: DetectionEngine, directory: Path, demo_model: str | None = None) -> None:
+    engine.save(directory)
+    if demo_model is not None:
+        (directory / REFERENCE_MODEL_FILE).write_text(json.dumps({"demo_model": demo_model}))
+
+
+def load_engine(directory: Path) -> DetectionEngine:
+    reference_model: ReferenceModel | None = None
+    ref_file = directory / REFERENCE_MODEL_FILE
+    if ref_file.exists():
+        reference_model = demo_reference_model(json.loads(ref_file.read_text())["demo_model"])
+    return DetectionEngine.load(directory, reference_model=reference_model)
+
+
+def load_engines(path: Path) -> EngineSet:
+    """Engines from a baseline directory (see the module doc); ``ValueError`` naming what is missing."""
+    if not path.is_dir():
+        raise ValueError(f"detector baseline {path} is not a directory")
+    if (path / "engine.json").exists():
+        return EngineSet({CATCH_ALL: load_engine(path)})
+    engines = {sub.name: load_engine(sub) for sub in sorted(path.iterdir()) if (sub / "engine.json").exists()}
+    if not engines:
+        raise ValueError(f"no detector baseline (engine.json) in {path} or its subdirectories")
+    return EngineSet(engines)
+
+
+def load_or_fit_engines(
+    reference_path: Path | None, cache_dir: Path | None = None, models: Iterable[str] = DEMO_MODELS, seed: int = 0
+) -> EngineSet:
+    """The configured baseline, else the demo models' engines (fitted once, then cached in ``cache_dir``)."""
+    if reference_path is not None:
+        return load_engines(reference_path)
+    engines: dict[str, DetectionEngine] = {}
+    for model in models:
+        cached = None if cache_dir is None else cache_dir / model
+        if cached is not None and (cached / "engine.json").exists():
+            engines[model] = load_engine(cached)
+            continue
+        log.info("fitting the detector baseline of %s on the demo reference data", model)
+        engines[model] = fit_demo_engine(model, seed)
+        if cached is not None:
+            save_engine(engines[model], cached, demo_model=model)
+    return EngineSet(engines)
