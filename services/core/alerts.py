@@ -87,6 +87,7 @@ class AlertStore:
         queries_seen: int,
         model: str = "",
         risk_threshold: float = 0.0,
+        queries_at_test: int | None = None,  # the client's query count at the test that fired
     ) -> tuple[Alert, bool]:
         """Open an alert for the client, or fold this detection into its open one. Returns (alert, is_new)."""
         now = time.time()
@@ -116,7 +117,7 @@ class AlertStore:
                             queries_seen=queries_seen,
                             signals=signals,
                             fired_signals=fired,
-                            queries_at_open=queries_seen,
+                            queries_at_open=queries_seen if queries_at_test is None else queries_at_test,
                             model=model,
                             risk_threshold=risk_threshold,
                         )

@@ -10,7 +10,10 @@ Usage (the detector service does exactly this per client batch)::
     blob = engine.state_to_bytes(state)
 
 Test schedule: the signals are tested each time the client's query count crosses a multiple of
-``eval_every`` (50), whatever the batch sizes, so the number of tests in a client's lifetime (and thus the
+``eval_every`` (50), plus once early at each of ``early_tests`` (20 queries: blatant probing such as
+equation solving's uniform random points is significant after 20 queries, and 50 would let a small
+model be copied first; the signals that need more data answer p = 1 there), whatever the batch sizes,
+so the number of tests in a client's lifetime (and thus the
 benign false-positive rate the risk threshold was calibrated for) does not depend on how the stream was
 batched. A batch that crosses several multiples is tested at each; ``observe`` returns the assessment with
 the highest risk among them. A batch that crosses none returns the last assessment's score and level with
@@ -128,6 +131,7 @@ class DetectionEngine:
         n_classes: int,
         eval_every: int = 50,  # test granularity: one test per 50 of a client's queries
         method: Method = "bonferroni",
+        early_tests: Sequence[int] = (20,),
     ) -> None:
         if not signals:
             raise ValueError("an engine needs at least one signal")
@@ -145,6 +149,8 @@ class DetectionEngine:
         self.n_classes = positive_int("n_classes", n_classes, minimum=2)
         self.eval_every = positive_int("eval_every", eval_every)
         self.method: Method = method
+        early = sorted({positive_int("early_tests", int(q)) for q in early_tests})
+        self.early_tests: tuple[int, ...] = tuple(q for q in early if q % self.eval_every)
 
     @property
     def signal_names(self) -> tuple[str, ...]:
@@ -164,6 +170,7 @@ class DetectionEngine:
         index_fraction: float = 0.5,  # half the reference rows index the OOD signal, half calibrate it
         eval_every: int = 50,
         method: Method = "bonferroni",
+        early_tests: Sequence[int] = (20,),
         target_fpr: float = 1e-3,
         high_fpr: float = 1e-5,
         lifetime_queries: int = 10_000,
@@ -219,7 +226,9 @@ class DetectionEngine:
                 seed=fold_seed,
                 params=params,
             )
-            return cls(signals, None, n_features=d, n_classes=k, eval_every=eval_every, method=method)
+            return cls(
+                signals, None, n_features=d, n_classes=k, eval_every=eval_every, method=method, early_tests=early_tests
+            )
 
         engine = build(np.arange(X.shape[0]), seed)
         # Cross-fitting: the benign streams that set the risk threshold come from rows the baselines of the
@@ -253,6 +262,7 @@ class DetectionEngine:
             high_fpr=high_fpr,
             eval_every=eval_every,
             method=method,
+            extra_tests=len(engine.early_tests),
         )
         return engine
 
@@ -274,7 +284,8 @@ class DetectionEngine:
         return ClientState(signals={s.name: s.new_state() for s in self.signals})
 
     def layout(self) -> str:
-        return f"engine:e={self.eval_every};" + ";".join(s.layout() for s in self.signals)
+        early = ",".join(map(str, self.early_tests))
+        return f"engine:e={self.eval_every},early={early};" + ";".join(s.layout() for s in self.signals)
 
     def state_to_bytes(self, state: ClientState) -> bytes:
         parts = {s.name: state.signals[s.name].to_record() for s in self.signals}
@@ -367,7 +378,7 @@ class DetectionEngine:
         n = X.shape[0]
         start = 0
         while start < n:
-            take = min(self.eval_every - state.queries % self.eval_every, n - start)
+            take = min(self._next_test(state.queries) - state.queries, n - start)
             end = start + take
             xs = X[start:end]
             os_ = None if outputs is None else outputs[start:end]
@@ -375,7 +386,7 @@ class DetectionEngine:
             for s in self.signals:
                 s.update(state.signals[s.name], xs, os_, ls, now=now)
             state.queries += take
-            if state.queries % self.eval_every == 0:
+            if state.queries % self.eval_every == 0 or state.queries in self.early_tests:
                 results = tuple(s.evaluate(state.signals[s.name], now=now) for s in self.signals)
                 p = combine([r.p_value for r in results], self.method)
                 score = neg_log10(p)
@@ -387,6 +398,11 @@ class DetectionEngine:
                 evals.append(_Eval(score, p, state.queries, results))
             start = end
         return evals
+
+    def _next_test(self, queries: int) -> int:
+        """The query count of the next test after ``queries``."""
+        regular = (queries // self.eval_every + 1) * self.eval_every
+        return min([q for q in self.early_tests if q > queries] + [regular])
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -408,6 +424,7 @@ class DetectionEngine:
             "n_features": self.n_features,
             "n_classes": self.n_classes,
             "eval_every": self.eval_every,
+            "early_tests": list(self.early_tests),
             "method": self.method,
             "thresholds": self.thresholds.to_dict(),
             "signals": sigs,
@@ -442,6 +459,7 @@ class DetectionEngine:
             n_classes=k,
             eval_every=int(meta["eval_every"]),
             method=meta["method"],
+            early_tests=tuple(meta.get("early_tests", ())),
         )
 
 

@@ -113,6 +113,7 @@ def calibrate(
     high_fpr: float = 1e-5,  # 100x rarer than an alert: strong enough to tighten a client's policy
     eval_every: int = 50,  # queries per test, to count the tests of a lifetime for the union-bound floor
     method: Method = "bonferroni",
+    extra_tests: int = 0,  # tests outside the regular schedule (the engine's early tests)
 ) -> RiskThresholds:
     """Thresholds from benign streams; ``run_stream`` returns the risk scores of one stream's evaluations."""
     lifetime_queries = positive_int("lifetime_queries", lifetime_queries)
@@ -136,7 +137,7 @@ def calibrate(
     t_alert, loc, scale = gumbel_threshold(m, stretch, target_fpr)
     t_high, _, _ = gumbel_threshold(m, stretch, high_fpr)
     floor = float(m.max())
-    tests = max(lifetime_queries / positive_int("eval_every", eval_every), 1.0)
+    tests = max(lifetime_queries / positive_int("eval_every", eval_every) + max(extra_tests, 0), 1.0)
     return RiskThresholds(
         alert=max(t_alert, floor, neg_log10(target_fpr / tests)),
         high=max(t_high, floor, neg_log10(high_fpr / tests)),

@@ -270,6 +270,8 @@ class DetectorWorker:
             queries_seen=queries,
             model=model,
             risk_threshold=float(assessment.threshold),
+            # The test that fired may lie inside the batch: count the client's queries up to it.
+            queries_at_test=queries - (assessment.queries_seen - (assessment.tested_at or assessment.queries_seen)),
         )
         for signal in assessment.fired:
             self.metrics.alerts.labels(signal, severity).inc()
