@@ -100,7 +100,8 @@ def fidelity_at(run: AttackRun, queries: int | None) -> float | None:
     if queries is None:
         return None
     before = [t for t in run.trajectory if t[0] <= queries]
-    return round(before[-1][1], 4) if before else 0.0
+    # None when the attack's first step was larger than the alert's query count: no copy existed yet.
+    return round(before[-1][1], 4) if before else None
 
 
 def main() -> None:
@@ -223,6 +224,7 @@ def main() -> None:
         attacks_out = []
         for run in runs:
             q = first_alert.get(run.client)
+            q90 = next((t[0] for t in run.trajectory if t[1] >= 0.9), None)
             final = run.trajectory[-1]
             attacks_out.append(
                 {
@@ -233,9 +235,10 @@ def main() -> None:
                     "copy_fidelity_at_alert": fidelity_at(run, q),
                     "final_copy_fidelity": round(final[1], 4),
                     "final_uniform_agreement": round(final[2], 4),
-                    "queries_to_90pct_fidelity": next((t[0] for t in run.trajectory if t[1] >= 0.9), None),
+                    "queries_to_90pct_fidelity": q90,
                     "detected": q is not None,
-                    "detected_before_90pct": q is not None and (fidelity_at(run, q) or 0.0) < 0.9,
+                    # The alert came at a smaller query count than the one where the copy first reached 90 %.
+                    "detected_before_90pct": q is not None and (q90 is None or q < q90),
                 }
             )
         flagged = sorted(c for c in benign_sent if c in first_alert)

@@ -94,6 +94,7 @@ class Assessment:
     peak_risk_score: float
     now: float | None = None
     technique: str = TECHNIQUE
+    first_alert_at: int | None = None  # query count of the batch's first test that reached the alert threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +111,7 @@ class Assessment:
             "peak_risk_score": round(self.peak_risk_score, 4),
             "now": self.now,
             "technique": self.technique,
+            "first_alert_at": self.first_alert_at,
         }
 
 
@@ -350,6 +352,7 @@ class DetectionEngine:
             )
         best = max(evals, key=lambda e: e.score)
         alert = best.score >= alert_at
+        first_alert_at = next((e.queries for e in evals if e.score >= alert_at), None)
         m = len(best.results)
         p_alert = 10.0 ** (-alert_at) if math.isfinite(alert_at) else 0.0
         fired = tuple(r.signal for r in best.results if m * r.p_value <= p_alert)
@@ -368,6 +371,7 @@ class DetectionEngine:
             tested_at=best.queries,
             peak_risk_score=state.peak_score,
             now=now,
+            first_alert_at=first_alert_at,
         )
 
     def _run(

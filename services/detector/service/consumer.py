@@ -271,7 +271,7 @@ class DetectorWorker:
             model=model,
             risk_threshold=float(assessment.threshold),
             # The test that fired may lie inside the batch: count the client's queries up to it.
-            queries_at_test=queries - (assessment.queries_seen - (assessment.tested_at or assessment.queries_seen)),
+            queries_at_test=queries - assessment.queries_seen + (assessment.first_alert_at or assessment.queries_seen),
         )
         for signal in assessment.fired:
             self.metrics.alerts.labels(signal, severity).inc()
