@@ -65,9 +65,11 @@ def train_model(kind: str, split: DigitsSplit, seed: int = 0) -> Pipeline:
         # 32 leaves: a tree the path-finding attack can map in a few thousand queries (~0.75 accuracy).
         est = DecisionTreeClassifier(max_leaf_nodes=32, random_state=seed)
     elif kind == "binary":
-        # "is it a 3?": a binary linear model, the target Lowd-Meek's line search is defined for.
+        # "is it a 5 or more?": a binary linear model, the target Lowd-Meek's line search is defined for.
+        # Balanced classes (~50/50), so test agreement measures the copy (for "is it a 3?" a constant
+        # "no" would already agree on 90 % of digits).
         model = make_pipeline(FunctionTransformer(_scale), LogisticRegression(max_iter=2000))
-        model.fit(split.x_private, (split.y_private == 3).astype(int))
+        model.fit(split.x_private, (split.y_private >= 5).astype(int))
         return model
     else:
         raise ValueError(f"unknown model kind '{kind}' (mlp, logreg, tree, binary)")
