@@ -246,8 +246,11 @@ def main() -> None:
         detector = run_detector(r, args.baseline, split)
         alerts = AlertStore(r).list(limit=100_000)
         first_alert: dict[str, int] = {}
+        fired: dict[str, list[str]] = {}
         for a in alerts:
-            first_alert[a.client_id] = min(first_alert.get(a.client_id, 1 << 60), a.queries_at_open)
+            if a.queries_at_open < first_alert.get(a.client_id, 1 << 60):
+                first_alert[a.client_id] = a.queries_at_open
+            fired[a.client_id] = sorted(set(fired.get(a.client_id, [])) | set(a.fired_signals))
 
         attacks_out = []
         for run in runs:
@@ -265,6 +268,7 @@ def main() -> None:
                     "final_uniform_agreement": round(final[2], 4),
                     "queries_to_90pct_fidelity": q90,
                     "detected": q is not None,
+                    "signals_fired": fired.get(run.client, []),
                     # The alert came at a smaller query count than the one where the copy first reached 90 %.
                     "detected_before_90pct": q is not None and (q90 is None or q < q90),
                 }
