@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import socket
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ from services.core.alerts import AlertStore
 from services.core.clients import ClientRegistry
 from services.core.policy import OutputPolicy
 from services.core.records import QueryRecord
-from services.detector.engine import Assessment
+from services.detector.engine import Assessment, ClientState
 from services.detector.service.metrics import DetectorMetrics
 from services.detector.service.runtime import EngineSet
 
@@ -61,13 +62,28 @@ LEVEL_ORDER = ("low", "medium", "high")
 class DetectorConfig:
     stream: str = "mc:queries"
     consumer: str = ""
-    batch_max: int = 1000
+    batch_max: int = 2000
     block_ms: int = 500
     # An entry unacknowledged this long belongs to a detector that died or hangs: take it over.
     reclaim_idle_s: float = 10.0
     # Tighten a client's policy when an alert reaches this severity ("high", "medium" or "" for never).
     tighten_on: str = "high"
     tightened_policy: OutputPolicy = OutputPolicy(label_only=True, daily_quota=1000, reason="extraction alert")
+    # Decoded client states kept between batches (~100 kB each for 64 features): a hit skips reading and
+    # decoding the state, when no other detector changed it since (checked by a version token).
+    state_cache_clients: int = 1000
+
+
+@dataclass
+class _ClientEntry:
+    """One client's detector state as this process holds it between batches."""
+
+    version: str  # the state hash's version token when read or last committed by this process
+    queries: int
+    first_ts: float | None
+    blobs: dict[str, bytes] = field(default_factory=dict)  # per model, not yet decoded
+    states: dict[str, ClientState] = field(default_factory=dict)  # per model, decoded
+    per_model: dict[str, Any] = field(default_factory=dict)  # the last assessment per model
 
 
 class DetectorWorker:
@@ -82,6 +98,7 @@ class DetectorWorker:
         self.r = r
         self.engines = engines
         self._last_gauges = 0.0
+        self._cache: OrderedDict[str, _ClientEntry] = OrderedDict()
         self.alerts = alerts
         self.metrics = metrics
         self.config = config or DetectorConfig()
@@ -199,61 +216,123 @@ class DetectorWorker:
         with self.r.pipeline() as pipe:
             if keys:
                 pipe.watch(*keys)
-            stored: list[dict[bytes, bytes]] = [pipe.hgetall(k) for k in keys]  # type: ignore[misc]
-            previous_risk: list[Any] = [pipe.get(RISK_PREFIX + c) for c in clients]
-            updates: dict[str, dict[str, bytes | str | float | int]] = {}
-            risks: dict[str, bytes] = {}
-            levels: dict[str, str] = {}
-            for client, raw, prev in zip(clients, stored, previous_risk, strict=True):
-                records = by_client[client]
-                queries = int(raw.get(b"queries", 0)) + len(records)
-                first_ts = float(raw[b"first_ts"]) if b"first_ts" in raw else min(r.ts for r in records)
-                now = max(r.ts for r in records)
-                per_model: dict[str, Any] = orjson.loads(prev).get("models", {}) if prev else {}
-                mapping: dict[str, bytes | str | float | int] = {"queries": queries, "first_ts": first_ts}
-                by_model: dict[str, list[QueryRecord]] = defaultdict(list)
-                for rec in records:
-                    by_model[rec.model].append(rec)
-                for model, recs in sorted(by_model.items()):
-                    engine = self.engines.for_model(model)
-                    assert engine is not None  # process() only passes records some engine analyses
-                    field = f"engine:{model}"
-                    blob = raw.get(field.encode())
-                    state = engine.state_from_bytes(blob) if blob else engine.new_client_state()
-                    x, outputs, labels = _arrays(recs, engine.n_classes)
-                    assessment = engine.observe(state, x, outputs, labels, now=now)
-                    mapping[field] = engine.state_to_bytes(state)
-                    per_model[model] = assessment.to_dict()
-                    if assessment.alert:
-                        self._raise(client, model, assessment, first_ts, now, queries)
-                worst = max(per_model.values(), key=lambda a: a["risk_score"])
-                level = max((a["level"] for a in per_model.values()), key=LEVEL_ORDER.index)
-                risks[client] = orjson.dumps(
-                    {
-                        "client_id": client,
-                        "risk_score": worst["risk_score"],
-                        "level": level,
-                        "threshold": worst["threshold"],
-                        "queries_seen": queries,
-                        "first_seen": first_ts,
-                        "updated_at": now,
-                        "models": per_model,
-                    }
+            entries = self._load(clients)
+            try:
+                updates: dict[str, dict[str, bytes | str | float | int]] = {}
+                risks: dict[str, bytes] = {}
+                levels: dict[str, str] = {}
+                for client in clients:
+                    updates[client], risks[client], levels[client] = self._analyse(
+                        client, entries[client], by_client[client]
+                    )
+                pipe.multi()
+                for client, mapping in updates.items():
+                    pipe.hset(STATE_PREFIX + client, mapping=mapping)  # type: ignore[arg-type]
+                    pipe.set(RISK_PREFIX + client, risks[client])
+                if levels:
+                    pipe.hset(LEVELS_KEY, mapping=levels)  # type: ignore[arg-type]
+                for entry_id, fields in malformed:
+                    entry: dict[Any, Any] = {**fields, b"source_id": entry_id}
+                    pipe.xadd(MALFORMED_STREAM, entry, maxlen=100_000, approximate=True)
+                if ids:
+                    pipe.xack(self.config.stream, GROUP, *ids)
+                pipe.execute()
+            except BaseException:
+                # The analysis mutated the cached states in place: they no longer match Redis.
+                for client in clients:
+                    self._cache.pop(client, None)
+                raise
+        for client in clients:
+            entries[client].version = str(updates[client]["version"])
+            self._cache[client] = entries[client]
+            self._cache.move_to_end(client)
+        while len(self._cache) > self.config.state_cache_clients:
+            self._cache.popitem(last=False)
+
+    def _load(self, clients: list[str]) -> dict[str, _ClientEntry]:
+        """Every client's state: from the local cache when its version is still the one in Redis.
+
+        Called after WATCH on the clients' keys, so a change after these reads aborts the commit. Reads go
+        through a second connection in pipelines (two round trips in all instead of two per client).
+        """
+        with self.r.pipeline(transaction=False) as reader:
+            for client in clients:
+                reader.hget(STATE_PREFIX + client, "version")
+            versions = reader.execute()
+        entries: dict[str, _ClientEntry] = {}
+        misses: list[str] = []
+        for client, raw_version in zip(clients, versions, strict=True):
+            cached = self._cache.get(client)
+            if raw_version is not None and cached is not None and cached.version == raw_version.decode():
+                entries[client] = cached
+                self.metrics.state_cache.labels("hit").inc()
+            else:
+                misses.append(client)
+                self.metrics.state_cache.labels("miss").inc()
+        if misses:
+            with self.r.pipeline(transaction=False) as reader:
+                for client in misses:
+                    reader.hgetall(STATE_PREFIX + client)
+                    reader.get(RISK_PREFIX + client)
+                stored = reader.execute()
+            for i, client in enumerate(misses):
+                raw: dict[bytes, bytes] = stored[2 * i]
+                prev = stored[2 * i + 1]
+                entries[client] = _ClientEntry(
+                    version=raw.get(b"version", b"").decode(),
+                    queries=int(raw.get(b"queries", 0)),
+                    first_ts=float(raw[b"first_ts"]) if b"first_ts" in raw else None,
+                    blobs={k.decode()[len("engine:") :]: v for k, v in raw.items() if k.startswith(b"engine:")},
+                    per_model=orjson.loads(prev).get("models", {}) if prev else {},
                 )
-                levels[client] = level
-                updates[client] = mapping
-            pipe.multi()
-            for client, mapping in updates.items():
-                pipe.hset(STATE_PREFIX + client, mapping=mapping)  # type: ignore[arg-type]
-                pipe.set(RISK_PREFIX + client, risks[client])
-            if levels:
-                pipe.hset(LEVELS_KEY, mapping=levels)  # type: ignore[arg-type]
-            for entry_id, fields in malformed:
-                entry: dict[Any, Any] = {**fields, b"source_id": entry_id}
-                pipe.xadd(MALFORMED_STREAM, entry, maxlen=100_000, approximate=True)
-            if ids:
-                pipe.xack(self.config.stream, GROUP, *ids)
-            pipe.execute()
+        return entries
+
+    def _analyse(
+        self, client: str, entry: _ClientEntry, records: list[QueryRecord]
+    ) -> tuple[dict[str, bytes | str | float | int], bytes, str]:
+        """Fold one client's records into its entry (in place); the hash fields, risk summary and level."""
+        entry.queries += len(records)
+        if entry.first_ts is None:
+            entry.first_ts = min(r.ts for r in records)
+        now = max(r.ts for r in records)
+        # A random token, not a counter: a state deleted and recreated can never match a stale cache entry.
+        mapping: dict[str, bytes | str | float | int] = {
+            "queries": entry.queries,
+            "first_ts": entry.first_ts,
+            "version": secrets.token_hex(8),
+        }
+        by_model: dict[str, list[QueryRecord]] = defaultdict(list)
+        for rec in records:
+            by_model[rec.model].append(rec)
+        for model, recs in sorted(by_model.items()):
+            engine = self.engines.for_model(model)
+            assert engine is not None  # process() only passes records some engine analyses
+            state = entry.states.get(model)
+            if state is None:
+                blob = entry.blobs.pop(model, None)
+                state = engine.state_from_bytes(blob) if blob else engine.new_client_state()
+                entry.states[model] = state
+            x, outputs, labels = _arrays(recs, engine.n_classes)
+            assessment = engine.observe(state, x, outputs, labels, now=now)
+            mapping[f"engine:{model}"] = engine.state_to_bytes(state)
+            entry.per_model[model] = assessment.to_dict()
+            if assessment.alert:
+                self._raise(client, model, assessment, entry.first_ts, now, entry.queries)
+        worst = max(entry.per_model.values(), key=lambda a: a["risk_score"])
+        level = max((a["level"] for a in entry.per_model.values()), key=LEVEL_ORDER.index)
+        risk = orjson.dumps(
+            {
+                "client_id": client,
+                "risk_score": worst["risk_score"],
+                "level": level,
+                "threshold": worst["threshold"],
+                "queries_seen": entry.queries,
+                "first_seen": entry.first_ts,
+                "updated_at": now,
+                "models": entry.per_model,
+            }
+        )
+        return mapping, risk, level
 
     def _raise(
         self, client: str, model: str, assessment: Assessment, first_ts: float, now: float, queries: int

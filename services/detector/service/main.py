@@ -36,6 +36,7 @@ def build_worker(settings: Settings, r: redis.Redis, metrics: DetectorMetrics) -
         batch_max=settings.detector_batch_max,
         reclaim_idle_s=settings.detector_reclaim_idle_s,
         tighten_on=settings.detector_tighten_on,
+        state_cache_clients=settings.detector_state_cache_clients,
     )
     return DetectorWorker(r, engines, alerts, metrics, config)
 

@@ -61,6 +61,12 @@ class DetectorMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.state_cache = Counter(
+            "modelcustody_detector_state_cache_total",
+            "Client-state lookups served from this process's cache (hit) or read from Redis (miss).",
+            ["outcome"],
+            registry=registry,
+        )
         self.reclaimed = Counter(
             "modelcustody_detector_reclaimed_total",
             "Stale pending entries taken over from a detector that stopped.",
