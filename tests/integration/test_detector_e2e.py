@@ -103,13 +103,15 @@ def start_detector(env: dict[str, str], log_dir: Path, consumer: str) -> tuple[M
     return proc, port
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout_s: float, what: str, state: Callable[[], object] = lambda: ""
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} {state()}")
 
 
 def metric(port: int, name: str) -> float:
@@ -165,7 +167,12 @@ def test_detector_alerts_on_the_attacker_only_and_survives_a_kill(
         for name, rows in benign_rows.items():
             sent[name] += send(http, keys[name], rows[:150], batch=5)
         sent["attacker"] += send(http, keys["attacker"], attack_rows[:200], batch=10)
-        wait_until(lambda: analysed(r, "benign-a") > 0, 120, "the first detector to analyse records")
+        wait_until(
+            lambda: analysed(r, "benign-a") > 0,
+            120,
+            "the first detector to analyse records",
+            lambda: (tmp_path / "detector-det-1.log").read_text()[-3000:],
+        )
         first.kill()  # SIGKILL: no graceful anything, whatever batch it held stays pending
         assert first.proc.wait(10) != 0
         for name, rows in benign_rows.items():
@@ -180,7 +187,15 @@ def test_detector_alerts_on_the_attacker_only_and_survives_a_kill(
     api = start_server("services.api.main:create_app", env, tmp_path / "logs", "api")
     try:
         wait_until(
-            lambda: all(analysed(r, c) == n for c, n in sent.items()), 120, f"every record to be analysed: {sent}"
+            lambda: all(analysed(r, c) == n for c, n in sent.items()),
+            120,
+            f"every record to be analysed: {sent}",
+            lambda: (
+                {c: analysed(r, c) for c in sent},
+                r.xinfo_groups("mc:queries"),
+                r.xinfo_consumers("mc:queries", GROUP),
+                (tmp_path / "detector-det-2.log").read_text()[-3000:],
+            ),
         )
         groups: Any = r.xinfo_groups("mc:queries")
         group = next(g for g in groups if g["name"] in (GROUP, GROUP.encode()))
@@ -188,7 +203,16 @@ def test_detector_alerts_on_the_attacker_only_and_survives_a_kill(
         assert group["pending"] == 0 and group["last-delivered-id"] == last  # all delivered, all acknowledged
         assert {c: analysed(r, c) for c in sent} == sent  # each row analysed exactly once: no loss, no double
 
-        wait_until(lambda: len(webhook.received) >= 1, 120, "the webhook")
+        wait_until(
+            lambda: len(webhook.received) >= 1,
+            120,
+            "the webhook",
+            lambda: (
+                webhook.refused,
+                r.llen("mc:webhook:outbox"),
+                (tmp_path / "detector-det-2.log").read_text()[-3000:],
+            ),
+        )
         delivery = webhook.received[0]
         assert verify(SECRET, delivery["timestamp"], delivery["body"], delivery["signature"])
         assert not verify("wrong-secret", delivery["timestamp"], delivery["body"], delivery["signature"])
