@@ -12,4 +12,4 @@ RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorc
 RUN useradd --create-home --uid 10001 custody && mkdir -p /data && chown custody /data
 USER custody
 ENV MODELCUSTODY_DATA_DIR=/data
-EXPOSE 8080 8000 9101
+EXPOSE 8080 8000 9101 9102

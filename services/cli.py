@@ -11,6 +11,7 @@ import orjson
 import redis
 import typer
 
+from services import cli_audit
 from services.core.clients import ClientRegistry
 from services.core.policy import OutputPolicy
 from services.core.settings import get_settings
@@ -22,6 +23,12 @@ app.add_typer(clients_app, name="clients")
 app.add_typer(serve_app, name="serve")
 detector_app = typer.Typer(help="The extraction detector's baselines.", no_args_is_help=True)
 app.add_typer(detector_app, name="detector")
+app.add_typer(cli_audit.watermark_app, name="watermark")
+app.add_typer(cli_audit.protect_app, name="protect")
+app.add_typer(cli_audit.audit_app, name="audit")
+app.add_typer(cli_audit.report_app, name="report")
+serve_app.command("api")(cli_audit.serve_api)
+serve_app.command("worker")(cli_audit.serve_worker)
 
 
 def _registry() -> ClientRegistry:

@@ -7,6 +7,9 @@ Reliability settings, each for a reason:
 - ``visibility_timeout``: the Redis transport redelivers an unacknowledged message after this long, so it
   must exceed the longest audit (the hard time limit), or a running audit would be started twice.
 - soft/hard time limits: the soft one lets the task record "failed: time limit"; the hard one kills it.
+  Celery enforces them only in the prefork pool; ``modelcustody serve worker`` runs the solo pool (one
+  process: a SIGKILL takes the audit with it, nothing orphaned), where the soft limit is checked by the
+  task itself at every progress report (``workers.runner.Deadline``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ def create_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=s.audit_soft_time_limit_s,
         task_time_limit=s.audit_hard_time_limit_s,
-        broker_transport_options={"visibility_timeout": s.audit_visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": s.audit_visibility_timeout_s,
+            # kombu sweeps for expired unacknowledged messages every interval × throttle seconds (default
+            # 10 × 10); a fifth of the visibility timeout (at most 10 s), every time, bounds the extra delay
+            # before a dead worker's audit is redelivered without loading Redis (one ZRANGE per sweep).
+            "unacked_restore_interval": max(0.5, min(10.0, s.audit_visibility_timeout_s / 5)),
+            "unacked_restore_throttle": 1,
+        },
         result_backend_transport_options={"visibility_timeout": s.audit_visibility_timeout_s},
         task_track_started=True,
         task_serializer="json",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 import redis
 from fastapi import Depends, HTTPException, Request, status
@@ -34,3 +34,11 @@ def require_admin(request: Request, settings: SettingsDep) -> str:
 
 
 AdminDep = Annotated[str, Depends(require_admin)]
+
+
+def get_celery(request: Request) -> Any:
+    """The Celery app the API queues audits and registrations on (created in the lifespan, no worker code)."""
+    return request.app.state.celery
+
+
+CeleryDep = Annotated[Any, Depends(get_celery)]

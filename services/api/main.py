@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import redis
 from fastapi import FastAPI
 
-from services.api.routers import alerts, clients, health
+from services.api.routers import alerts, audits, clients, health, keys, protected_models, reports
 from services.core.settings import Settings, get_settings
 from services.core.version import __version__
 
@@ -20,11 +20,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.redis = redis.Redis.from_url(settings.redis_url)
+        # Only the client side of Celery: the API queues tasks by name and never imports the worker code.
+        from workers.celery_app import create_celery
+
+        app.state.celery = create_celery(settings)
         yield
+        app.state.celery.close()
         app.state.redis.close()
 
     app = FastAPI(title="Model Custody admin API", version=__version__, lifespan=lifespan)
     app.include_router(health.router)
     app.include_router(alerts.router)
     app.include_router(clients.router)
+    app.include_router(audits.router)
+    app.include_router(reports.router)
+    app.include_router(keys.router)
+    app.include_router(protected_models.router)
     return app

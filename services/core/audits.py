@@ -15,6 +15,8 @@ from typing import Any, Literal
 import orjson
 import redis
 
+from services.core.jsonrecords import list_records, update_record
+
 AuditStatus = Literal["queued", "running", "done", "failed"]
 
 
@@ -69,17 +71,20 @@ class AuditStore:
         return f"mc:audit:{audit_id}"
 
     def create_or_get(
-        self, *, method: str, protected_model: str, suspect: dict[str, Any], identity: dict[str, Any],
+        self,
+        *,
+        method: str,
+        protected_model: str,
+        suspect: dict[str, Any],
+        identity: dict[str, Any],
         params: dict[str, Any],
     ) -> tuple[AuditRecord, bool]:
-        """The existing audit for the same request (unless it failed), else a new queued one."""
+        """The existing audit for the same request (unless it failed), else a new queued one.
+
+        Atomic (WATCH on the de-duplication key): two identical submissions racing each other get one audit.
+        """
         key = dedupe_key(method, protected_model, identity, params)
         dkey = f"mc:audit:dedupe:{key}"
-        existing_id = self.r.get(dkey)
-        if existing_id:
-            existing = self.get(existing_id.decode())  # type: ignore[union-attr]
-            if existing is not None and existing.status != "failed":
-                return existing, False
         record = AuditRecord(
             id=f"au_{int(time.time())}_{secrets.token_hex(4)}",
             method=method,
@@ -89,36 +94,32 @@ class AuditStore:
             dedupe_key=key,
         )
         with self.r.pipeline() as pipe:
-            pipe.set(self._key(record.id), record.to_json())
-            pipe.set(dkey, record.id)
-            pipe.zadd("mc:audits:index", {record.id: record.created_at})
-            pipe.execute()
-        return record, True
+            while True:
+                try:
+                    pipe.watch(dkey)
+                    existing_id = pipe.get(dkey)
+                    if existing_id:
+                        existing = self.get(existing_id.decode())  # type: ignore[union-attr]
+                        if existing is not None and existing.status != "failed":
+                            return existing, False
+                    pipe.multi()
+                    pipe.set(self._key(record.id), record.to_json())
+                    pipe.set(dkey, record.id)
+                    pipe.zadd("mc:audits:index", {record.id: record.created_at})
+                    pipe.execute()
+                    return record, True
+                except redis.WatchError:
+                    continue
 
     def get(self, audit_id: str) -> AuditRecord | None:
         raw = self.r.get(self._key(audit_id))
         return AuditRecord.from_json(raw) if raw else None  # type: ignore[arg-type]
 
     def update(self, audit_id: str, **changes: Any) -> AuditRecord:
-        key = self._key(audit_id)
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise KeyError(audit_id)
-                    record = AuditRecord.from_json(raw)  # type: ignore[arg-type]
-                    for name, value in changes.items():
-                        setattr(record, name, value)
-                    pipe.multi()
-                    pipe.set(key, record.to_json())
-                    pipe.execute()
-                    return record
-                except redis.WatchError:
-                    continue
+        try:
+            return update_record(self.r, self._key(audit_id), AuditRecord.from_json, changes)
+        except KeyError:
+            raise KeyError(audit_id) from None
 
     def list(self, limit: int = 100) -> list[AuditRecord]:
-        ids = self.r.zrevrange("mc:audits:index", 0, limit - 1)
-        raws = self.r.mget([self._key(i.decode()) for i in ids]) if ids else []  # type: ignore[union-attr]
-        return [AuditRecord.from_json(raw) for raw in raws if raw]  # type: ignore[union-attr]
+        return list_records(self.r, "mc:audits:index", self._key, AuditRecord.from_json, limit)

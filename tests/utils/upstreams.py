@@ -9,21 +9,30 @@ from typing import Any
 import orjson
 
 
+async def read_body(receive: Any) -> bytes:
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            return body
+
+
+async def upstream_delay() -> None:
+    """``UPSTREAM_DELAY_S`` delays every answer (timeouts, and audits slow enough to kill a worker mid-way)."""
+    delay = float(os.environ.get("UPSTREAM_DELAY_S", "0"))
+    if delay:
+        await asyncio.sleep(delay)
+
+
 def create_echo_app() -> Any:
     """Answers any POST with uniform probabilities and the request headers it received."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        delay = float(os.environ.get("UPSTREAM_DELAY_S", "0"))
-        if delay:
-            await asyncio.sleep(delay)
+        body = await read_body(receive)
+        await upstream_delay()
         req = orjson.loads(body) if body else {}
         n = req["inputs"][0]["shape"][0] if "inputs" in req else 1
         answer = {
@@ -43,5 +52,37 @@ def create_echo_app() -> Any:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+def create_model_app() -> Any:
+    """A real OIP v2 model server for audit tests: the safetensors model at ``UPSTREAM_MODEL_PATH``."""
+    import numpy as np
+
+    from audit.architectures import load_model, predict_proba
+
+    model, _, _ = load_model(os.environ["UPSTREAM_MODEL_PATH"])
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        tensor = orjson.loads(await read_body(receive))["inputs"][0]
+        await upstream_delay()
+        x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+        proba = predict_proba(model, x)
+        answer = {
+            "outputs": [
+                {
+                    "name": "probabilities",
+                    "shape": list(proba.shape),
+                    "datatype": "FP64",
+                    "data": proba.ravel().tolist(),
+                }
+            ]
+        }
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": orjson.dumps(answer)})
 
     return app

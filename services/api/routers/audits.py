@@ -1,0 +1,181 @@
+"""Audits: submit (a model file upload or an endpoint), list, status with progress.
+
+``POST /v1/audits`` takes either ``multipart/form-data`` (``file`` plus the fields ``method``,
+``protected_model``, ``format``, optional ``params``/``config`` JSON and ``architecture``) or JSON naming an
+endpoint (``{"method", "protected_model", "params", "suspect": {"url", "protocol", "model", ...}}``).
+A new audit answers 202; the same suspect + method + parameters + protected model again answers 200 with
+the existing audit (unless that one failed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field, ValidationError
+
+from services.api.deps import AdminDep, CeleryDep, RedisDep, SettingsDep
+from services.api.uploads import (
+    StoredFile,
+    form_file,
+    form_json,
+    form_text,
+    read_body,
+    read_form,
+    store_upload,
+    validate_suspect_file,
+)
+from services.core.audits import AuditRecord, AuditStore
+from services.core.protected import ProtectedIndex
+from services.core.storage import uploads_dir
+
+router = APIRouter(prefix="/v1/audits", tags=["audits"])
+
+RUN_AUDIT_TASK = "workers.tasks.run_audit"
+MAX_JSON_BYTES = 64 * 1024  # an endpoint audit request is a few hundred bytes of JSON
+
+
+class EndpointSuspect(BaseModel):
+    url: str = Field(max_length=2000)
+    protocol: Literal["oip-v2", "kserve-v1", "generic"] = "oip-v2"
+    model: str = Field(default="", max_length=200)
+    token: str | None = Field(default=None, max_length=4000)
+    batch_size: int | None = Field(default=None, ge=1, le=100_000)
+    input_name: str | None = None
+    output_name: str | None = None
+    input_path: str | None = None
+    output_path: str | None = None
+    output: Literal["auto", "probabilities", "labels"] | None = None
+
+
+class EndpointAudit(BaseModel):
+    method: str
+    protected_model: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    suspect: EndpointSuspect
+
+
+def _normalise(method: str | None, params: Any) -> dict[str, Any]:
+    from audit.methods import normalise_params
+
+    if not method:
+        raise HTTPException(422, "missing 'method' (watermark or dataset_inference)")
+    if params is not None and not isinstance(params, dict):
+        raise HTTPException(422, "'params' must be a JSON object")
+    try:
+        return normalise_params(method, params)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def _check_protected(r: Any, protected_id: str | None, method: str) -> None:
+    if not protected_id:
+        raise HTTPException(422, "missing 'protected_model' (the id of a registered protected model)")
+    record = ProtectedIndex(r).get(protected_id)
+    if record is None:
+        raise HTTPException(404, f"no protected model '{protected_id}'")
+    if record.status != "ready":
+        raise HTTPException(409, f"protected model '{protected_id}' is {record.status}, not ready")
+    if method not in record.methods:
+        raise HTTPException(409, f"protected model '{protected_id}' supports {record.methods}, not {method}")
+
+
+async def _file_submission(request: Request, settings: Any, r: Any) -> tuple[str, str, dict[str, Any],
+                                                                            dict[str, Any], dict[str, Any]]:
+    form = await read_form(request, settings.audit_max_upload_bytes, max_files=1)
+    method = form_text(form, "method")
+    protected_id = form_text(form, "protected_model")
+    params = _normalise(method, form_json(form, "params"))
+    _check_protected(r, protected_id, str(method))
+    upload = form_file(form, "file")
+    if upload is None:
+        raise HTTPException(422, "missing the model 'file'")
+    declared = form_text(form, "format")
+    if not declared:
+        raise HTTPException(422, "missing 'format' (onnx, safetensors, skops, ...)")
+    architecture = form_text(form, "architecture")
+    config = form_json(form, "config")
+    if config is not None and not isinstance(config, dict):
+        raise HTTPException(422, "'config' must be a JSON object")
+    stored: StoredFile = await run_in_threadpool(store_upload, upload, uploads_dir(settings))
+    from audit.suspects.base import SuspectError
+
+    try:
+        fmt = await run_in_threadpool(validate_suspect_file, stored, declared, architecture, config, settings)
+    except SuspectError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            stored.path.unlink()  # refused content is not kept
+        raise HTTPException(422, f"model file refused: {exc}") from None
+    identity = {"kind": "file", "sha256": stored.sha256, "format": fmt, "architecture": architecture,
+                "config": config}
+    suspect = {"path": str(stored.path), "size": stored.size}
+    return str(method), str(protected_id), params, suspect, identity
+
+
+async def _endpoint_submission(request: Request, r: Any) -> tuple[str, str, dict[str, Any],
+                                                                 dict[str, Any], dict[str, Any]]:
+    try:
+        body = EndpointAudit.model_validate_json(await read_body(request, MAX_JSON_BYTES))
+    except ValidationError as exc:
+        raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
+    params = _normalise(body.method, body.params)
+    _check_protected(r, body.protected_model, body.method)
+    spec = body.suspect.model_dump(exclude_none=True)
+    from audit.suspects.http import HttpSuspect
+
+    try:
+        HttpSuspect(**spec).close()  # validates url, protocol and options; no request is sent
+    except ValueError as exc:
+        raise HTTPException(422, f"endpoint refused: {exc}") from None
+    token = spec.pop("token", None)
+    identity = {"kind": "endpoint", **spec}
+    return body.method, body.protected_model, params, ({"token": token} if token else {}), identity
+
+
+@router.post("", status_code=202)
+async def submit_audit(
+    request: Request, response: Response, r: RedisDep, settings: SettingsDep, celery: CeleryDep, _: AdminDep
+) -> dict[str, Any]:
+    """Queue an audit (202), or return the existing one for the same request (200)."""
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("multipart/form-data"):
+        method, protected_id, params, suspect, identity = await _file_submission(request, settings, r)
+    elif ctype.startswith("application/json"):
+        method, protected_id, params, suspect, identity = await _endpoint_submission(request, r)
+    else:
+        raise HTTPException(415, "send multipart/form-data with a model file, or JSON naming an endpoint")
+    store = AuditStore(r)
+    record, created = store.create_or_get(
+        method=method, protected_model=protected_id, suspect=suspect, identity=identity, params=params
+    )
+    if not created:
+        response.status_code = 200
+        return record.public()
+    try:
+        result = await run_in_threadpool(celery.send_task, RUN_AUDIT_TASK, args=[record.id])
+    except Exception as exc:  # noqa: BLE001 - the broker is down: fail the record so a retry creates a new one
+        store.update(record.id, status="failed", error=f"could not queue: {exc}", message="could not queue")
+        raise HTTPException(503, "the task broker is unavailable; try again") from None
+    record = store.update(record.id, task_id=result.id)
+    return record.public()
+
+
+@router.get("")
+def list_audits(r: RedisDep, _: AdminDep, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    """Audits, newest first."""
+    return [a.public() for a in AuditStore(r).list(limit)]
+
+
+def get_record(r: Any, audit_id: str) -> AuditRecord:
+    record = AuditStore(r).get(audit_id)
+    if record is None:
+        raise HTTPException(404, f"no audit '{audit_id}'")
+    return record
+
+
+@router.get("/{audit_id}")
+def read_audit(audit_id: str, r: RedisDep, _: AdminDep) -> dict[str, Any]:
+    """Status (queued, running, done, failed), progress in [0, 1], attempts, decision when done."""
+    return get_record(r, audit_id).public()

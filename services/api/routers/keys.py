@@ -1,0 +1,36 @@
+"""The public half of the report-signing key: what anyone verifying a report needs.
+
+Unauthenticated on purpose: verifiers (a court's expert, the suspect's owner) do not hold the admin token.
+The key pair is created on first use (``audit.signing.load_or_create_signing_key``), by the API or a worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from services.api.deps import SettingsDep
+from services.core.settings import Settings
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+
+def public_key_bytes(settings: Settings) -> bytes:
+    from audit.signing import load_or_create_signing_key, public_key_path
+
+    path = public_key_path(settings.signing_key_file)
+    if not path.exists():
+        load_or_create_signing_key(settings.signing_key_file)  # writes the public key beside the private one
+    return path.read_bytes()
+
+
+@router.get("/public", response_model=None)
+def read_public_key(settings: SettingsDep, format: Literal["json", "pem"] = "json") -> dict[str, Any] | Response:
+    from audit.signing import key_id
+
+    pem = public_key_bytes(settings)
+    if format == "pem":
+        return Response(pem, media_type="application/x-pem-file")
+    return {"algorithm": "ed25519", "keyid": key_id(pem), "public_key_pem": pem.decode("ascii")}

@@ -1,0 +1,347 @@
+"""The audit side of the ``modelcustody`` command line: watermark, protect, audit, report; serve api/worker.
+
+- ``watermark embed``: train an EWE-watermarked digits model; save the model, its key and the owner's data.
+- ``protect register``: register a protected model *synchronously in this process* (a progress bar while
+  the reference models train), writing under ``MODELCUSTODY_DATA_DIR`` and indexing it in Redis: the
+  operator's path on the server host. Remote owners use ``POST /v1/protected-models`` (run by a worker).
+- ``audit submit|status|report``: talk to the admin API (``--api``, ``--token``); ``submit`` waits with a
+  progress bar unless ``--no-wait``.
+- ``report verify REPORT --public-key KEY``: exit 0 when the signature and the statement check out, 1 when
+  they do not (any altered byte), 2 when a file cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+watermark_app = typer.Typer(help="Embed an EWE watermark into a model (the owner's side).", no_args_is_help=True)
+protect_app = typer.Typer(help="Register protected models (done once, before any dispute).", no_args_is_help=True)
+audit_app = typer.Typer(help="Submit ownership audits to the admin API and follow them.", no_args_is_help=True)
+report_app = typer.Typer(help="Signed audit reports.", no_args_is_help=True)
+
+API_OPTION = typer.Option("http://127.0.0.1:8000", "--api", envvar="MODELCUSTODY_API_URL", help="admin API URL")
+TOKEN_OPTION = typer.Option("", "--token", envvar="MODELCUSTODY_ADMIN_TOKEN", help="admin token")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _parse_params(items: list[str] | None, as_json: str | None) -> dict[str, Any]:
+    """``--param k=v`` (values parsed as JSON when they are JSON, else kept as strings) and/or ``--params`` JSON."""
+    out: dict[str, Any] = {}
+    if as_json:
+        try:
+            loaded = json.loads(as_json)
+        except json.JSONDecodeError as exc:
+            raise _fail(f"--params is not JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise _fail("--params must be a JSON object")
+        out.update(loaded)
+    for item in items or []:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise _fail(f"--param takes name=value, got {item!r}")
+        try:
+            out[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name] = raw
+    return out
+
+
+# --- watermark -----------------------------------------------------------------------------------------
+
+
+@watermark_app.command("embed")
+def watermark_embed(
+    out: Path = typer.Option(..., "--out", help="directory for model.safetensors, model.key.json and the data"),
+    seed: int = 0,
+    epochs: int = typer.Option(20, help="clean pre-training epochs (EWE's first n)"),
+    watermark_epochs: int = typer.Option(20, help="epochs interleaving watermark batches (EWE's second n)"),
+    trigger_steps: int = typer.Option(10, help="signed-gradient steps that shape the triggers"),
+    source_class: int = 1,
+    target_class: int = 7,
+    export_data: bool = typer.Option(True, help="also write reference.npz and di_data.npz for `protect register`"),
+) -> None:
+    """Train a watermarked MLP on the owner's half of digits (audit.data) and save model + secret key."""
+    import numpy as np
+
+    from audit.architectures import predict_labels
+    from audit.data import split_digits
+    from audit.watermark_embed import WatermarkEmbedder
+
+    split = split_digits(seed=0)
+    try:
+        embedder = WatermarkEmbedder(seed=seed, epochs=epochs, watermark_epochs=watermark_epochs,
+                                     trigger_steps=trigger_steps, source_class=source_class, target_class=target_class)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    result = embedder.fit(split.x_owner, split.y_owner)
+    model_path, key_path = result.save(out)
+    accuracy = float(np.mean(predict_labels(result.model, split.x_test) == split.y_test))
+    wm = float(np.mean(predict_labels(result.model, result.key.inputs) == result.key.target_class))
+    typer.echo(f"model: {model_path}  (test accuracy {accuracy:.3f})")
+    typer.echo(f"key:   {key_path}  (keep it secret; {len(result.key.inputs)} inputs, success {wm:.2f}, "
+               f"fingerprint {result.key.fingerprint()[:16]}…)")
+    if export_data:
+        # Reference data: the public pool the owner never trained on (for the null models). Dataset inference:
+        # the owner's training rows as private, the held-out test quarter as public.
+        np.savez(out / "reference.npz", x=split.x_pool, y=split.y_pool)
+        np.savez(out / "di_data.npz", x_private=split.x_owner, y_private=split.y_owner,
+                 x_public=split.x_test, y_public=split.y_test)
+        typer.echo(f"data:  {out / 'reference.npz'}, {out / 'di_data.npz'}")
+
+
+# --- protect -------------------------------------------------------------------------------------------
+
+
+def _progress_bar() -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    # On stderr: stdout carries only the result (a record as JSON), so it can be piped.
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+
+
+@protect_app.command("register")
+def protect_register(
+    name: str = typer.Option(..., help="a name for the protected model"),
+    model: Path | None = typer.Option(None, help="the model file (safetensors, onnx or skops)"),
+    model_format: str = typer.Option("safetensors", help="format of --model"),
+    architecture: str | None = typer.Option(None, help="registered architecture, when the file does not name it"),
+    config: str | None = typer.Option(None, help="architecture config as JSON, when the file does not carry it"),
+    endpoint: str | None = typer.Option(None, help="or: the model's endpoint as JSON (url, protocol, model, ...)"),
+    watermark_key: Path | None = typer.Option(None, help="the watermark key file"),
+    reference_data: Path | None = typer.Option(None, help="npz with x, y the model was NOT trained on"),
+    di_data: Path | None = typer.Option(None, help="npz with x_private, y_private, x_public, y_public"),
+    null_model: list[Path] | None = typer.Option(None, help="ready-made null model (safetensors); repeatable"),
+    param: list[str] | None = typer.Option(None, help="registration parameter name=value; repeatable"),
+) -> None:
+    """Register synchronously here (trains reference models; progress bar), then index it in Redis."""
+    import redis
+
+    from audit.protected import RegistrationConfig, RegistrationInputs, register_protected_model
+    from audit.signing import load_or_create_signing_key
+    from services.core.protected import ProtectedIndex, ProtectedRecord, new_protected_id
+    from services.core.settings import get_settings
+    from services.core.storage import protected_root
+
+    settings = get_settings()
+    try:
+        inputs = RegistrationInputs(
+            name=name, model_path=model, model_format=model_format, architecture=architecture,
+            config=json.loads(config) if config else None, endpoint=json.loads(endpoint) if endpoint else None,
+            watermark_key_path=watermark_key, reference_data_path=reference_data, di_data_path=di_data,
+            null_model_paths=list(null_model or []),
+        )
+        inputs.validate()
+        cfg = RegistrationConfig.from_dict(_parse_params(param, None))
+    except (ValueError, TypeError) as exc:
+        raise _fail(str(exc)) from None
+    pm_id = new_protected_id()
+    index = ProtectedIndex(redis.Redis.from_url(settings.redis_url))
+    spec = {"model_format": model_format, "architecture": architecture, "local": True, "files": {},
+            "parameters": cfg.__dict__}
+    index.create(ProtectedRecord(id=pm_id, name=name, spec=spec, status="registering", attempts=1))
+    key = load_or_create_signing_key(settings.signing_key_file)
+    try:
+        with _progress_bar() as bar:
+            task = bar.add_task(f"registering {pm_id}", total=1.0)
+
+            def progress(fraction: float, message: str) -> None:
+                bar.update(task, completed=fraction, description=f"{pm_id}: {message}")
+
+            protected = register_protected_model(
+                inputs, protected_root(settings), key, registration_id=pm_id, config=cfg, progress=progress
+            )
+    except Exception as exc:
+        index.update(pm_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
+        raise _fail(f"registration failed: {exc}", 1) from None
+    index.update(pm_id, status="ready", progress=1.0, message="registered", finished_at=time.time(),
+                 registered_at=protected.registered_at, registration_sha256=protected.digest,
+                 methods=protected.methods())
+    typer.echo(f"protected model: {pm_id}")
+    typer.echo(f"registered at {protected.registered_at}; registration sha256 {protected.digest}")
+    typer.echo(f"methods: {', '.join(protected.methods()) or 'none'}")
+    for note in protected.record.get("notes", []):
+        typer.echo(f"note: {note}")
+
+
+@protect_app.command("list")
+def protect_list() -> None:
+    """Protected models in the Redis index, newest first."""
+    import redis
+
+    from services.core.protected import ProtectedIndex
+    from services.core.settings import get_settings
+
+    for rec in ProtectedIndex(redis.Redis.from_url(get_settings().redis_url)).list():
+        typer.echo(f"{rec.id}\t{rec.status}\t{rec.name}\t{','.join(rec.methods)}\t{rec.registered_at or ''}")
+
+
+# --- audit ---------------------------------------------------------------------------------------------
+
+
+def _client(api: str, token: str) -> Any:
+    import httpx
+
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    # Uploads of large models over a slow link: generous write timeout; everything else answers fast.
+    return httpx.Client(base_url=api.rstrip("/"), headers=headers, timeout=httpx.Timeout(30.0, write=600.0))
+
+
+def _check(response: Any) -> Any:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text[:500]
+        raise _fail(f"HTTP {response.status_code}: {detail}", 1 if response.status_code < 500 else 3)
+    return response
+
+
+def _wait(client: Any, audit_id: str, poll_s: float) -> dict[str, Any]:
+    with _progress_bar() as bar:
+        task = bar.add_task(audit_id, total=1.0)
+        while True:
+            record = _check(client.get(f"/v1/audits/{audit_id}")).json()
+            bar.update(task, completed=record["progress"],
+                       description=f"{audit_id} {record['status']}: {record.get('message', '')}"[:80])
+            if record["status"] in ("done", "failed"):
+                return dict(record)
+            time.sleep(poll_s)
+
+
+@audit_app.command("submit")
+def audit_submit(
+    protected: str = typer.Option(..., "--protected", help="protected model id"),
+    method: str = typer.Option("watermark", help="watermark or dataset_inference"),
+    file: Path | None = typer.Option(None, help="the suspect model file"),
+    format: str = typer.Option("safetensors", help="format of --file (onnx, safetensors, skops, ...)"),
+    architecture: str | None = typer.Option(None, help="architecture for a safetensors file without metadata"),
+    config: str | None = typer.Option(None, help="architecture config JSON for such a file"),
+    endpoint: str | None = typer.Option(None, help="or: the suspect endpoint's URL"),
+    protocol: str = typer.Option("oip-v2", help="endpoint protocol: oip-v2, kserve-v1, generic"),
+    model_name: str = typer.Option("", help="endpoint model name"),
+    param: list[str] | None = typer.Option(None, help="audit parameter name=value; repeatable"),
+    params: str | None = typer.Option(None, help="audit parameters as a JSON object"),
+    wait: bool = typer.Option(True, help="wait for the audit with a progress bar"),
+    poll: float = typer.Option(0.5, help="seconds between status polls"),
+    api: str = API_OPTION,
+    token: str = TOKEN_OPTION,
+) -> None:
+    """Submit an audit; with --wait (default) follow it to the end. Exit 0 done, 1 failed or refused."""
+    if (file is None) == (endpoint is None):
+        raise _fail("give exactly one of --file or --endpoint")
+    parameters = _parse_params(param, params)
+    with _client(api, token) as client:
+        if file is not None:
+            if not file.is_file():
+                raise _fail(f"no such file: {file}")
+            data = {"method": method, "protected_model": protected, "format": format, "params": json.dumps(parameters)}
+            if architecture:
+                data["architecture"] = architecture
+            if config:
+                data["config"] = config
+            with open(file, "rb") as f:
+                response = _check(client.post("/v1/audits", data=data, files={"file": (file.name, f)}))
+        else:
+            body = {"method": method, "protected_model": protected, "params": parameters,
+                    "suspect": {"url": endpoint, "protocol": protocol, "model": model_name}}
+            response = _check(client.post("/v1/audits", json=body))
+        record = response.json()
+        existing = " (existing audit for the same request)" if response.status_code == 200 else ""
+        typer.echo(f"audit {record['id']}: {record['status']}{existing}", err=True)
+        if wait and record["status"] not in ("done", "failed"):
+            record = _wait(client, record["id"], poll)
+    typer.echo(json.dumps(record, indent=2, sort_keys=True))
+    if record["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@audit_app.command("status")
+def audit_status(audit_id: str, api: str = API_OPTION, token: str = TOKEN_OPTION) -> None:
+    """An audit's record: status, progress, attempts, decision."""
+    with _client(api, token) as client:
+        typer.echo(json.dumps(_check(client.get(f"/v1/audits/{audit_id}")).json(), indent=2, sort_keys=True))
+
+
+@audit_app.command("report")
+def audit_report(
+    audit_id: str,
+    out: Path | None = typer.Option(None, "--out", help="write here instead of standard output"),
+    format: str = typer.Option("json", help="json (the signed DSSE envelope) or html"),
+    api: str = API_OPTION,
+    token: str = TOKEN_OPTION,
+) -> None:
+    """Download an audit's signed report (exact bytes) or its HTML page."""
+    if format not in ("json", "html"):
+        raise _fail("--format is json or html")
+    with _client(api, token) as client:
+        content = _check(client.get(f"/v1/audits/{audit_id}/report", params={"format": format})).content
+    if out is None:
+        sys.stdout.buffer.write(content)
+    else:
+        out.write_bytes(content)
+        typer.echo(f"wrote {out}", err=True)
+
+
+# --- report --------------------------------------------------------------------------------------------
+
+
+@report_app.command("verify")
+def report_verify(
+    report: Path = typer.Argument(..., help="the report's DSSE envelope (.dsse.json)"),
+    public_key: Path = typer.Option(..., "--public-key", help="the signer's Ed25519 public key (PEM)"),
+) -> None:
+    """Verify a signed report. Exit 0: valid. Exit 1: the signature or statement does not verify. Exit 2: unreadable."""
+    from audit.signing import OWNERSHIP_AUDIT_PREDICATE, VerificationError, key_id, verify_envelope
+
+    try:
+        envelope, pem = report.read_bytes(), public_key.read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {exc.filename}: {exc.strerror}") from None
+    try:
+        statement = verify_envelope(envelope, pem, predicate_type=OWNERSHIP_AUDIT_PREDICATE)
+    except VerificationError as exc:
+        typer.echo(f"INVALID: {exc}", err=True)
+        raise typer.Exit(1) from None
+    predicate = statement["predicate"]
+    protected = predicate.get("protected_model") or {}
+    typer.echo(f"valid: signed by key {key_id(pem)}")
+    typer.echo(f"decision: {predicate.get('decision')} (p = {predicate.get('p_value')}, "
+               f"method {predicate.get('method')})")
+    for subject in statement["subject"]:
+        typer.echo(f"subject: {subject['name']} sha256:{subject['digest'].get('sha256')}")
+    if protected.get("registered_at"):
+        typer.echo(f"protected model registered at {protected['registered_at']}; "
+                   f"audit started {predicate['started_at']}")
+
+
+# --- serve ---------------------------------------------------------------------------------------------
+
+
+def serve_api(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """The admin API (alerts, clients, audits, reports, keys, protected models)."""
+    import uvicorn
+
+    uvicorn.run("services.api.main:create_app", factory=True, host=host, port=port, access_log=False, log_level="info")
+
+
+def serve_worker(loglevel: str = "INFO") -> None:
+    """An audit worker: Celery, solo pool (one audit at a time, in this process), metrics on
+    MODELCUSTODY_WORKER_METRICS_PORT."""
+    from workers.celery_app import app as celery_app
+
+    # solo: one process, so a SIGKILL takes the audit with it and nothing is orphaned; no mingle/gossip:
+    # workers need not know each other, and mingle alone delays the start by a second.
+    celery_app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}",
+                            "--without-mingle", "--without-gossip"])
