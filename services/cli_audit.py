@@ -304,17 +304,27 @@ def report_verify(
 ) -> None:
     """Verify a signed report. Exit 0: valid. Exit 1: the signature or statement does not verify. Exit 2: unreadable."""
     from audit.signing import OWNERSHIP_AUDIT_PREDICATE, VerificationError, key_id, verify_envelope
+    from services.core.compliance import COMPLIANCE_PREDICATE
 
     try:
         envelope, pem = report.read_bytes(), public_key.read_bytes()
     except OSError as exc:
         raise _fail(f"cannot read {exc.filename}: {exc.strerror}") from None
     try:
-        statement = verify_envelope(envelope, pem, predicate_type=OWNERSHIP_AUDIT_PREDICATE)
+        statement = verify_envelope(envelope, pem)
+        if statement["predicateType"] not in (OWNERSHIP_AUDIT_PREDICATE, COMPLIANCE_PREDICATE):
+            raise VerificationError(f"predicateType {statement['predicateType']!r} is not a Model Custody report")
     except VerificationError as exc:
         typer.echo(f"INVALID: {exc}", err=True)
         raise typer.Exit(1) from None
     predicate = statement["predicate"]
+    if statement["predicateType"] == COMPLIANCE_PREDICATE:
+        period = predicate["period"]
+        typer.echo(f"valid: compliance report signed by key {key_id(pem)}")
+        typer.echo(f"period {period['since']} → {period['until']}: {predicate['query_log']['records_logged']} "
+                   f"records logged, {predicate['detector']['alerts_opened']} alerts opened, "
+                   f"{predicate['audits']['submitted']} audits submitted")
+        return
     protected = predicate.get("protected_model") or {}
     typer.echo(f"valid: signed by key {key_id(pem)}")
     typer.echo(f"decision: {predicate.get('decision')} (p = {predicate.get('p_value')}, "
@@ -324,6 +334,28 @@ def report_verify(
     if protected.get("registered_at"):
         typer.echo(f"protected model registered at {protected['registered_at']}; "
                    f"audit started {predicate['started_at']}")
+
+
+@report_app.command("compliance")
+def report_compliance(
+    hours: float = typer.Option(24.0, help="the period: this many hours up to now"),
+) -> None:
+    """Sign and store a compliance report now (celery beat also makes one per interval); prints its path."""
+    import redis
+
+    from services.core.compliance import write_compliance_report
+    from services.core.settings import get_settings
+
+    if hours <= 0:
+        raise _fail("--hours must be positive")
+    settings = get_settings()
+    r = redis.Redis.from_url(settings.redis_url)
+    try:
+        typer.echo(str(write_compliance_report(r, settings, period_s=hours * 3600)))
+    except redis.RedisError as exc:
+        raise _fail(f"Redis at {settings.redis_url} unavailable: {type(exc).__name__}") from None
+    finally:
+        r.close()
 
 
 # --- serve ---------------------------------------------------------------------------------------------

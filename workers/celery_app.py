@@ -21,7 +21,8 @@ from services.core.settings import Settings, get_settings
 
 def create_celery(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
-    app = Celery("modelcustody", broker=s.broker_url, backend=s.redis_url, include=["workers.tasks"])
+    tasks = ["workers.tasks", "workers.compliance"]
+    app = Celery("modelcustody", broker=s.broker_url, backend=s.redis_url, include=tasks)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -45,6 +46,14 @@ def create_celery(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    if s.compliance_report_interval_s > 0:
+        # Run by `celery -A workers.celery_app beat` (one beat process per deployment, see docker-compose.yml).
+        app.conf.beat_schedule = {
+            "compliance-report": {
+                "task": "workers.compliance.compliance_report",
+                "schedule": s.compliance_report_interval_s,
+            }
+        }
     return app
 
 

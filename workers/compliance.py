@@ -1,0 +1,20 @@
+"""The periodic compliance report as a Celery task; celery beat schedules it (``workers.celery_app``)."""
+
+from __future__ import annotations
+
+import redis
+
+from services.core.compliance import write_compliance_report
+from services.core.settings import get_settings
+from workers.celery_app import app
+
+
+@app.task(name="workers.compliance.compliance_report")
+def compliance_report(period_s: float | None = None) -> str:
+    """Sign and store the report for the last ``period_s`` (default: the schedule's interval); its path."""
+    settings = get_settings()
+    r = redis.Redis.from_url(settings.redis_url)
+    try:
+        return str(write_compliance_report(r, settings, period_s=period_s or settings.compliance_report_interval_s))
+    finally:
+        r.close()
