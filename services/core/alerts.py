@@ -21,6 +21,8 @@ from typing import Any, Literal
 import orjson
 import redis
 
+from services.core.jsonrecords import update_record
+
 AlertStatus = Literal["open", "acknowledged", "resolved"]
 ATLAS_TECHNIQUE = "AML.T0024"  # MITRE ATLAS: Exfiltration via ML Inference API
 ATLAS_NAME = "Exfiltration via ML Inference API"
@@ -149,6 +151,10 @@ class AlertStore:
                 except redis.WatchError:
                     continue
         raise RuntimeError(f"could not record an alert for {client_id}: too much contention")
+
+    def record_policy(self, alert_id: str, policy: dict[str, Any]) -> Alert:
+        """Note on the alert the output policy the detector applied to its client (shown to the SOC)."""
+        return update_record(self.r, self._key(alert_id), Alert.from_json, {"policy_applied": policy})
 
     def get(self, alert_id: str) -> Alert | None:
         raw = self.r.get(self._key(alert_id))

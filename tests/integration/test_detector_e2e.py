@@ -246,21 +246,24 @@ def test_detector_alerts_on_the_attacker_only_and_survives_a_kill(
             assert calm["level"] == "low" and calm["risk_score"] < calm["threshold"]
             assert admin.get("/v1/clients/nobody/risk", headers=headers).status_code == 404
 
-        # The high-risk attacker's policy was tightened to labels only; the gateway applies it.
-        if risk["level"] == "high":
-            with httpx.Client(base_url=gateway.url, timeout=30) as http:
-                wait_until(
-                    lambda: (
-                        http.post(
-                            "/v2/models/digits-mlp/infer",
-                            json=oip_body(attack_rows[:1]),
-                            headers={"X-API-Key": keys["attacker"]},
-                        ).json()["outputs"][0]["datatype"]
-                        == "INT64"
-                    ),
-                    10,
-                    "the tightened policy to reach the gateway",
-                )
+        # The high-risk attacker's policy was tightened to labels only; the alert says so; the gateway applies it.
+        assert risk["level"] == "high"  # uniform probing is far past the high threshold
+        with httpx.Client(base_url=api.url, timeout=10) as admin:
+            noted = admin.get(f"/v1/alerts/{alert['id']}", headers=headers).json()["policy_applied"]
+        assert noted["label_only"] is True and noted["daily_quota"] == 1000
+        with httpx.Client(base_url=gateway.url, timeout=30) as http:
+            wait_until(
+                lambda: (
+                    http.post(
+                        "/v2/models/digits-mlp/infer",
+                        json=oip_body(attack_rows[:1]),
+                        headers={"X-API-Key": keys["attacker"]},
+                    ).json()["outputs"][0]["datatype"]
+                    == "INT64"
+                ),
+                10,
+                "the tightened policy to reach the gateway",
+            )
 
         assert metric(second_port, "modelcustody_detector_reclaimed_total") >= 30
         assert metric(second_port, "modelcustody_detector_queries_analysed_total") >= 30

@@ -367,6 +367,7 @@ class DetectorWorker:
             new = current.tightened(OutputPolicy(**{**target.to_dict(), "reason": f"alert {alert.id}"}))
             if new != current:
                 reg.set_policy(client, new)
+                self.alerts.record_policy(alert.id, new.to_dict())
 
     def _update_gauges(self) -> None:
         try:
