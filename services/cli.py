@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 import redis
 import typer
@@ -134,22 +135,66 @@ def serve_detector() -> None:
 @detector_app.command("fit")
 def detector_fit(
     out: Path = typer.Argument(..., help="baseline directory (then set MODELCUSTODY_DETECTOR_REFERENCE_PATH)"),
-    model: list[str] = typer.Option(["digits-mlp"], help="demo model(s) to fit a baseline for"),
+    model: list[str] = typer.Option(["digits-mlp"], help="demo model(s), or the served model's name with --reference"),
+    reference: Path | None = typer.Option(
+        None, help="owner's reference set: .npz with 'x' and 'probabilities' or 'labels' (or use --upstream)"
+    ),
+    upstream: str | None = typer.Option(
+        None, help="model API to ask for the reference probabilities (not the gateway)"
+    ),
+    protocol: str = typer.Option("oip-v2", help="the upstream's protocol: oip-v2, kserve-v1"),
+    token_env: str | None = typer.Option(None, help="environment variable holding the upstream's bearer token"),
     seed: int = 0,
 ) -> None:
-    """Fit the detector baselines of the demo models on their reference data and save them (no pickle)."""
-    from services.detector.service.runtime import fit_demo_engine, save_engine
+    """Fit detector baselines and save them (JSON + npz, no pickle).
 
-    for name in model:
-        try:
-            engine = fit_demo_engine(name, seed)
-        except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        save_engine(engine, out / name, demo_model=name)
+    Without --reference: the demo models, on their reference digits. With --reference: one model (--model NAME)
+    on the owner's held-out reference inputs, in the gateway's input space, never sent by any client.
+    """
+    from services.detector.service.runtime import (
+        fit_demo_engine,
+        fit_reference_engine,
+        reference_outputs_from_upstream,
+        save_engine,
+    )
+
+    def fail(message: str) -> typer.Exit:
+        typer.echo(f"error: {message}", err=True)
+        return typer.Exit(2)
+
+    fitted = []
+    try:
+        if reference is None:
+            for name in model:
+                engine = fit_demo_engine(name, seed)
+                save_engine(engine, out / name, demo_model=name)
+                fitted.append((name, engine))
+        else:
+            if len(model) != 1:
+                raise fail("with --reference, name exactly one model (--model NAME)")
+            try:
+                with np.load(reference, allow_pickle=False) as data:
+                    arrays = {k: np.asarray(data[k]) for k in data.files}
+            except (OSError, ValueError) as exc:
+                raise fail(f"cannot read {reference} as .npz: {exc}") from None
+            if "x" not in arrays:
+                raise fail(f"{reference} has no array 'x' (arrays: {sorted(arrays)})")
+            outputs, labels = arrays.get("probabilities"), arrays.get("labels")
+            if outputs is None and labels is None and upstream is not None:
+                token = os.environ.get(token_env) if token_env else None
+                outputs = reference_outputs_from_upstream(arrays["x"], upstream, model[0], protocol, token)
+            engine = fit_reference_engine(arrays["x"], outputs, labels, seed=seed)
+            save_engine(engine, out / model[0])
+            fitted.append((model[0], engine))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    for name, engine in fitted:
         th = engine.thresholds
         assert th is not None
-        typer.echo(f"{name}: alert at risk score {th.alert:.2f}, high at {th.high:.2f} → {out / name}")
+        signals = ", ".join(engine.signal_names)
+        typer.echo(
+            f"{name}: signals {signals}; alert at risk score {th.alert:.2f}, high at {th.high:.2f} → {out / name}"
+        )
 
 
 @app.command()

@@ -85,6 +85,33 @@ def fit_demo_engine(model: str, seed: int = 0, n_sim_clients: int = 200) -> Dete
     )
 
 
+def fit_reference_engine(
+    x_ref: np.ndarray,
+    outputs_ref: np.ndarray | None = None,
+    labels_ref: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    n_sim_clients: int = 200,
+) -> DetectionEngine:
+    """Fit an engine on an owner's reference set: held-out inputs in the gateway's input space, with the
+    model's probabilities on them (all four signals) or only its labels (no boundary signal, which needs
+    margins). ``ValueError`` naming what is wrong with the data."""
+    x = np.asarray(x_ref, dtype=np.float64)
+    if outputs_ref is None and labels_ref is None:
+        raise ValueError("the reference set needs the model's probabilities or labels on its inputs")
+    return DetectionEngine.fit(x, outputs_ref, labels_ref, n_sim_clients=n_sim_clients, seed=seed)
+
+
+def reference_outputs_from_upstream(
+    x_ref: np.ndarray, url: str, model: str, protocol: str = "oip-v2", token: str | None = None
+) -> np.ndarray:
+    """The model's probabilities on the reference inputs, asked once from its own API (not the gateway)."""
+    from audit.suspects.http import HttpSuspect
+
+    with HttpSuspect(url, protocol=protocol, model=model, token=token, output="probabilities") as upstream:  # type: ignore[arg-type]
+        return np.asarray(upstream.probabilities(np.asarray(x_ref, dtype=np.float64)), dtype=np.float64)
+
+
 def save_engine(engine: DetectionEngine, directory: Path, demo_model: str | None = None) -> None:
     engine.save(directory)
     if demo_model is not None:
