@@ -1,4 +1,4 @@
-"""Black-box dataset inference (Blind Walk), calibrated on null models: did a suspect learn from the owner's data?
+"""Dataset inference (Blind Walk or MinGD), calibrated on null models: did a suspect learn from the owner's data?
 
 Maini, Yaghini, Papernot, "Dataset Inference: Ownership Resolution in Machine Learning", ICLR 2021. The owner
 embeds private training samples S and public samples S0 (same distribution, never trained on) by their Blind
@@ -43,6 +43,19 @@ Where this differs from the paper and its code, and why (DESIGN.md "Audits"; res
 - **One test at one m**, not the harmonic mean of 100 subsampled p-values: the audit reveals the first m samples
   of a fixed, seeded order recorded in the artifacts.
 
+**Two embeddings, one test.** The embedding is chosen by the config's type: ``BlindWalkConfig`` (black-box, label
+queries; ``audit.blind_walk``) or ``MinGDConfig`` (white-box, the paper's MinGD: gradient-descent distances to every
+other class in ℓ∞/ℓ2/ℓ1, sorted across targets; ``audit.mingd``). Everything after the embedding is shared: a
+"family" is a noise family or a norm, a "direction" a random direction or a target rank, and the features, the
+null normalisation (per sample and direction/rank), the regressor, the Welch t-test, the calibration, the
+inconclusive rule and the split by image are the same code. One difference in the features: a MinGD family's
+feature averages only its ``feature_ranks`` nearest targets (default the nearest, the sample's margin; the far
+targets carried no membership signal on digits, ``MinGDConfig``). MinGD needs the suspect's ``nn.Module`` (a
+``TorchModuleSuspect``: a safetensors file with a registered architecture, or an in-process model); the owner's
+null models must be torch modules too. It sends no label queries (``queries_used`` 0) and reports the
+(sample, target) rows that went through a gradient evaluation instead. The artifacts record which embedding
+made them (``embedding`` in the JSON), and an audit runs the embedding its artifacts name.
+
 What the owner stores (``DatasetInferenceArtifacts``, JSON + npz without pickle): the config, the seed, the
 revealed samples themselves with their ids, the ids used for the regressor, the regressor's parameters, the
 owner's and the null models' raw walk results on the revealed samples (so a null statistic can be recomputed
@@ -57,15 +70,16 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy import special, stats
 
 from audit.blind_walk import PRIVATE, PUBLIC, BlindWalkConfig, Embedding, directions, embed
+from audit.mingd import WHITE_BOX_NEEDED, MinGDConfig, MinGDEmbedding
 from audit.suspects.base import BudgetExceeded, Suspect
 
 __all__ = [
@@ -75,6 +89,7 @@ __all__ = [
     "BlindWalkConfig",
     "DatasetInferenceArtifacts",
     "DatasetInferenceEvidence",
+    "MinGDConfig",
     "prepare_owner",
     "run_dataset_inference",
     "train_null_models",
@@ -93,6 +108,37 @@ CALIBRATION_NAME = (
 )
 
 Progress = Callable[[float, str], None]
+EmbeddingConfig = BlindWalkConfig | MinGDConfig
+EmbeddingName = Literal["blind_walk", "mingd"]
+EMBEDDINGS: tuple[EmbeddingName, ...] = ("blind_walk", "mingd")
+METHOD_NAMES = {"blind_walk": "dataset-inference-blind-walk", "mingd": "dataset-inference-mingd"}
+
+
+def embedding_of(config: EmbeddingConfig) -> EmbeddingName:
+    return "mingd" if isinstance(config, MinGDConfig) else "blind_walk"
+
+
+def coerce_config(
+    config: EmbeddingConfig | Mapping[str, Any] | None, embedding: EmbeddingName | None = None
+) -> EmbeddingConfig:
+    """A config object from an object or a dict; ``embedding`` picks the kind for a dict (Blind Walk when None)."""
+    if embedding is not None and embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+    if isinstance(config, BlindWalkConfig | MinGDConfig):
+        if embedding is not None and embedding_of(config) != embedding:
+            raise ValueError(f"a {type(config).__name__} is not a config for the {embedding} embedding")
+        return config
+    return MinGDConfig.coerce(config) if embedding == "mingd" else BlindWalkConfig.coerce(config)
+
+
+def white_box_module(model: Suspect) -> Any:
+    """The ``nn.Module`` behind a suspect that has one (``TorchModuleSuspect.module``), else ValueError."""
+    from audit.suspects.safetensors_loader import TorchModuleSuspect
+
+    if isinstance(model, TorchModuleSuspect):
+        return model.module
+    kind = model.identity.get("format") or model.identity.get("kind") or type(model).__name__
+    raise ValueError(f"{WHITE_BOX_NEEDED} (this suspect is {kind}: it answers queries but exposes no gradients)")
 
 
 def _no_progress(fraction: float, message: str) -> None:
@@ -103,12 +149,14 @@ def _no_progress(fraction: float, message: str) -> None:
 
 
 def _features(
-    log_d: np.ndarray, correct: np.ndarray, ref_log_d: np.ndarray, ref_correct: np.ndarray, config: BlindWalkConfig
+    log_d: np.ndarray, correct: np.ndarray, ref_log_d: np.ndarray, ref_correct: np.ndarray, config: EmbeddingConfig
 ) -> np.ndarray:
-    """[..., n, F]: per family the mean of (log-distance − reference), then correctness − reference."""
+    """[..., n, F]: per family the mean of (log-distance − reference) over its directions (Blind Walk) or over
+    its ``feature_ranks`` nearest target ranks (MinGD: columns are sorted), then correctness − reference."""
     z = log_d - ref_log_d
     k = config.directions_per_family
-    cols = [z[..., j * k : (j + 1) * k].mean(axis=-1) for j in range(len(config.families))]
+    used = config.feature_ranks if isinstance(config, MinGDConfig) else k
+    cols = [z[..., j * k : j * k + used].mean(axis=-1) for j in range(len(config.families))]
     if config.use_correctness:
         cols.append(correct - ref_correct)
     return np.stack(cols, axis=-1)
@@ -185,7 +233,7 @@ def _statistic(
     null_log_d: np.ndarray,
     null_correct: np.ndarray,
     regressor: Regressor,
-    config: BlindWalkConfig,
+    config: EmbeddingConfig,
     m: int,
 ) -> _Statistic:
     """The suspect's and every null model's Welch t on the first ``m`` rows of each side (rows: m private, then
@@ -265,9 +313,10 @@ _ARRAYS = (
 @dataclass
 class DatasetInferenceArtifacts:
     """The owner's precomputed part of a dataset-inference audit. Rows of the walk arrays: the revealed
-    private samples (in reveal order), then the revealed public samples."""
+    private samples (in reveal order), then the revealed public samples. With a ``MinGDConfig`` the "walk" arrays
+    hold MinGD log-distances (columns: norms × target ranks)."""
 
-    config: BlindWalkConfig
+    config: EmbeddingConfig
     seed: int
     x_private: np.ndarray  # [n_rev, d] revealed private samples, in the order an audit reveals them
     y_private: np.ndarray
@@ -293,6 +342,10 @@ class DatasetInferenceArtifacts:
     @property
     def n_revealed(self) -> int:
         return len(self.x_private)
+
+    @property
+    def embedding(self) -> EmbeddingName:
+        return embedding_of(self.config)
 
     @property
     def n_null(self) -> int:
@@ -342,7 +395,8 @@ class DatasetInferenceArtifacts:
         (directory / NPZ_NAME).write_bytes(blob)
         meta = {
             "version": self.version,
-            "method": "dataset-inference-blind-walk",
+            "method": METHOD_NAMES[self.embedding],
+            "embedding": self.embedding,
             "config": self.config.to_dict(),
             "seed": self.seed,
             "intercept": self.intercept,
@@ -372,8 +426,12 @@ class DatasetInferenceArtifacts:
             if missing:
                 raise ValueError(f"{NPZ_NAME} lacks {sorted(missing)}")
             arrays: dict[str, Any] = {name: np.asarray(data[name]) for name in _ARRAYS}
+        embedding = meta.get("embedding", "blind_walk")  # files written before MinGD existed are Blind Walk
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"unknown embedding {embedding!r} in {JSON_NAME}")
+        config_cls = MinGDConfig if embedding == "mingd" else BlindWalkConfig
         out = cls(
-            config=BlindWalkConfig.from_dict(meta["config"]),
+            config=config_cls.from_dict(meta["config"]),
             seed=int(meta["seed"]),
             intercept=float(meta["intercept"]),
             null_descriptions=[str(s) for s in meta["null_descriptions"]],
@@ -403,7 +461,7 @@ def _check_samples(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray,
     return x, y.astype(np.int64)
 
 
-def _sizes(n_private: int, n_public: int, config: BlindWalkConfig) -> tuple[int, int]:
+def _sizes(n_private: int, n_public: int, config: EmbeddingConfig) -> tuple[int, int]:
     """(regressor samples, revealed samples) per side; half of what there is each when data is short."""
     available = min(n_private, n_public)
     n_rev = min(config.n_revealed, available // 2)
@@ -424,9 +482,16 @@ def _walk_both(
     x_pub: np.ndarray,
     y_pub: np.ndarray,
     ids_pub: np.ndarray,
-    config: BlindWalkConfig,
-) -> Embedding:
-    """One batched embedding of private rows then public rows, each with its own side's directions."""
+    config: EmbeddingConfig,
+    progress: Progress | None = None,
+) -> Embedding | MinGDEmbedding:
+    """One batched embedding of private rows then public rows, each with its own side's directions (Blind Walk);
+    MinGD needs no directions: it descends toward every other class (``progress`` after each batch of rows)."""
+    if isinstance(config, MinGDConfig):
+        from audit.mingd import embed as mingd_embed
+
+        x, y = np.vstack([x_priv, x_pub]), np.r_[y_priv, y_pub]
+        return mingd_embed(white_box_module(model), x, y, config, progress=progress)
     dim = x_priv.shape[1]
     dirs = np.concatenate([directions(config, PRIVATE, ids_priv, dim), directions(config, PUBLIC, ids_pub, dim)])
     return embed(model, np.vstack([x_priv, x_pub]), np.r_[y_priv, y_pub], dirs, config)
@@ -445,9 +510,10 @@ def prepare_owner(
     y_public: np.ndarray,
     *,
     null_models: Sequence[Suspect],
-    config: BlindWalkConfig | Mapping[str, Any] | None = None,
+    config: EmbeddingConfig | Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    embedding: EmbeddingName | None = None,
 ) -> DatasetInferenceArtifacts:
     """Embed, train the regressor, walk the null models, and record the owner's own statistic.
 
@@ -455,8 +521,11 @@ def prepare_owner(
     the owner, the null models or (to be fair) anyone the owner would accuse. ``null_models``: independent models
     trained on data disjoint from both; at α = 0.05 at least 20 are needed for a claim to be possible.
     ``seed`` draws which samples train the regressor and which are revealed, and in what order.
+    ``config``/``embedding``: a ``BlindWalkConfig`` or a ``MinGDConfig`` (a dict is read as ``embedding`` says,
+    Blind Walk by default). MinGD needs the owner and every null model as torch modules (``TorchModuleSuspect``,
+    which ``train_null_models`` returns); its ``num_classes`` is read from the owner model when not given.
     """
-    cfg = BlindWalkConfig.coerce(config)
+    cfg = coerce_config(config, embedding)
     report = progress or _no_progress
     x_private, y_private = _check_samples("private", x_private, y_private)
     x_public, y_public = _check_samples("public", x_public, y_public)
@@ -476,6 +545,18 @@ def prepare_owner(
         or x_public.max() > cfg.input_high
     ):
         raise ValueError(f"samples lie outside the input box [{cfg.input_low}, {cfg.input_high}] the walks clip to")
+    if isinstance(cfg, MinGDConfig):
+        from audit.mingd import num_classes_of
+
+        modules = [white_box_module(m) for m in [owner, *nulls]]  # ValueError now, before any work
+        classes = num_classes_of(modules[0], x_private.shape[1])
+        if cfg.num_classes is None:
+            cfg = replace(cfg, num_classes=classes)
+        for i, module in enumerate(modules):
+            found = num_classes_of(module, x_private.shape[1])
+            if found != cfg.num_classes:
+                who = "the owner model" if i == 0 else f"null model {i}"
+                raise ValueError(f"{who} has {found} output classes, the MinGD config says {cfg.num_classes}")
     n_reg, n_rev = _sizes(len(x_private), len(x_public), cfg)
     rng = np.random.default_rng(seed)
     perm_priv = rng.permutation(len(x_private))
@@ -485,7 +566,7 @@ def prepare_owner(
     ids_priv, ids_pub = np.r_[reg_priv, rev_priv], np.r_[reg_pub, rev_pub]
     started = time.perf_counter()
 
-    walks: list[Embedding] = []
+    walks: list[Embedding | MinGDEmbedding] = []
     models = [owner, *nulls]
     for i, model in enumerate(models):
         report(
@@ -543,6 +624,8 @@ def prepare_owner(
         "n_revealed": n_rev,
         "seconds": time.perf_counter() - started,
     }
+    if isinstance(walks[0], MinGDEmbedding):
+        owner_summary["gradient_evaluations_owner"] = walks[0].gradient_evaluations
     artifacts = DatasetInferenceArtifacts(
         config=cfg,
         seed=seed,
@@ -608,6 +691,8 @@ class DatasetInferenceEvidence:
     parameters: dict[str, Any]
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    embedding: EmbeddingName = "blind_walk"
+    gradient_evaluations: int = 0  # MinGD: (sample, target) rows through a forward + backward pass
 
     @property
     def claimed(self) -> bool:
@@ -615,7 +700,8 @@ class DatasetInferenceEvidence:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "method": "dataset-inference-blind-walk",
+            "method": METHOD_NAMES[self.embedding],
+            "embedding": self.embedding,
             "decision": self.decision,
             "reason": self.reason,
             "p_value": self.p_value,
@@ -639,6 +725,7 @@ class DatasetInferenceEvidence:
             "m": self.m,
             "queries_used": self.queries_used,
             "labels_calls": self.labels_calls,
+            "gradient_evaluations": self.gradient_evaluations,
             "n_null_models": self.n_null_models,
             "null_t_statistics": list(self.null_t_statistics),
             "calibration_reachable": self.calibration_reachable,
@@ -664,7 +751,8 @@ def run_dataset_inference(
 
     ``m`` defaults to every revealed sample. When the suspect has a query budget too small for the worst case
     (``config.max_queries_per_sample`` per sample), ``m`` is lowered to fit and a note says so;
-    ``BudgetExceeded`` when not even m = 2 fits.
+    ``BudgetExceeded`` when not even m = 2 fits. With MinGD artifacts the suspect must expose its ``nn.Module``
+    (ValueError otherwise, see ``WHITE_BOX_NEEDED``); it is sent no queries, so a budget does not apply.
     """
     started = time.perf_counter()
     if not isinstance(artifacts, DatasetInferenceArtifacts):
@@ -682,8 +770,11 @@ def run_dataset_inference(
     m = m_requested = int(m)
     cfg = artifacts.config
     notes: list[str] = []
-    per_sample = cfg.max_queries_per_sample
-    if suspect.budget is not None:
+    report = progress or _no_progress
+    if isinstance(cfg, MinGDConfig):
+        white_box_module(suspect)  # refuse a black-box suspect before anything else
+    elif suspect.budget is not None:
+        per_sample = cfg.max_queries_per_sample
         fits = (suspect.budget - suspect.queries_used) // (2 * per_sample)
         if fits < 2:
             raise BudgetExceeded(
@@ -696,8 +787,7 @@ def run_dataset_inference(
                 f"the budget of {suspect.budget}"
             )
             m = int(fits)
-    report = progress or _no_progress
-    report(0.0, f"dataset inference: walking {2 * m} samples on the suspect")
+    report(0.0, f"dataset inference: embedding {2 * m} samples on the suspect")
     start_queries = suspect.queries_used
     emb = _walk_both(
         suspect,
@@ -708,6 +798,7 @@ def run_dataset_inference(
         artifacts.y_public[:m],
         artifacts.public_ids[:m],
         cfg,
+        progress=lambda fraction, message: report(0.95 * fraction, message),
     )
     report(0.95, "dataset inference: testing")
     rows = np.r_[np.arange(m), n_rev + np.arange(m)]
@@ -728,9 +819,12 @@ def run_dataset_inference(
             f"(m = {artifacts.owner.get('m')}): this audit has little power against any suspect"
         )
     if emb.censored_share > 0.5:
+        cap = (
+            f"{cfg.max_iter} gradient steps" if isinstance(cfg, MinGDConfig) else f"{cfg.max_distance}"
+        )
         notes.append(
-            f"{emb.censored_share:.0%} of the suspect's walks never changed label up to "
-            f"{cfg.max_distance}: its embedding is mostly the cap"
+            f"{emb.censored_share:.0%} of the suspect's walks never changed label up to {cap}: its embedding is "
+            "mostly the cap"
         )
     report(1.0, f"dataset inference: {decision}")
     return DatasetInferenceEvidence(
@@ -765,6 +859,8 @@ def run_dataset_inference(
         },
         seconds=time.perf_counter() - started,
         notes=notes,
+        embedding=artifacts.embedding,
+        gradient_evaluations=int(getattr(emb, "gradient_evaluations", 0)),
     )
 
 

@@ -16,6 +16,13 @@ not have claimed even if every answer had been the target class (the queries all
 null bound, so "no claim" would state a power the audit did not have); *no-claim* otherwise. Dataset
 inference: the method's own three-way decision (claim when the calibrated p-value is below α, inconclusive
 when the null calibration is too weak to rely on), mapped word for word.
+
+``dataset_inference_mingd`` is dataset inference with the white-box MinGD embedding (``audit.mingd``) against
+the registration's MinGD artifacts: a separate method rather than a parameter, because a registration has it
+only when the protected model is a torch module (``ProtectedModel.methods``), the API checks a submission's
+method against that list, and the audit's identity (de-duplication) then names it. It sends no queries, so it
+takes no ``budget``; the suspect must be a safetensors file with a registered architecture
+(``white_box_refusal`` says why not, before an audit is queued).
 """
 
 from __future__ import annotations
@@ -27,12 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from audit.mingd import WHITE_BOX_NEEDED
 from audit.protected import ProtectedModel, progress_fraction
 from audit.report import DECISIONS, build_report, jsonable
 from audit.suspects.base import Suspect
 from audit.watermark import CLAIMED, WatermarkVerifier, log_wealth
 
-METHODS = ("watermark", "dataset_inference")
+METHODS = ("watermark", "dataset_inference", "dataset_inference_mingd")
+WHITE_BOX_METHODS = ("dataset_inference_mingd",)
 Progress = Callable[[float, str], None]
 
 # Defaults, each with its reason: α 0.05 is EWE's "95% confidence"; 100 queries EWE's "< 100 queries";
@@ -43,19 +52,23 @@ WATERMARK_DEFAULTS: dict[str, Any] = {
 }
 # m None: the method's own default sample size; α 0.05 as above.
 DATASET_INFERENCE_DEFAULTS: dict[str, Any] = {"m": None, "alpha": 0.05, "budget": None}
+# MinGD sends no queries: no budget.
+DATASET_INFERENCE_MINGD_DEFAULTS: dict[str, Any] = {"m": None, "alpha": 0.05}
+_DEFAULTS = {"watermark": WATERMARK_DEFAULTS, "dataset_inference": DATASET_INFERENCE_DEFAULTS,
+             "dataset_inference_mingd": DATASET_INFERENCE_MINGD_DEFAULTS}
 
 
 def normalise_params(method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
     """The parameters with defaults filled in; ValueError on an unknown method, key or value."""
     if method not in METHODS:
         raise ValueError(f"unknown audit method {method!r}; one of {METHODS}")
-    defaults = WATERMARK_DEFAULTS if method == "watermark" else DATASET_INFERENCE_DEFAULTS
+    defaults = _DEFAULTS[method]
     params = dict(params or {})
     unknown = set(params) - set(defaults)
     if unknown:
         raise ValueError(f"unknown {method} parameters {sorted(unknown)}; allowed: {sorted(defaults)}")
     out = {**defaults, **params}
-    budget = out["budget"]
+    budget = out.get("budget")
     if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
         raise ValueError("budget must be a positive integer (queries) or null")
     if not isinstance(out["alpha"], int | float) or not 0.0 < float(out["alpha"]) < 1.0:
@@ -66,6 +79,17 @@ def normalise_params(method: str, params: Mapping[str, Any] | None) -> dict[str,
     elif out["m"] is not None and (not isinstance(out["m"], int) or out["m"] < 2):
         raise ValueError("m must be an integer >= 2 or null")
     return out
+
+
+def white_box_refusal(method: str, suspect_format: str | None) -> str | None:
+    """Why ``method`` cannot audit a suspect of ``suspect_format`` (None: an endpoint), or None when it can.
+
+    MinGD reads gradients, so it needs the suspect in process as a torch module: a safetensors file with a
+    registered architecture. ONNX, skops, sandboxed pickles and endpoints answer queries only.
+    """
+    if method in WHITE_BOX_METHODS and suspect_format != "safetensors":
+        return f"{WHITE_BOX_NEEDED} (got {suspect_format or 'an endpoint'})"
+    return None
 
 
 def _verifier(params: Mapping[str, Any]) -> WatermarkVerifier:
@@ -142,14 +166,29 @@ def run_dataset_inference_audit(
     suspect: Suspect, protected: ProtectedModel, params: Mapping[str, Any], progress: Progress | None = None
 ) -> dict[str, Any]:
     """Blind-Walk dataset inference (``audit.dataset_inference``) against the registration's artifacts."""
+    return _run_dataset_inference(suspect, protected, params, progress, "blind_walk")
+
+
+def run_dataset_inference_mingd_audit(
+    suspect: Suspect, protected: ProtectedModel, params: Mapping[str, Any], progress: Progress | None = None
+) -> dict[str, Any]:
+    """MinGD (white-box) dataset inference against the registration's MinGD artifacts; ValueError when the
+    suspect is not a torch module."""
+    return _run_dataset_inference(suspect, protected, params, progress, "mingd")
+
+
+def _run_dataset_inference(
+    suspect: Suspect, protected: ProtectedModel, params: Mapping[str, Any], progress: Progress | None, embedding: str
+) -> dict[str, Any]:
     from audit.protected import dataset_inference_module
 
-    params = normalise_params("dataset_inference", params)
+    method = "dataset_inference_mingd" if embedding == "mingd" else "dataset_inference"
+    params = normalise_params(method, params)
     di = dataset_inference_module()
-    artifacts = protected.dataset_inference_artifacts()  # ValueError with the reason when unavailable
+    artifacts = protected.dataset_inference_artifacts(embedding)  # ValueError with the reason when unavailable
     assert di is not None
     report = progress or (lambda f, m: None)
-    if params["budget"] is not None:
+    if params.get("budget") is not None:
         suspect.budget = params["budget"] if suspect.budget is None else min(suspect.budget, params["budget"])
 
     def di_progress(*args: Any) -> None:
@@ -164,7 +203,8 @@ def run_dataset_inference_audit(
     evidence["p_value"] = _probability(getattr(evidence_obj, "p_value", evidence.get("p_value")))
     evidence["queries_used"] = int(getattr(evidence_obj, "queries_used", suspect.queries_used))
     evidence.setdefault("alpha", params["alpha"])
-    default_test = "dataset inference (Blind Walk), calibrated on null models"
+    name = "MinGD, white-box" if embedding == "mingd" else "Blind Walk"
+    default_test = f"dataset inference ({name}), calibrated on null models"
     evidence.setdefault("test_name", evidence.get("test") or default_test)
     evidence.setdefault("null_hypothesis", "the suspect did not learn from the owner's private samples")
     evidence["parameters"] = {**params, **(evidence.get("parameters") or {})}
@@ -201,6 +241,7 @@ def _probability(value: Any) -> float | None:
 RUNNERS: dict[str, Callable[[Suspect, ProtectedModel, Mapping[str, Any], Progress | None], dict[str, Any]]] = {
     "watermark": run_watermark_audit,
     "dataset_inference": run_dataset_inference_audit,
+    "dataset_inference_mingd": run_dataset_inference_mingd_audit,
 }
 
 

@@ -1,13 +1,14 @@
-"""Audit benchmark: both ownership audits (EWE watermark, Blind Walk dataset inference) on stolen copies of a
-watermarked digits victim and on independent models, with the false-claim side measured as carefully as the
-claim side.
+"""Audit benchmark: the ownership audits (EWE watermark; dataset inference with Blind Walk and with MinGD
+embeddings) on stolen copies of a watermarked digits victim and on independent models, with the false-claim side
+measured as carefully as the claim side.
 
     python bench/audit.py [--quick] [--seeds 0 1 2 3 4] [--copies-per-kind 2] [--independents 24] [--nulls 24]
 
 Prints progress to stderr and one JSON object as its LAST stdout line: ``watermark`` (queries_to_claim,
 stolen_claim_rate, independent_false_claim_rate, rows), ``dataset_inference`` (rows, independent_false_claim_rate,
-stolen_claim_rate, ...), ``victim``, ``setup`` and ``wall_s``. With several ``--seeds`` every rate pools all
-seeds and each row carries its seed.
+stolen_claim_rate, ...), ``dataset_inference_mingd`` (the same for the white-box MinGD embedding, on the same
+suspects, null models and samples), ``by_kind``, ``victim``, ``setup`` and ``wall_s``. With several ``--seeds``
+every rate pools all seeds and each row carries its seed.
 
 Set-up per seed (``audit.data.split_digits(seed)``: owner half 898 rows, pool 449, test 450):
 
@@ -25,13 +26,16 @@ Set-up per seed (``audit.data.split_digits(seed)``: owner half 898 rows, pool 44
   Null models (``--nulls``) are trained on random 60% subsets of the **other 648 owner rows**: disjoint from
   the DI private and public samples and from the independents' pool, so the independents evaluated are not the
   calibration's own models.
+- **MinGD dataset inference**: the same private/public samples, split, null models and test as Blind Walk, with
+  ``MinGDConfig`` defaults (white-box: every suspect here is an in-process torch module; no queries are sent).
 - **Watermark**: ``WatermarkVerifier`` (mixture SPRT, α = 0.05, ≤ 100 queries) against a ``NullCalibration``
   from 10 reference models trained on the **test** split (``fit_references``; not the independents).
 
 Caveat printed into the JSON: the independents share one 449-row pool (any two overlap in ~60% of their
 rows), and the null models share one 648-row set, so outcomes within a family are correlated; a false-claim
 rate over 24 such models is closer to one draw of "an independent party's data" than to 24 draws. Several
-``--seeds`` (different splits) give genuinely different draws, hence five seeds by default (~2 min on 2 cores).
+``--seeds`` (different splits) give genuinely different draws, hence five seeds by default (~2 min 10 s on 2 cores;
+MinGD adds ~6 s of owner artifacts per seed and ~0.15 s per suspect).
 """
 
 from __future__ import annotations
@@ -56,11 +60,12 @@ from audit.dataset_inference import (  # noqa: E402
     CLAIMED,
     INCONCLUSIVE,
     BlindWalkConfig,
+    MinGDConfig,
     prepare_owner,
     run_dataset_inference,
     train_null_models,
 )
-from audit.suspects.base import CallableSuspect, Suspect  # noqa: E402
+from audit.suspects.base import Suspect  # noqa: E402
 from audit.suspects.safetensors_loader import TorchModuleSuspect  # noqa: E402
 from audit.watermark import CLAIMED as WM_CLAIMED  # noqa: E402
 from audit.watermark import WatermarkVerifier, calibrate_null  # noqa: E402
@@ -84,7 +89,8 @@ def torch_suspect(model: torch.nn.Module, name: str) -> Suspect:
 
 
 def copy_suspect(copy: Any, name: str) -> Suspect:
-    return CallableSuspect(copy.predict, copy.predict_proba, identity={"kind": "in-memory", "name": name})
+    """A red-team ``MLPCopy`` by its torch net: the same labels as ``copy.predict``, and white-box for MinGD."""
+    return torch_suspect(copy.net, name)
 
 
 def stolen_copies(victim: MLP, split: Any, seed: int, per_kind: int) -> list[tuple[str, str, Suspect]]:
@@ -140,6 +146,29 @@ def di_config(args: argparse.Namespace) -> BlindWalkConfig:
     return BlindWalkConfig(n_regressor=args.di_regressor, n_revealed=args.di_revealed)
 
 
+def mingd_config(args: argparse.Namespace) -> MinGDConfig:
+    return MinGDConfig(n_regressor=args.di_regressor, n_revealed=args.di_revealed)
+
+
+def di_row(common: dict[str, Any], ev: Any) -> dict[str, Any]:
+    return {
+        **common,
+        "delta_mu": ev.delta_mu,
+        "t_statistic": ev.t_statistic,
+        "p_value": ev.p_value,
+        "p_value_ttest": ev.p_value_ttest,
+        "p_value_calibrated": ev.p_value_calibrated,
+        "p_value_null_parametric": ev.p_value_null_parametric,
+        "decision": ev.decision,
+        "queries_used": ev.queries_used,
+        "labels_calls": ev.labels_calls,
+        "gradient_evaluations": ev.gradient_evaluations,
+        "m": ev.m,
+        "censored_share": ev.censored_share,
+        "seconds": round(ev.seconds, 3),
+    }
+
+
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     split = split_digits(seed)
@@ -191,12 +220,28 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         f"[seed {seed}] DI owner artifacts in {prep_s:.1f} s: owner t = {artifacts.owner['t_statistic']:.2f}, "
         f"decision {artifacts.owner['decision_at_0.05']}"
     )
+    t_prep = time.perf_counter()
+    mg_artifacts = prepare_owner(
+        torch_suspect(victim, "owner"),
+        split.x_owner[di_rows],
+        split.y_owner[di_rows],
+        split.x_test,
+        split.y_test,
+        null_models=nulls,
+        config=mingd_config(args),
+        seed=seed,
+    )
+    mg_prep_s = time.perf_counter() - t_prep
+    log(
+        f"[seed {seed}] MinGD owner artifacts in {mg_prep_s:.1f} s: owner t = {mg_artifacts.owner['t_statistic']:.2f}"
+        f", decision {mg_artifacts.owner['decision_at_0.05']}"
+    )
 
     references = embedder.fit_references(split.x_test, split.y_test, n=10, seed=7000 + 100 * seed)
     wm_null = calibrate_null(key, [torch_suspect(m, d) for m, d in references], descriptions=[d for _, d in references])
     verifier = WatermarkVerifier(alpha=ALPHA, max_queries=100, seed=seed)
 
-    wm_rows, di_rows_out = [], []
+    wm_rows, di_rows_out, mg_rows = [], [], []
     for kind, name, suspect in suspects:
         labels = suspect.labels(split.x_test)
         common = {
@@ -219,35 +264,26 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         )
         suspect.queries_used = 0
         ev = run_dataset_inference(suspect, artifacts, alpha=ALPHA)
-        di_rows_out.append(
-            {
-                **common,
-                "delta_mu": ev.delta_mu,
-                "t_statistic": ev.t_statistic,
-                "p_value": ev.p_value,
-                "p_value_ttest": ev.p_value_ttest,
-                "p_value_calibrated": ev.p_value_calibrated,
-                "p_value_null_parametric": ev.p_value_null_parametric,
-                "decision": ev.decision,
-                "queries_used": ev.queries_used,
-                "labels_calls": ev.labels_calls,
-                "m": ev.m,
-                "censored_share": ev.censored_share,
-                "seconds": round(ev.seconds, 3),
-            }
-        )
+        di_rows_out.append(di_row(common, ev))
+        mg = run_dataset_inference(suspect, mg_artifacts, alpha=ALPHA)
+        mg_rows.append(di_row(common, mg))
         log(
             f"[seed {seed}] {name:26s} agree {common['agreement_with_victim']:.3f}  WM {wm.decision:17s} "
             f"q {wm.queries_used:3d}  DI {ev.decision:12s} t {ev.t_statistic:+.2f} p_t {ev.p_value_ttest:.3g} "
-            f"p_cal {ev.p_value_calibrated:.3g}"
+            f"p_cal {ev.p_value_calibrated:.3g}  MinGD {mg.decision:12s} t {mg.t_statistic:+.2f} "
+            f"p_cal {mg.p_value_calibrated:.3g}"
         )
     owner = {k: v for k, v in artifacts.owner.items() if k != "null_t_statistics"}
     owner["prepare_seconds"] = prep_s
+    mg_owner = {k: v for k, v in mg_artifacts.owner.items() if k != "null_t_statistics"}
+    mg_owner["prepare_seconds"] = mg_prep_s
     return {
         "victim": victim_info,
         "watermark_rows": wm_rows,
         "di_rows": di_rows_out,
         "di_owner": owner,
+        "mingd_rows": mg_rows,
+        "mingd_owner": mg_owner,
         "watermark_null": {
             "bound": wm_null.bound,
             "pooled_rate": wm_null.pooled_rate,
@@ -264,15 +300,18 @@ def rate(rows: list[dict[str, Any]], kinds: tuple[str, ...], decision: str, key:
 def summarise(per_seed: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> dict[str, Any]:
     wm_rows = [r for s in per_seed for r in s["watermark_rows"]]
     di_rows = [r for s in per_seed for r in s["di_rows"]]
+    mg_rows = [r for s in per_seed for r in s["mingd_rows"]]
     claimed_q = [r["queries_used"] for r in wm_rows if r["suspect"] in STOLEN_KINDS and r["decision"] == WM_CLAIMED]
     ind = ("independent",)
-    for r in di_rows:
+    for r in di_rows + mg_rows:
         r["ttest_alone"] = "claimed" if r["p_value_ttest"] < ALPHA else "not claimed"
     by_kind = {
         kind: {
             "watermark_claim_rate": rate(wm_rows, (kind,), WM_CLAIMED),
             "di_claim_rate": rate(di_rows, (kind,), CLAIMED),
             "di_inconclusive_rate": rate(di_rows, (kind,), INCONCLUSIVE),
+            "mingd_claim_rate": rate(mg_rows, (kind,), CLAIMED),
+            "mingd_inconclusive_rate": rate(mg_rows, (kind,), INCONCLUSIVE),
             "n": sum(r["suspect"] == kind for r in di_rows),
         }
         for kind in ("victim", *STOLEN_KINDS, "independent")
@@ -299,6 +338,21 @@ def summarise(per_seed: list[dict[str, Any]], args: argparse.Namespace, wall: fl
             "median_queries_used": statistics.median(r["queries_used"] for r in di_rows),
             "rows": di_rows,
         },
+        "dataset_inference_mingd": {
+            "claim_rate_by_kind": {k: rate(mg_rows, (k,), CLAIMED) for k in ("victim", *STOLEN_KINDS)},
+            "stolen_claim_rate": rate(mg_rows, STOLEN_KINDS, CLAIMED),
+            "independent_false_claim_rate": rate(mg_rows, ind, CLAIMED),
+            "independent_inconclusive_rate": rate(mg_rows, ind, INCONCLUSIVE),
+            "independent_ttest_alone_false_claim_rate": rate(mg_rows, ind, "claimed", key="ttest_alone"),
+            "stolen_ttest_alone_claim_rate": rate(mg_rows, STOLEN_KINDS, "claimed", key="ttest_alone"),
+            "alpha": ALPHA,
+            "owner": [s["mingd_owner"] for s in per_seed],
+            "mean_censored_share": float(np.mean([r["censored_share"] for r in mg_rows])),
+            "queries_used": sum(r["queries_used"] for r in mg_rows),
+            "median_gradient_evaluations": statistics.median(r["gradient_evaluations"] for r in mg_rows),
+            "median_seconds": statistics.median(r["seconds"] for r in mg_rows),
+            "rows": mg_rows,
+        },
         "by_kind": by_kind,
         "victim": [s["victim"] for s in per_seed],
         "setup": {
@@ -309,6 +363,7 @@ def summarise(per_seed: list[dict[str, Any]], args: argparse.Namespace, wall: fl
             "watermark_reference_models": 10,
             "extraction_budget": EXTRACTION_BUDGET,
             "di_config": di_config(args).to_dict(),
+            "mingd_config": mingd_config(args).to_dict(),
             "data": f"digits split_digits(seed): DI private = {args.di_regressor + args.di_revealed} owner rows, "
             "DI public = test split; DI nulls on 60% subsets of the other owner rows; independents on 60% subsets "
             "of the pool; watermark references on the test split; extraction copies query the pool (with shifts)",

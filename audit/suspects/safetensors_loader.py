@@ -56,7 +56,11 @@ def read_metadata(data: bytes) -> dict[str, str]:
 
 
 class TorchModuleSuspect(Suspect):
-    """An in-process ``nn.Module`` returning logits ``[n, k]``; probabilities are their softmax."""
+    """An in-process ``nn.Module`` returning logits ``[n, k]``; probabilities are their softmax.
+
+    ``module`` (in eval mode) is the white-box handle: MinGD dataset inference (``audit.mingd``) takes gradients
+    through it. Only suspects of this class expose one; ONNX, skops, sandboxed and HTTP suspects answer queries only.
+    """
 
     def __init__(self, module: nn.Module, *, budget: int | None = None, identity: dict[str, str] | None = None) -> None:
         super().__init__(budget=budget, identity=identity)

@@ -27,7 +27,7 @@ def canonical(obj: Any) -> bytes:
 @dataclass
 class AuditRecord:
     id: str
-    method: str  # "watermark" | "dataset_inference"
+    method: str  # "watermark" | "dataset_inference" | "dataset_inference_mingd"
     protected_model: str
     suspect: dict[str, Any]  # identity + how to load it (file path/format or endpoint)
     params: dict[str, Any]

@@ -4,7 +4,8 @@
 ``protected_model``, ``format``, optional ``params``/``config`` JSON and ``architecture``) or JSON naming an
 endpoint (``{"method", "protected_model", "params", "suspect": {"url", "protocol", "model", ...}}``).
 A new audit answers 202; the same suspect + method + parameters + protected model again answers 200 with
-the existing audit (unless that one failed).
+the existing audit (unless that one failed). ``dataset_inference_mingd`` (white-box) takes only a safetensors
+file: any other format or an endpoint answers 422 before anything is stored.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _normalise(method: str | None, params: Any) -> dict[str, Any]:
     from audit.methods import normalise_params
 
     if not method:
-        raise HTTPException(422, "missing 'method' (watermark or dataset_inference)")
+        raise HTTPException(422, "missing 'method' (watermark, dataset_inference or dataset_inference_mingd)")
     if params is not None and not isinstance(params, dict):
         raise HTTPException(422, "'params' must be a JSON object")
     try:
@@ -82,6 +83,20 @@ def _check_protected(r: Any, protected_id: str | None, method: str) -> None:
         raise HTTPException(409, f"protected model '{protected_id}' supports {record.methods}, not {method}")
 
 
+def _check_white_box(method: str, declared_format: str | None) -> None:
+    """422 when the method needs the suspect's gradients and the suspect cannot give them (None: an endpoint)."""
+    from audit.methods import white_box_refusal
+    from audit.suspects.loader import normalise_format
+
+    fmt = declared_format
+    if declared_format is not None:
+        with contextlib.suppress(ValueError):  # an unknown format is refused, with its reason, by the file check
+            fmt = normalise_format(declared_format)
+    refusal = white_box_refusal(method, fmt)
+    if refusal:
+        raise HTTPException(422, refusal)
+
+
 async def _file_submission(request: Request, settings: Any, r: Any) -> tuple[str, str, dict[str, Any],
                                                                             dict[str, Any], dict[str, Any]]:
     form = await read_form(request, settings.audit_max_upload_bytes, max_files=1)
@@ -95,6 +110,7 @@ async def _file_submission(request: Request, settings: Any, r: Any) -> tuple[str
     declared = form_text(form, "format")
     if not declared:
         raise HTTPException(422, "missing 'format' (onnx, safetensors, skops, ...)")
+    _check_white_box(str(method), declared)
     architecture = form_text(form, "architecture")
     config = form_json(form, "config")
     if config is not None and not isinstance(config, dict):
@@ -122,6 +138,7 @@ async def _endpoint_submission(request: Request, r: Any) -> tuple[str, str, dict
         raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
     params = _normalise(body.method, body.params)
     _check_protected(r, body.protected_model, body.method)
+    _check_white_box(body.method, None)
     spec = body.suspect.model_dump(exclude_none=True)
     from audit.suspects.http import HttpSuspect
 

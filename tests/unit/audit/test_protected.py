@@ -170,7 +170,7 @@ def test_dataset_inference_registration_and_audit(owner: dict[str, Any], signing
                              di_config={"n_regressor": 20, "n_revealed": 20, "directions_per_family": 2})
     pm = register_protected_model(inputs(owner, di_data_path=owner["dir"] / "di.npz"), tmp_path, signing_key,
                                   registration_id="pm_di", config=cfg)
-    assert pm.methods() == ["watermark", "dataset_inference"]
+    assert pm.methods() == ["watermark", "dataset_inference", "dataset_inference_mingd"]  # a torch owner model
     assert any("never claim" in n for n in pm.record["notes"])  # 3 null models: the calibration cannot reach α
     assert any(k.startswith("artifacts/dataset_inference/") for k in pm.record["artifacts"])
     suspect = load_suspect_file(owner["model"], "safetensors")
