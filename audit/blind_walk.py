@@ -43,12 +43,12 @@ matters, and it is the same rule for every model.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from audit.configs import JsonConfig
 from audit.suspects.base import Suspect
 
 FAMILIES = ("uniform", "gaussian", "laplace")
@@ -56,7 +56,7 @@ PRIVATE, PUBLIC = 0, 1  # the "side" that, with the sample id and the seed, name
 
 
 @dataclass(frozen=True)
-class BlindWalkConfig:
+class BlindWalkConfig(JsonConfig):
     """Every parameter of a Blind Walk dataset-inference audit. Defaults are for digits in [0, 1]^64, and why:
 
     - ``directions_per_family`` 10 × three families = 30 walks per sample: the official code's 10 per norm.
@@ -77,6 +77,9 @@ class BlindWalkConfig:
       ``audit.dataset_inference``).
     - ``batch_size`` 8192 rows per ``labels()`` call: ~2 MB of float32 per request to an HTTP suspect.
     """
+
+    LABEL = "Blind Walk"
+    TUPLE_FIELDS = ("families",)
 
     directions_per_family: int = 10
     families: tuple[str, ...] = FAMILIES
@@ -130,32 +133,6 @@ class BlindWalkConfig:
     def max_queries_per_sample(self) -> int:
         """The worst case: the label at x, then every walk searching to the cap or bisecting fully."""
         return 1 + self.n_directions * (self.exponential_steps + self.bisection_steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["families"] = list(self.families)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> BlindWalkConfig:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown Blind Walk parameters {sorted(unknown)}")
-        if "families" in d:
-            d["families"] = tuple(d["families"])
-        return cls(**d)
-
-    @classmethod
-    def coerce(cls, config: BlindWalkConfig | Mapping[str, Any] | None) -> BlindWalkConfig:
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        if isinstance(config, Mapping):
-            return cls.from_dict(config)
-        raise ValueError(f"config must be a BlindWalkConfig or a dict, got {type(config).__name__}")
 
 
 def directions(config: BlindWalkConfig, side: int, sample_ids: Sequence[int] | np.ndarray, dim: int) -> np.ndarray:

@@ -819,9 +819,7 @@ def run_dataset_inference(
             f"(m = {artifacts.owner.get('m')}): this audit has little power against any suspect"
         )
     if emb.censored_share > 0.5:
-        cap = (
-            f"{cfg.max_iter} gradient steps" if isinstance(cfg, MinGDConfig) else f"{cfg.max_distance}"
-        )
+        cap = f"{cfg.max_iter} gradient steps" if isinstance(cfg, MinGDConfig) else f"{cfg.max_distance}"
         notes.append(
             f"{emb.censored_share:.0%} of the suspect's walks never changed label up to {cap}: its embedding is "
             "mostly the cap"

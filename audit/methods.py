@@ -47,15 +47,23 @@ Progress = Callable[[float, str], None]
 # Defaults, each with its reason: α 0.05 is EWE's "95% confidence"; 100 queries EWE's "< 100 queries";
 # batch 1 stops at the first sufficient answer; the mixture test needs no guessed alternative rate.
 WATERMARK_DEFAULTS: dict[str, Any] = {
-    "alpha": 0.05, "max_queries": 100, "test": "mixture", "alternative_rate": None, "batch_size": 1, "seed": 0,
+    "alpha": 0.05,
+    "max_queries": 100,
+    "test": "mixture",
+    "alternative_rate": None,
+    "batch_size": 1,
+    "seed": 0,
     "budget": None,
 }
 # m None: the method's own default sample size; α 0.05 as above.
 DATASET_INFERENCE_DEFAULTS: dict[str, Any] = {"m": None, "alpha": 0.05, "budget": None}
 # MinGD sends no queries: no budget.
 DATASET_INFERENCE_MINGD_DEFAULTS: dict[str, Any] = {"m": None, "alpha": 0.05}
-_DEFAULTS = {"watermark": WATERMARK_DEFAULTS, "dataset_inference": DATASET_INFERENCE_DEFAULTS,
-             "dataset_inference_mingd": DATASET_INFERENCE_MINGD_DEFAULTS}
+_DEFAULTS = {
+    "watermark": WATERMARK_DEFAULTS,
+    "dataset_inference": DATASET_INFERENCE_DEFAULTS,
+    "dataset_inference_mingd": DATASET_INFERENCE_MINGD_DEFAULTS,
+}
 
 
 def normalise_params(method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -95,8 +103,12 @@ def white_box_refusal(method: str, suspect_format: str | None) -> str | None:
 def _verifier(params: Mapping[str, Any]) -> WatermarkVerifier:
     try:
         return WatermarkVerifier(
-            alpha=params["alpha"], max_queries=int(params["max_queries"]), test=params["test"],
-            alternative_rate=params["alternative_rate"], batch_size=int(params["batch_size"]), seed=int(params["seed"]),
+            alpha=params["alpha"],
+            max_queries=int(params["max_queries"]),
+            test=params["test"],
+            alternative_rate=params["alternative_rate"],
+            batch_size=int(params["batch_size"]),
+            seed=int(params["seed"]),
         )
     except (TypeError, KeyError) as exc:
         raise ValueError(f"bad watermark parameters: {exc}") from None
@@ -194,8 +206,9 @@ def _run_dataset_inference(
     def di_progress(*args: Any) -> None:
         report(min(0.99, progress_fraction(args)), "dataset inference")
 
-    evidence_obj = di.run_dataset_inference(suspect, artifacts, m=params["m"], alpha=params["alpha"],
-                                            progress=di_progress)
+    evidence_obj = di.run_dataset_inference(
+        suspect, artifacts, m=params["m"], alpha=params["alpha"], progress=di_progress
+    )
     evidence = dict(jsonable(evidence_obj.to_dict()))
     decision = str(evidence_obj.decision)
     evidence.setdefault("decision", decision)
@@ -246,7 +259,10 @@ RUNNERS: dict[str, Callable[[Suspect, ProtectedModel, Mapping[str, Any], Progres
 
 
 def run_audit(
-    method: str, suspect: Suspect, protected: ProtectedModel, params: Mapping[str, Any],
+    method: str,
+    suspect: Suspect,
+    protected: ProtectedModel,
+    params: Mapping[str, Any],
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     if method not in RUNNERS:
@@ -254,8 +270,21 @@ def run_audit(
     return RUNNERS[method](suspect, protected, params, progress)
 
 
-_SKIP_IN_STATISTICS = {"parameters", "suspect", "trajectory", "notes", "verdict", "decision", "p_value", "alpha",
-                       "test", "test_name", "null_hypothesis", "queries_used", "plots"}
+_SKIP_IN_STATISTICS = {
+    "parameters",
+    "suspect",
+    "trajectory",
+    "notes",
+    "verdict",
+    "decision",
+    "p_value",
+    "alpha",
+    "test",
+    "test_name",
+    "null_hypothesis",
+    "queries_used",
+    "plots",
+}
 
 
 def build_audit_report(
@@ -276,11 +305,18 @@ def build_audit_report(
     plots: list[dict[str, Any]] = []
     if evidence.get("trajectory"):
         points = evidence["trajectory"]
-        plots.append({
-            "kind": "line", "x": [q for q, _ in points], "y": [p for _, p in points], "log_y": True,
-            "hlines": [evidence.get("alpha")], "title": "Always-valid p-value after each query (dashed: α)",
-            "x_label": "queries", "y_label": "p-value",
-        })
+        plots.append(
+            {
+                "kind": "line",
+                "x": [q for q, _ in points],
+                "y": [p for _, p in points],
+                "log_y": True,
+                "hlines": [evidence.get("alpha")],
+                "title": "Always-valid p-value after each query (dashed: α)",
+                "x_label": "queries",
+                "y_label": "p-value",
+            }
+        )
     plots.extend(dict(p) for p in evidence.get("plots") or [] if isinstance(p, Mapping))
     statistics = {k: v for k, v in evidence.items() if k not in _SKIP_IN_STATISTICS}
     alpha = evidence.get("alpha")

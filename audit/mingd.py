@@ -44,11 +44,13 @@ Where this differs from the official code, and why:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from audit.configs import JsonConfig
 
 if TYPE_CHECKING:  # torch is imported when a descent runs, so the config loads without it
     import torch
@@ -60,7 +62,7 @@ L1_GAP = 0.001  # the official ``gap``: a coordinate this close to the box edge 
 
 
 @dataclass(frozen=True)
-class MinGDConfig:
+class MinGDConfig(JsonConfig):
     """Every parameter of a MinGD dataset-inference audit. Defaults are for digits in [0, 1]^64, and why:
 
     - ``norms`` ℓ∞, ℓ2, ℓ1: the official three.
@@ -89,6 +91,9 @@ class MinGDConfig:
     - ``n_regressor`` 100, ``n_revealed`` 150, ``regressor_c`` 0.1, ``use_correctness`` True: as
       ``BlindWalkConfig`` (dataset inference uses the same regressor and test for both embeddings).
     """
+
+    LABEL = "MinGD"
+    TUPLE_FIELDS = ("norms",)
 
     norms: tuple[str, ...] = NORMS
     step_linf: float = 0.01
@@ -157,31 +162,6 @@ class MinGDConfig:
     def resolution(self, norm: str) -> float:
         """How finely a distance is known: one step over 2^refine_steps."""
         return self.step(norm) / 2**self.refine_steps
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["norms"] = list(self.norms)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> MinGDConfig:
-        d = dict(d or {})
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown MinGD parameters {sorted(unknown)}")
-        if "norms" in d:
-            d["norms"] = tuple(d["norms"])
-        return cls(**d)
-
-    @classmethod
-    def coerce(cls, config: MinGDConfig | Mapping[str, Any] | None) -> MinGDConfig:
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        if isinstance(config, Mapping):
-            return cls.from_dict(config)
-        raise ValueError(f"config must be a MinGDConfig or a dict, got {type(config).__name__}")
 
 
 @dataclass

@@ -259,9 +259,7 @@ def _copy(src: Path, dst: Path) -> dict[str, Any]:
 
 
 def _digests(directory: Path, base: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(base)): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(base)): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def register_protected_model(
@@ -295,8 +293,13 @@ def register_protected_model(
     model_record: dict[str, Any]
     if inputs.model_path is not None:
         copied = _copy(inputs.model_path, work / "inputs" / f"model.{inputs.model_format}")
-        model_record = {"kind": "file", "format": inputs.model_format, "architecture": inputs.architecture,
-                        "config": inputs.config, **copied}
+        model_record = {
+            "kind": "file",
+            "format": inputs.model_format,
+            "architecture": inputs.architecture,
+            "config": inputs.config,
+            **copied,
+        }
     else:
         assert inputs.endpoint is not None
         public = {k: v for k, v in inputs.endpoint.items() if k != "token"}
@@ -319,7 +322,9 @@ def register_protected_model(
     report(0.05, "loading the protected model")
     owner = open_model(
         model_path=(work / "inputs" / f"model.{inputs.model_format}") if inputs.model_path else None,
-        model_format=inputs.model_format, architecture=inputs.architecture, config=inputs.config,
+        model_format=inputs.model_format,
+        architecture=inputs.architecture,
+        config=inputs.config,
         endpoint=inputs.endpoint,
     )
 
@@ -340,8 +345,11 @@ def register_protected_model(
         report(0.10, f"training {cfg.n_null_models} null models on the reference data")
         (work / "artifacts" / "null_models").mkdir()
         for i, (model, description) in enumerate(_train_references(*ref_data, key, cfg)):
-            config_dict = {"input_dim": model.blocks[0].in_features, "hidden": [b.out_features for b in model.blocks],
-                           "num_classes": model.head.out_features}
+            config_dict = {
+                "input_dim": model.blocks[0].in_features,
+                "hidden": [b.out_features for b in model.blocks],
+                "num_classes": model.head.out_features,
+            }
             save_model(work / "artifacts" / "null_models" / f"ref_{i}.safetensors", model, "mlp", config_dict)
             nulls.append(TorchModuleSuspect(model, identity={"kind": "in-memory", "name": f"ref_{i}"}))
             descriptions.append(description)
@@ -349,8 +357,9 @@ def register_protected_model(
 
     watermark: dict[str, Any] | None = None
     if key is not None:
-        null = calibrate_null(key, nulls, confidence=cfg.null_confidence, margin=cfg.null_margin,
-                              descriptions=descriptions)
+        null = calibrate_null(
+            key, nulls, confidence=cfg.null_confidence, margin=cfg.null_margin, descriptions=descriptions
+        )
         (work / "artifacts" / "watermark_null.json").write_text(json.dumps(null.to_dict(), sort_keys=True))
         owner_rate = float(np.mean(owner.labels(key.inputs) == key.target_class))
         watermark = {
@@ -363,8 +372,10 @@ def register_protected_model(
             "owner_success_rate": owner_rate,
         }
         if owner_rate <= null.bound:
-            notes.append(f"the protected model itself answers the key 'target' at {owner_rate:.3f}, not above the "
-                         f"null bound {null.bound:.3f}: watermark audits cannot claim")
+            notes.append(
+                f"the protected model itself answers the key 'target' at {owner_rate:.3f}, not above the "
+                f"null bound {null.bound:.3f}: watermark audits cannot claim"
+            )
     report(0.50, "watermark null calibrated" if key is not None else "no watermark key")
 
     dataset_inference: dict[str, Any] | None = None
@@ -383,32 +394,60 @@ def register_protected_model(
                 report(0.50 + share * progress_fraction(args), "dataset inference: preparing owner artifacts")
 
             artifacts = di.prepare_owner(
-                owner, di_data["x_private"], di_data["y_private"], di_data["x_public"], di_data["y_public"],
-                null_models=nulls, config=cfg.di_config, seed=cfg.di_seed, progress=di_progress,
+                owner,
+                di_data["x_private"],
+                di_data["y_private"],
+                di_data["x_public"],
+                di_data["y_public"],
+                null_models=nulls,
+                config=cfg.di_config,
+                seed=cfg.di_seed,
+                progress=di_progress,
             )
             artifacts.save(work / "artifacts" / "dataset_inference")
-            dataset_inference = {"available": True, "n_private": len(di_data["x_private"]),
-                                 "n_public": len(di_data["x_public"]), "n_null_models": len(nulls),
-                                 "owner": artifacts.owner}
+            dataset_inference = {
+                "available": True,
+                "n_private": len(di_data["x_private"]),
+                "n_public": len(di_data["x_public"]),
+                "n_null_models": len(nulls),
+                "owner": artifacts.owner,
+            }
             if len(nulls) < 20:
-                notes.append(f"dataset inference with {len(nulls)} null models can never claim at α = 0.05 "
-                             "(its calibrated p-value is at least 1/(n + 1)); audits will be inconclusive")
+                notes.append(
+                    f"dataset inference with {len(nulls)} null models can never claim at α = 0.05 "
+                    "(its calibrated p-value is at least 1/(n + 1)); audits will be inconclusive"
+                )
             if white_box:
+
                 def mingd_progress(*args: Any) -> None:
                     report(0.80 + 0.15 * progress_fraction(args), "dataset inference: preparing MinGD artifacts")
 
                 mg = di.prepare_owner(
-                    owner, di_data["x_private"], di_data["y_private"], di_data["x_public"], di_data["y_public"],
-                    null_models=nulls, config=cfg.mingd_config, embedding="mingd", seed=cfg.di_seed,
+                    owner,
+                    di_data["x_private"],
+                    di_data["y_private"],
+                    di_data["x_public"],
+                    di_data["y_public"],
+                    null_models=nulls,
+                    config=cfg.mingd_config,
+                    embedding="mingd",
+                    seed=cfg.di_seed,
                     progress=mingd_progress,
                 )
                 mg.save(work / "artifacts" / "dataset_inference_mingd")
-                dataset_inference_mingd = {"available": True, "n_private": len(di_data["x_private"]),
-                                           "n_public": len(di_data["x_public"]), "n_null_models": len(nulls),
-                                           "owner": mg.owner}
+                dataset_inference_mingd = {
+                    "available": True,
+                    "n_private": len(di_data["x_private"]),
+                    "n_public": len(di_data["x_public"]),
+                    "n_null_models": len(nulls),
+                    "owner": mg.owner,
+                }
             else:
-                reason = ("MinGD disabled in the registration parameters" if not cfg.mingd else
-                          "MinGD needs the protected model and every null model as torch modules (safetensors)")
+                reason = (
+                    "MinGD disabled in the registration parameters"
+                    if not cfg.mingd
+                    else "MinGD needs the protected model and every null model as torch modules (safetensors)"
+                )
                 dataset_inference_mingd = {"available": False, "reason": reason}
     report(0.95, "signing the registration")
 
@@ -430,8 +469,9 @@ def register_protected_model(
         "seconds": round(time.perf_counter() - started, 3),
         "notes": notes,
     }
-    subjects = [{"name": name, "digest": {"sha256": digest}}
-                for name, digest in {**input_digests, **artifact_digests}.items()]
+    subjects = [
+        {"name": name, "digest": {"sha256": digest}} for name, digest in {**input_digests, **artifact_digests}.items()
+    ]
     if model_record["kind"] == "endpoint":
         digest = hashlib.sha256(json.dumps(model_record, sort_keys=True).encode()).hexdigest()
         subjects.insert(0, {"name": f"endpoint:{model_record.get('url')}", "digest": {"sha256": digest}})

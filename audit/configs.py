@@ -1,0 +1,44 @@
+"""Parameters of an audit method as a frozen dataclass that round-trips through JSON (reports, artifacts)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, fields
+from typing import Any, ClassVar, Self
+
+
+class JsonConfig:
+    """Mixin for frozen dataclasses: ``to_dict``/``from_dict`` (unknown keys refused) and ``coerce``.
+
+    ``TUPLE_FIELDS`` are tuples in the dataclass (hashable, immutable) and lists in JSON.
+    """
+
+    LABEL: ClassVar[str] = "config"
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        for name in self.TUPLE_FIELDS:
+            d[name] = list(d[name])
+        return d  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Self:
+        d = dict(d or {})
+        unknown = set(d) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(f"unknown {cls.LABEL} parameters {sorted(unknown)}")
+        for name in cls.TUPLE_FIELDS:
+            if name in d:
+                d[name] = tuple(d[name])
+        return cls(**d)
+
+    @classmethod
+    def coerce(cls, config: Self | Mapping[str, Any] | None) -> Self:
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, Mapping):
+            return cls.from_dict(config)
+        raise ValueError(f"config must be a {cls.__name__} or a dict, got {type(config).__name__}")
