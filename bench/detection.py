@@ -37,7 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.core.alerts import AlertStore  # noqa: E402
 from services.core.clients import ClientRegistry  # noqa: E402
-from services.core.processes import ManagedProcess, PrivateRedis, free_port, uvicorn_command, wait_for_port  # noqa: E402
+from services.core.processes import (  # noqa: E402
+    ManagedProcess,
+    PrivateRedis,
+    exit_on_sigterm,
+    free_port,
+    uvicorn_command,
+    wait_for_port,
+)
 from services.model_server.models import digits_split, holdout_halves, train_model  # noqa: E402
 from services.redteam import (  # noqa: E402
     AdaptiveRetraining,
@@ -126,6 +133,7 @@ def fidelity_at(run: AttackRun, queries: int | None) -> float | None:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser()
     parser.add_argument("--benign", type=int, default=200, help="benign clients")
     parser.add_argument("--quick", action="store_true", help="smaller budgets, 40 benign clients")

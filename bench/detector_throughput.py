@@ -48,6 +48,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services.core.processes import exit_on_sigterm  # noqa: E402
 from services.detector.engine import DetectionEngine  # noqa: E402
 from services.detector.prada import PradaSignal  # noqa: E402
 
@@ -172,6 +173,7 @@ def service_records_per_s(engine: DetectionEngine, Q: np.ndarray, PQ: np.ndarray
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batches", type=int, default=2000, help="timed batches per measurement")

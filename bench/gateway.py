@@ -26,7 +26,14 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.core.clients import ClientRegistry  # noqa: E402
-from services.core.processes import ManagedProcess, PrivateRedis, free_port, uvicorn_command, wait_for_port  # noqa: E402
+from services.core.processes import (  # noqa: E402
+    ManagedProcess,
+    PrivateRedis,
+    exit_on_sigterm,
+    free_port,
+    uvicorn_command,
+    wait_for_port,
+)
 from services.model_server.models import digits_split  # noqa: E402
 
 
@@ -75,6 +82,7 @@ async def load(
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=16)

@@ -25,7 +25,14 @@ from rich.table import Table
 
 from services.core.alerts import AlertStore
 from services.core.clients import ClientRegistry
-from services.core.processes import ManagedProcess, PrivateRedis, free_port, uvicorn_command, wait_for_port
+from services.core.processes import (
+    ManagedProcess,
+    PrivateRedis,
+    exit_on_sigterm,
+    free_port,
+    uvicorn_command,
+    wait_for_port,
+)
 from services.core.records import QueryRecord
 from services.detector.service.consumer import STATE_PREFIX
 from services.model_server.models import DigitsSplit, digits_split, holdout_halves, train_model
@@ -40,6 +47,7 @@ def oip_body(x: np.ndarray) -> dict[str, object]:
 
 
 def run_demo(rows_per_client: int = 300, attack_budget: int = 1200) -> int:
+    exit_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="modelcustody-demo-"))
     procs: list[ManagedProcess] = []
     private: PrivateRedis | None = None

@@ -193,3 +193,16 @@ def redis_answers(url: str) -> bool:
         return ok
     except (redis.exceptions.RedisError, OSError):
         return False
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``finally`` blocks stop the child processes a script started.
+
+    Children run in their own sessions (so a Ctrl-C in the terminal reaches us, not them, and we stop them in
+    order); without this, a script killed with SIGTERM would leave its Redis, model server and gateway running.
+    """
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
