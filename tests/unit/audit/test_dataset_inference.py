@@ -22,12 +22,11 @@ from audit.dataset_inference import (
     INCONCLUSIVE,
     NOT_CLAIMED,
     DatasetInferenceArtifacts,
-    _decide,
-    _statistic,
     prepare_owner,
     run_dataset_inference,
     train_null_models,
 )
+from audit.di_statistics import decide, statistic
 from audit.suspects.base import BudgetExceeded, CallableSuspect, Suspect
 
 N_PRIVATE = 200  # the victim's whole training set, offered to dataset inference
@@ -253,13 +252,13 @@ def test_too_few_null_models_is_inconclusive(setup: Setup) -> None:
 
 
 def test_decision_rule() -> None:
-    assert _decide(0.01, 0.03, 40, 0.05)[0] == CLAIMED
-    assert _decide(0.30, 0.40, 40, 0.05)[0] == NOT_CLAIMED
-    assert _decide(0.01, 0.20, 40, 0.05)[0] == INCONCLUSIVE  # t-test alone: borderline
-    assert _decide(0.08, 0.03, 40, 0.05)[0] == INCONCLUSIVE
-    assert _decide(1e-9, 1 / 20, 19, 0.05)[0] == INCONCLUSIVE  # 1/20 can never be < 0.05
-    assert "20 null models" in _decide(1e-9, 1 / 20, 19, 0.05)[1]
-    assert _decide(1e-9, 1 / 21, 20, 0.05)[0] == CLAIMED
+    assert decide(0.01, 0.03, 40, 0.05)[0] == CLAIMED
+    assert decide(0.30, 0.40, 40, 0.05)[0] == NOT_CLAIMED
+    assert decide(0.01, 0.20, 40, 0.05)[0] == INCONCLUSIVE  # t-test alone: borderline
+    assert decide(0.08, 0.03, 40, 0.05)[0] == INCONCLUSIVE
+    assert decide(1e-9, 1 / 20, 19, 0.05)[0] == INCONCLUSIVE  # 1/20 can never be < 0.05
+    assert "20 null models" in decide(1e-9, 1 / 20, 19, 0.05)[1]
+    assert decide(1e-9, 1 / 21, 20, 0.05)[0] == CLAIMED
 
 
 def test_calibrated_p_value_is_valid_when_the_suspect_is_exchangeable_with_the_nulls(setup: Setup) -> None:
@@ -273,7 +272,7 @@ def test_calibrated_p_value_is_valid_when_the_suspect_is_exchangeable_with_the_n
         difficulty = rng.normal(size=(2 * m, 1)) + np.r_[np.full(m, 0.4), np.zeros(m)][:, None]
         walks = difficulty + rng.normal(size=(n_null + 1, 2 * m, k))
         correct = rng.random((n_null + 1, 2 * m)) < 0.9
-        stat = _statistic(walks[0], correct[0], walks[1:], correct[1:], regressor, CONFIG, m)
+        stat = statistic(walks[0], correct[0], walks[1:], correct[1:], regressor, CONFIG, m)
         hits_cal += stat.p_calibrated <= 0.05
     # exact level 1/20 = 0.05 under exchangeability; 400 trials: 3 standard errors ≈ 0.033
     assert hits_cal / trials <= 0.05 + 0.033

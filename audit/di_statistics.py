@@ -1,0 +1,174 @@
+"""The statistics of dataset inference, whatever the embedding: features, the confidence regressor, the
+one-sided Welch t-test, the calibration against null models and the decision rule.
+
+``audit.dataset_inference`` explains the method and calls these; they are plain functions of arrays, so the
+decision rule can be tested on its own (tests/unit/audit/test_dataset_inference.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special, stats
+
+from audit.blind_walk import BlindWalkConfig
+from audit.mingd import MinGDConfig
+
+CLAIMED = "claimed"
+NOT_CLAIMED = "not claimed"
+INCONCLUSIVE = "inconclusive"
+TTEST_NAME = "one-sided Welch two-sample t-test of regressor scores, private > public"
+CALIBRATION_NAME = (
+    "conformal rank of the suspect's Welch t-statistic among null models' t-statistics on the same samples"
+)
+EmbeddingConfig = BlindWalkConfig | MinGDConfig
+
+
+def features(
+    log_d: np.ndarray, correct: np.ndarray, ref_log_d: np.ndarray, ref_correct: np.ndarray, config: EmbeddingConfig
+) -> np.ndarray:
+    """[..., n, F]: per family the mean of (log-distance − reference) over its directions (Blind Walk) or over
+    its ``feature_ranks`` nearest target ranks (MinGD: columns are sorted), then correctness − reference."""
+    z = log_d - ref_log_d
+    k = config.directions_per_family
+    used = config.feature_ranks if isinstance(config, MinGDConfig) else k
+    cols = [z[..., j * k : j * k + used].mean(axis=-1) for j in range(len(config.families))]
+    if config.use_correctness:
+        cols.append(correct - ref_correct)
+    return np.stack(cols, axis=-1)
+
+
+@dataclass(frozen=True)
+class Regressor:
+    """Standardise, then a logistic-regression logit: larger = more like the owner's private samples."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(((features - self.mean) / self.scale) @ self.coef + self.intercept)
+
+
+def fit_regressor(private: np.ndarray, public: np.ndarray, c: float, seed: int, monotone: bool = True) -> Regressor:
+    """L2-regularised logistic regression (label 1 = private) on standardised features; with ``monotone`` the
+    weights are constrained to be >= 0 (every feature is oriented so that membership raises it)."""
+    from scipy.optimize import minimize
+
+    feats = np.vstack([private, public])
+    target = np.r_[np.ones(len(private)), np.zeros(len(public))]
+    mean = feats.mean(axis=0)
+    scale = feats.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)  # a constant feature (e.g. all correct) stays 0 after centring
+    z = (feats - mean) / scale
+    sign = 2.0 * target - 1.0
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:-1], theta[-1]
+        margin = sign * (z @ w + b)
+        value = np.logaddexp(0.0, -margin).sum() + 0.5 * (w @ w) / c
+        g = -sign * special.expit(-margin)
+        return float(value), np.r_[z.T @ g + w / c, g.sum()]
+
+    bounds = [(0.0, None) if monotone else (None, None)] * z.shape[1] + [(None, None)]
+    res = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds)
+    return Regressor(mean, scale, res.x[:-1].astype(np.float64), float(res.x[-1]))
+
+
+def welch(private: np.ndarray, public: np.ndarray) -> tuple[float, float, float]:
+    """(t, one-sided p for private > public, degrees of freedom); a zero standard error gives t = ±inf or 0."""
+    a, b = np.asarray(private, np.float64), np.asarray(public, np.float64)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff = float(a.mean() - b.mean())
+    se = math.sqrt(va + vb)
+    if se <= 1e-15 * max(1.0, abs(diff)):
+        t = math.copysign(math.inf, diff) if diff != 0 else 0.0
+        return t, (0.0 if t > 0 else 1.0 if t < 0 else 0.5), float("nan")
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    t = diff / se
+    return t, float(stats.t.sf(t, df)), float(df)
+
+
+@dataclass
+class Statistic:
+    t: float
+    p_ttest: float
+    df: float
+    delta_mu: float
+    null_t: np.ndarray
+    p_calibrated: float
+    p_parametric: float | None
+    private_scores: np.ndarray
+    public_scores: np.ndarray
+
+
+def statistic(
+    suspect_log_d: np.ndarray,
+    suspect_correct: np.ndarray,
+    null_log_d: np.ndarray,
+    null_correct: np.ndarray,
+    regressor: Regressor,
+    config: EmbeddingConfig,
+    m: int,
+) -> Statistic:
+    """The suspect's and every null model's Welch t on the first ``m`` rows of each side (rows: m private, then
+    m public), each model normalised by the other n models (see the module docstring)."""
+    all_log_d = np.concatenate([suspect_log_d[None], null_log_d])  # [n + 1, 2m, K]; model 0 is the suspect
+    all_correct = np.concatenate([suspect_correct[None], null_correct]).astype(np.float64)
+    n = len(null_log_d)
+    ref_log_d = (all_log_d.sum(axis=0, keepdims=True) - all_log_d) / n
+    ref_correct = (all_correct.sum(axis=0, keepdims=True) - all_correct) / n
+    scores = regressor.score(features(all_log_d, all_correct, ref_log_d, ref_correct, config))  # [n + 1, 2m]
+    ts = np.array([welch(s[:m], s[m:])[0] for s in scores])
+    t, p_t, df = welch(scores[0, :m], scores[0, m:])
+    null_t = ts[1:]
+    p_cal = (1.0 + float(np.sum(null_t >= t))) / (n + 1.0)
+    p_param: float | None = None
+    finite = null_t[np.isfinite(null_t)]
+    if len(finite) >= 3 and finite.std(ddof=1) > 0 and math.isfinite(t):
+        z = (t - finite.mean()) / (finite.std(ddof=1) * math.sqrt(1.0 + 1.0 / len(finite)))
+        p_param = float(stats.t.sf(z, len(finite) - 1))
+    return Statistic(
+        t=t,
+        p_ttest=p_t,
+        df=df,
+        delta_mu=float(scores[0, :m].mean() - scores[0, m:].mean()),
+        null_t=null_t,
+        p_calibrated=p_cal,
+        p_parametric=p_param,
+        private_scores=scores[0, :m],
+        public_scores=scores[0, m:],
+    )
+
+
+def decide(p_ttest: float, p_cal: float, n_null: int, alpha: float) -> tuple[str, str]:
+    if 1.0 / (n_null + 1.0) >= alpha:
+        need = math.ceil(1.0 / alpha - 1.0 + 1e-9)
+        need = need + 1 if 1.0 / (need + 1.0) >= alpha else need
+        return INCONCLUSIVE, (
+            f"only {n_null} null models: the calibrated p-value cannot go below 1/{n_null + 1} = "
+            f"{1.0 / (n_null + 1):.3g} >= α = {alpha:g}; at least {need} null models are needed to decide"
+        )
+    if p_ttest < alpha and p_cal < alpha:
+        return CLAIMED, f"both the t-test (p = {p_ttest:.3g}) and the null calibration (p = {p_cal:.3g}) are < α"
+    if p_ttest >= alpha and p_cal >= alpha:
+        return NOT_CLAIMED, f"neither the t-test (p = {p_ttest:.3g}) nor the calibration (p = {p_cal:.3g}) is < α"
+    if p_ttest < alpha:
+        return INCONCLUSIVE, (
+            f"borderline: the t-test says p = {p_ttest:.3g} < α, but {p_cal:.3g} of null models (calibrated) "
+            "reach a statistic this large, so the t-test's claim is not trusted"
+        )
+    return INCONCLUSIVE, (
+        f"borderline: the statistic ranks above the null models (calibrated p = {p_cal:.3g} < α) but the "
+        f"t-test alone gives p = {p_ttest:.3g} >= α"
+    )
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
+    ranks = stats.rankdata(np.r_[positive, negative])
+    n_pos, n_neg = len(positive), len(negative)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
