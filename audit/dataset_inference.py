@@ -546,6 +546,8 @@ class DatasetInferenceEvidence:
     notes: list[str] = field(default_factory=list)
     embedding: EmbeddingName = "blind_walk"
     gradient_evaluations: int = 0  # MinGD: (sample, target) rows through a forward + backward pass
+    private_scores: list[float] = field(default_factory=list)  # the suspect's regressor scores, for the report
+    public_scores: list[float] = field(default_factory=list)
 
     @property
     def claimed(self) -> bool:
@@ -589,7 +591,36 @@ class DatasetInferenceEvidence:
             "parameters": dict(self.parameters),
             "seconds": self.seconds,
             "notes": list(self.notes),
+            "private_scores": list(self.private_scores),
+            "public_scores": list(self.public_scores),
+            "plots": self.plots(),
         }
+
+    def plots(self) -> list[dict[str, Any]]:
+        """What the HTML report draws: the two score distributions, and the suspect's t among the nulls'."""
+        plots: list[dict[str, Any]] = []
+        if self.private_scores and self.public_scores:
+            plots.append(
+                {
+                    "kind": "histograms",
+                    "title": f"Regressor scores of the suspect on {self.m} revealed private vs {self.m} public samples",
+                    "series": {
+                        "private (trained on)": self.private_scores,
+                        "public (never trained on)": self.public_scores,
+                    },
+                    "x_label": "regressor score (logit)",
+                }
+            )
+        if self.null_t_statistics:
+            plots.append(
+                {
+                    "kind": "histograms",
+                    "title": "Welch t of the suspect against the same statistic on the null models",
+                    "series": {"null models": self.null_t_statistics, "suspect": [self.t_statistic]},
+                    "x_label": "Welch t (private > public)",
+                }
+            )
+        return plots
 
 
 def run_dataset_inference(
@@ -694,6 +725,8 @@ def run_dataset_inference(
         labels_calls=emb.calls,
         n_null_models=n_null,
         null_t_statistics=stat.null_t.tolist(),
+        private_scores=[round(float(v), 6) for v in stat.private_scores],
+        public_scores=[round(float(v), 6) for v in stat.public_scores],
         calibration_reachable=1.0 / (n_null + 1.0) < alpha,
         censored_share=emb.censored_share,
         accuracy={"private": float(emb.correct[:m].mean()), "public": float(emb.correct[m:].mean())},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from audit.dataset_inference import (
     train_null_models,
 )
 from audit.di_statistics import decide, statistic
+from audit.report import build_report, render_html
 from audit.suspects.base import BudgetExceeded, CallableSuspect, Suspect
 
 N_PRIVATE = 200  # the victim's whole training set, offered to dataset inference
@@ -225,6 +227,29 @@ def test_the_victim_itself_is_claimed(setup: Setup) -> None:
     assert ev.t_statistic > max(ev.null_t_statistics)
     body = json.loads(json.dumps(ev.to_dict()))
     assert body["decision"] == CLAIMED and "Welch" in body["test"] and body["n_null_models"] == 20
+    # The report draws the two score distributions and the suspect's t among the null models' t.
+    scores, nulls = body["plots"]
+    assert [len(v) for v in scores["series"].values()] == [ev.m, ev.m]
+    assert np.mean(body["private_scores"]) - np.mean(body["public_scores"]) == pytest.approx(ev.delta_mu, abs=1e-5)
+    assert nulls["series"]["suspect"] == [ev.t_statistic] and len(nulls["series"]["null models"]) == 20
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    report = build_report(
+        suspect={"kind": "in-memory"},
+        method=body["method"],
+        parameters={},
+        seeds=None,
+        queries_used=ev.queries_used,
+        statistics={},
+        p_value=ev.p_value,
+        test_name=body["test"],
+        alpha=0.05,
+        decision="claim",
+        started_at=started,
+        finished_at=started,
+        protected_model_digest="ab" * 32,
+        plots=body["plots"],
+    )
+    assert render_html(report).count("<svg") == 2
 
 
 def test_an_independent_model_on_disjoint_data_is_not_claimed(setup: Setup) -> None:
