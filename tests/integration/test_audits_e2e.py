@@ -359,3 +359,46 @@ def test_protect_register_cli_runs_synchronously(stack: Stack, owner_dir: Path) 
     assert hashlib.sha256(signed).hexdigest() == record["registration_sha256"]
     assert all(len(s["digest"]["sha256"]) == 64 for s in statement["subject"])
     assert np.isclose(statement["predicate"]["watermark"]["owner_success_rate"], 1.0, atol=0.1)
+
+
+def test_dataset_inference_audits_run_on_the_worker_and_end_in_signed_reports(
+    stack: Stack, owner_dir: Path
+) -> None:
+    """Blind Walk (black-box) and MinGD (white-box) through the API and the worker, with a registration that
+    has dataset-inference data. Five null models cannot support a claim at α = 0.05 (the calibrated p-value
+    is at least 1/6), so the honest answer for the owner's own model is "inconclusive", said in the report."""
+    with stack.client() as client, open(owner_dir / "model.safetensors", "rb") as model, \
+            open(owner_dir / "model.key.json", "rb") as key, open(owner_dir / "reference.npz", "rb") as ref, \
+            open(owner_dir / "di_data.npz", "rb") as di:
+        response = client.post(
+            "/v1/protected-models",
+            data={"name": "digits-di", "params": json.dumps({"n_null_models": 5, "reference_epochs": 6})},
+            files={"model": ("model.safetensors", model), "watermark_key": ("key.json", key),
+                   "reference_data": ("reference.npz", ref), "di_data": ("di_data.npz", di)},
+        )
+        assert response.status_code == 202, response.text
+        pm_id = response.json()["id"]
+        record = wait_until(lambda: (r := client.get(f"/v1/protected-models/{pm_id}").json())["status"]
+                            in ("ready", "failed") and r, 240, "registration with dataset inference")
+        assert record["status"] == "ready", record
+        assert {"watermark", "dataset_inference", "dataset_inference_mingd"} <= set(record["methods"])
+        pem = client.get("/v1/keys/public", params={"format": "pem"}).content
+        for method, queries in (("dataset_inference", True), ("dataset_inference_mingd", False)):
+            with open(owner_dir / "model.safetensors", "rb") as f:
+                response = client.post(
+                    "/v1/audits",
+                    data={"method": method, "protected_model": pm_id, "format": "safetensors",
+                          "params": json.dumps({"m": 40})},
+                    files={"file": ("model.safetensors", f)},
+                )
+            assert response.status_code == 202, response.text
+            done, _ = follow(client, response.json()["id"], timeout_s=240)
+            assert done["status"] == "done", done
+            envelope = client.get(f"/v1/audits/{done['id']}/report").content
+            report = verify_envelope(envelope, pem, predicate_type=OWNERSHIP_AUDIT_PREDICATE)["predicate"]
+            assert report["decision"] == "inconclusive", report["decision_text"]
+            stats = report["statistics"]
+            assert stats["m"] == 40 and stats["n_null_models"] == 5 and len(stats["null_t_statistics"]) == 5
+            assert (report["queries"]["used"] > 0) is queries  # MinGD reads gradients, it sends no queries
+            page = client.get(f"/v1/audits/{done['id']}/report", params={"format": "html"}).text
+            assert page.count("<svg") >= 2  # the two score distributions and the t among the nulls
