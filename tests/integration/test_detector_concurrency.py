@@ -10,6 +10,7 @@ would break if a stale cached state were ever used.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,60 @@ def _drained(r: redis.Redis, n: int) -> bool:
     if group is None or group["pending"]:
         return False
     return sum(int(r.hget(STATE_PREFIX + f"client-{c}", "queries") or 0) for c in range(CLIENTS)) == n  # type: ignore[arg-type]
+
+
+def test_a_worker_survives_a_redis_outage_and_resumes(engine: DetectionEngine, tmp_path: Path) -> None:
+    """Redis stops under a running worker and comes back (same data, AOF): the worker retries, then analyses
+    every record exactly once; its cached states are re-validated against Redis, not trusted blindly."""
+    from services.core.processes import PrivateRedis
+
+    store = PrivateRedis(tmp_path / "redis", appendonly=True).start()
+    port = store.port
+    r = redis.Redis.from_url(store.url)
+    _, _, x_traffic, _ = holdout_halves(digits_split(0))
+    worker = make_worker(store.url, engine, "w-outage", 50)
+    worker.ensure_group()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        sent = 0
+
+        def push(n: int) -> None:
+            nonlocal sent
+            for _ in range(n):
+                r.xadd("mc:queries", record(sent, f"client-{sent % 3}", x_traffic[sent % len(x_traffic)]))  # type: ignore[arg-type]
+                sent += 1
+
+        push(150)
+        _wait(lambda: _analysed(r, 3) == 150, "the first records")
+        store.stop()
+        threading.Event().wait(1.5)  # the worker meets a dead Redis for a while
+        assert thread.is_alive()
+        store = PrivateRedis(tmp_path / "redis", port=port, appendonly=True).start()
+        r = redis.Redis.from_url(store.url)
+        push(150)
+        _wait(lambda: _analysed(r, 3) == 300, "the records sent after the outage")
+        for c in range(3):
+            stored: Any = r.hgetall(STATE_PREFIX + f"client-{c}")
+            assert int(stored[b"queries"]) == 100
+            assert engine.state_from_bytes(stored[b"engine:digits-mlp"]).queries == 100
+    finally:
+        worker.stop()
+        thread.join(10)
+        store.stop()
+
+
+def _analysed(r: redis.Redis, clients: int) -> int:
+    return sum(int(r.hget(STATE_PREFIX + f"client-{c}", "queries") or 0) for c in range(clients))  # type: ignore[arg-type]
+
+
+def _wait(predicate: Any, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except redis.ConnectionError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
