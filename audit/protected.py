@@ -378,8 +378,9 @@ def register_protected_model(
             )
     report(0.50, "watermark null calibrated" if key is not None else "no watermark key")
 
-    dataset_inference: dict[str, Any] | None = None
-    dataset_inference_mingd: dict[str, Any] | None = None
+    no_di = {"available": False, "reason": "no dataset-inference data (di_data) was registered"}
+    dataset_inference: dict[str, Any] | None = dict(no_di)
+    dataset_inference_mingd: dict[str, Any] | None = dict(no_di)
     if di_data is not None:
         di = dataset_inference_module()
         if di is None:

@@ -56,8 +56,13 @@ def owner(digits: DigitsSplit, tmp_path_factory: pytest.TempPathFactory) -> dict
     result = embedder.fit(digits.x_owner, digits.y_owner)
     model, key = result.save(out)
     np.savez(out / "reference.npz", x=digits.x_pool, y=digits.y_pool)
-    np.savez(out / "di.npz", x_private=digits.x_owner, y_private=digits.y_owner, x_public=digits.x_test,
-             y_public=digits.y_test)
+    np.savez(
+        out / "di.npz",
+        x_private=digits.x_owner,
+        y_private=digits.y_owner,
+        x_public=digits.x_test,
+        y_public=digits.y_test,
+    )
     clean = WatermarkEmbedder(epochs=8, watermark_epochs=8).fit_clean(digits.x_test, digits.y_test, seed=5)
     save_model(out / "clean.safetensors", clean, "mlp", {"input_dim": 64, "hidden": [128, 64], "num_classes": 10})
     return {"dir": out, "model": model, "key": key, "clean": out / "clean.safetensors", "result": result}
@@ -69,24 +74,31 @@ def signing_key() -> Ed25519PrivateKey:
 
 
 def inputs(owner: dict[str, Any], **kwargs: Any) -> RegistrationInputs:
-    base: dict[str, Any] = {"name": "digits", "model_path": owner["model"], "watermark_key_path": owner["key"],
-                            "reference_data_path": owner["dir"] / "reference.npz"}
+    base: dict[str, Any] = {
+        "name": "digits",
+        "model_path": owner["model"],
+        "watermark_key_path": owner["key"],
+        "reference_data_path": owner["dir"] / "reference.npz",
+    }
     return RegistrationInputs(**{**base, **kwargs})
 
 
 @pytest.fixture(scope="module")
-def registered(owner: dict[str, Any], signing_key: Ed25519PrivateKey,
-               tmp_path_factory: pytest.TempPathFactory) -> ProtectedModel:
+def registered(
+    owner: dict[str, Any], signing_key: Ed25519PrivateKey, tmp_path_factory: pytest.TempPathFactory
+) -> ProtectedModel:
     root = tmp_path_factory.mktemp("protected")
     steps: list[float] = []
-    pm = register_protected_model(inputs(owner), root, signing_key, registration_id="pm_unit", config=SMALL,
-                                  progress=lambda f, m: steps.append(f))
+    pm = register_protected_model(
+        inputs(owner), root, signing_key, registration_id="pm_unit", config=SMALL, progress=lambda f, m: steps.append(f)
+    )
     assert steps == sorted(steps) and steps[-1] == 1.0
     return pm
 
 
-def test_registration_is_signed_and_lists_every_file(registered: ProtectedModel, signing_key: Ed25519PrivateKey,
-                                                    owner: dict[str, Any]) -> None:
+def test_registration_is_signed_and_lists_every_file(
+    registered: ProtectedModel, signing_key: Ed25519PrivateKey, owner: dict[str, Any]
+) -> None:
     statement = verify_envelope(registered.envelope, public_key_pem(signing_key), predicate_type=REGISTRATION_PREDICATE)
     record = statement["predicate"]
     assert record["id"] == "pm_unit" and registered.digest == hashlib.sha256(registered.envelope).hexdigest()
@@ -97,13 +109,18 @@ def test_registration_is_signed_and_lists_every_file(registered: ProtectedModel,
     subjects = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
     assert subjects == {**record["inputs"], **record["artifacts"]}
     assert record["watermark"]["owner_success_rate"] > record["watermark"]["null_rate_bound"]
-    assert record["dataset_inference"] is None and registered.methods() == ["watermark"]
+    assert record["dataset_inference"] == {
+        "available": False,
+        "reason": "no dataset-inference data (di_data) was registered",
+    }
+    assert registered.methods() == ["watermark"]
     assert datetime.fromisoformat(record["registered_at"].replace("Z", "+00:00")) <= datetime.now(UTC)
     assert registered.watermark_null() is not None and registered.watermark_key() is not None
 
 
-def test_altered_registration_files_are_refused(registered: ProtectedModel, signing_key: Ed25519PrivateKey,
-                                               tmp_path: Path) -> None:
+def test_altered_registration_files_are_refused(
+    registered: ProtectedModel, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
     pub = public_key_pem(signing_key)
     copy = tmp_path / "pm"
     shutil.copytree(registered.directory, copy)
@@ -126,8 +143,9 @@ def test_altered_registration_files_are_refused(registered: ProtectedModel, sign
         ProtectedModel.load(registered.directory, public_key_pem(Ed25519PrivateKey.generate()))
 
 
-def test_registration_refuses_incomplete_inputs(owner: dict[str, Any], signing_key: Ed25519PrivateKey,
-                                                tmp_path: Path) -> None:
+def test_registration_refuses_incomplete_inputs(
+    owner: dict[str, Any], signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
     for bad, match in (
         ({"model_path": None}, "exactly one"),
         ({"reference_data_path": None}, "reference data .* or null model"),
@@ -141,11 +159,17 @@ def test_registration_refuses_incomplete_inputs(owner: dict[str, Any], signing_k
     assert not any(tmp_path.iterdir())
 
 
-def test_owner_supplied_null_models(owner: dict[str, Any], registered: ProtectedModel,
-                                    signing_key: Ed25519PrivateKey, tmp_path: Path) -> None:
+def test_owner_supplied_null_models(
+    owner: dict[str, Any], registered: ProtectedModel, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
     nulls = sorted((registered.directory / "artifacts" / "null_models").glob("*.safetensors"))
-    pm = register_protected_model(inputs(owner, reference_data_path=None, null_model_paths=nulls), tmp_path,
-                                  signing_key, registration_id="pm_nulls", config=SMALL)
+    pm = register_protected_model(
+        inputs(owner, reference_data_path=None, null_model_paths=nulls),
+        tmp_path,
+        signing_key,
+        registration_id="pm_nulls",
+        config=SMALL,
+    )
     assert pm.record["null_models"][0].startswith("owner-supplied")
     mine, theirs = pm.watermark_null(), registered.watermark_null()
     assert mine is not None and theirs is not None and mine.counts == theirs.counts  # the same models
@@ -155,21 +179,28 @@ def test_dataset_inference_unavailable_is_skipped_with_a_reason(
     owner: dict[str, Any], signing_key: Ed25519PrivateKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(protected_mod, "dataset_inference_module", lambda: None)
-    pm = register_protected_model(inputs(owner, di_data_path=owner["dir"] / "di.npz"), tmp_path, signing_key,
-                                  registration_id="pm_nodi", config=SMALL)
+    pm = register_protected_model(
+        inputs(owner, di_data_path=owner["dir"] / "di.npz"),
+        tmp_path,
+        signing_key,
+        registration_id="pm_nodi",
+        config=SMALL,
+    )
     assert pm.record["dataset_inference"] == {"available": False, "reason": DI_UNAVAILABLE}
     assert DI_UNAVAILABLE in pm.record["notes"] and pm.methods() == ["watermark"]
     with pytest.raises(ValueError, match="dataset inference unavailable"):
         run_dataset_inference_audit(load_suspect_file(owner["model"], "safetensors"), pm, {})
 
 
-@pytest.mark.skipif(protected_mod.dataset_inference_module() is None, reason="audit.dataset_inference not present")
-def test_dataset_inference_registration_and_audit(owner: dict[str, Any], signing_key: Ed25519PrivateKey,
-                                                  tmp_path: Path) -> None:
-    cfg = RegistrationConfig(n_null_models=3, reference_epochs=4,
-                             di_config={"n_regressor": 20, "n_revealed": 20, "directions_per_family": 2})
-    pm = register_protected_model(inputs(owner, di_data_path=owner["dir"] / "di.npz"), tmp_path, signing_key,
-                                  registration_id="pm_di", config=cfg)
+def test_dataset_inference_registration_and_audit(
+    owner: dict[str, Any], signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    cfg = RegistrationConfig(
+        n_null_models=3, reference_epochs=4, di_config={"n_regressor": 20, "n_revealed": 20, "directions_per_family": 2}
+    )
+    pm = register_protected_model(
+        inputs(owner, di_data_path=owner["dir"] / "di.npz"), tmp_path, signing_key, registration_id="pm_di", config=cfg
+    )
     assert pm.methods() == ["watermark", "dataset_inference", "dataset_inference_mingd"]  # a torch owner model
     assert any("never claim" in n for n in pm.record["notes"])  # 3 null models: the calibration cannot reach α
     assert any(k.startswith("artifacts/dataset_inference/") for k in pm.record["artifacts"])
@@ -181,8 +212,9 @@ def test_dataset_inference_registration_and_audit(owner: dict[str, Any], signing
 
 def test_watermark_audit_verdicts(registered: ProtectedModel, owner: dict[str, Any]) -> None:
     seen: list[float] = []
-    stolen = run_watermark_audit(load_suspect_file(owner["model"], "safetensors"), registered, {},
-                                 lambda f, m: seen.append(f))
+    stolen = run_watermark_audit(
+        load_suspect_file(owner["model"], "safetensors"), registered, {}, lambda f, m: seen.append(f)
+    )
     assert stolen["verdict"] == "claim" and stolen["p_value"] < 0.05 and stolen["queries_used"] <= 10
     assert seen == sorted(seen) and len(seen) == stolen["queries_used"]
     independent = run_watermark_audit(load_suspect_file(owner["clean"], "safetensors"), registered, {"max_queries": 60})
@@ -200,9 +232,16 @@ def test_report_from_evidence_signs_and_names_the_registration(
     suspect = load_suspect_file(owner["model"], "safetensors")
     started = datetime.now(UTC)
     evidence = run_watermark_audit(suspect, registered, {"seed": 2})
-    report = build_audit_report(audit_id="au_1", method="watermark", evidence=evidence,
-                                suspect_identity=suspect.identity, protected=registered, started_at=started,
-                                finished_at=started + timedelta(seconds=1), submitted_at=started)
+    report = build_audit_report(
+        audit_id="au_1",
+        method="watermark",
+        evidence=evidence,
+        suspect_identity=suspect.identity,
+        protected=registered,
+        started_at=started,
+        finished_at=started + timedelta(seconds=1),
+        submitted_at=started,
+    )
     assert report["decision"] == "claim" and report["seeds"] == {"seed": 2}
     assert report["protected_model"]["registration_sha256"] == registered.digest
     assert report["protected_model"]["registered_before_audit"] is True
@@ -227,9 +266,16 @@ def test_params_are_normalised_and_validated() -> None:
             normalise_params(method, params)
 
 
-@pytest.mark.parametrize("word,verdict", [("claimed", "claim"), ("not claimed", "no-claim"),
-                                          ("inconclusive", "inconclusive"), ("no-claim", "no-claim"),
-                                          ("who knows", "inconclusive")])
+@pytest.mark.parametrize(
+    "word,verdict",
+    [
+        ("claimed", "claim"),
+        ("not claimed", "no-claim"),
+        ("inconclusive", "inconclusive"),
+        ("no-claim", "no-claim"),
+        ("who knows", "inconclusive"),
+    ],
+)
 def test_dataset_inference_words_map_to_report_verdicts(word: str, verdict: str) -> None:
     assert dataset_inference_verdict(word) == verdict
 
