@@ -204,38 +204,25 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         f"({time.perf_counter() - t0:.1f} s)"
     )
 
-    t_prep = time.perf_counter()
-    artifacts = prepare_owner(
-        torch_suspect(victim, "owner"),
-        split.x_owner[di_rows],
-        split.y_owner[di_rows],
-        split.x_test,
-        split.y_test,
-        null_models=nulls,
-        config=di_config(args),
-        seed=seed,
-    )
-    prep_s = time.perf_counter() - t_prep
-    log(
-        f"[seed {seed}] DI owner artifacts in {prep_s:.1f} s: owner t = {artifacts.owner['t_statistic']:.2f}, "
-        f"decision {artifacts.owner['decision_at_0.05']}"
-    )
-    t_prep = time.perf_counter()
-    mg_artifacts = prepare_owner(
-        torch_suspect(victim, "owner"),
-        split.x_owner[di_rows],
-        split.y_owner[di_rows],
-        split.x_test,
-        split.y_test,
-        null_models=nulls,
-        config=mingd_config(args),
-        seed=seed,
-    )
-    mg_prep_s = time.perf_counter() - t_prep
-    log(
-        f"[seed {seed}] MinGD owner artifacts in {mg_prep_s:.1f} s: owner t = {mg_artifacts.owner['t_statistic']:.2f}"
-        f", decision {mg_artifacts.owner['decision_at_0.05']}"
-    )
+    prepared = {}
+    for name, config in (("DI", di_config(args)), ("MinGD", mingd_config(args))):
+        t_prep = time.perf_counter()
+        art = prepare_owner(
+            torch_suspect(victim, "owner"),
+            split.x_owner[di_rows],
+            split.y_owner[di_rows],
+            split.x_test,
+            split.y_test,
+            null_models=nulls,
+            config=config,
+            seed=seed,
+        )
+        prepared[name] = (art, time.perf_counter() - t_prep)
+        log(
+            f"[seed {seed}] {name} owner artifacts in {prepared[name][1]:.1f} s: owner t = "
+            f"{art.owner['t_statistic']:.2f}, decision {art.owner['decision_at_0.05']}"
+        )
+    (artifacts, prep_s), (mg_artifacts, mg_prep_s) = prepared["DI"], prepared["MinGD"]
 
     references = embedder.fit_references(split.x_test, split.y_test, n=10, seed=7000 + 100 * seed)
     wm_null = calibrate_null(key, [torch_suspect(m, d) for m, d in references], descriptions=[d for _, d in references])
