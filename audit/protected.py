@@ -50,6 +50,7 @@ from audit.signing import key_id, sign_statement, verify_envelope
 from audit.suspects.base import Suspect
 from audit.watermark import NullCalibration, calibrate_null
 from audit.watermark_key import WatermarkKey
+from services.core.storage import sha256_of
 from services.core.version import __version__
 
 REGISTRATION_PREDICATE = "https://modelcustody.dev/protected-model-registration/v1"
@@ -63,14 +64,6 @@ Progress = Callable[[float, str], None]
 
 def _no_progress(fraction: float, message: str) -> None:
     return None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -255,11 +248,11 @@ def _train_references(
 def _copy(src: Path, dst: Path) -> dict[str, Any]:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
-    return {"sha256": sha256_file(dst), "size": dst.stat().st_size}
+    return {"sha256": sha256_of(dst), "size": dst.stat().st_size}
 
 
 def _digests(directory: Path, base: Path) -> dict[str, str]:
-    return {str(p.relative_to(base)): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(base)): sha256_of(p) for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def register_protected_model(
@@ -522,7 +515,7 @@ class ProtectedModel:
             path = directory / rel
             if not path.is_file():
                 raise ValueError(f"registration file {rel} is missing")
-            if sha256_file(path) != digest:
+            if sha256_of(path) != digest:
                 raise ValueError(f"registration file {rel} was altered after registration (SHA-256 mismatch)")
         return cls(directory, envelope, statement, key_id(pem))
 
