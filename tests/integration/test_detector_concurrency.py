@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
@@ -173,3 +174,31 @@ def _wait(predicate: Any, what: str, timeout_s: float = 60) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_records_without_a_baseline_or_of_the_wrong_width_are_set_aside(
+    redis_client: redis.Redis, redis_url: str, engine: DetectionEngine
+) -> None:
+    """One client, three kinds of records: analysed (a model with a baseline), skipped (a model without one),
+    malformed (wrong input width, or not a record at all). Every entry is acknowledged; none is lost."""
+    _, _, x_traffic, _ = holdout_halves(digits_split(0))
+    r = redis_client
+    for i in range(60):
+        r.xadd("mc:queries", record(i, "mixed", x_traffic[i]))  # type: ignore[arg-type]
+    for i in range(60, 80):
+        fields = record(i, "mixed", x_traffic[i])
+        body = orjson.loads(fields["r"])
+        r.xadd("mc:queries", {"v": b"1", "r": orjson.dumps({**body, "model": "another-model"})})
+    r.xadd("mc:queries", {"v": b"1", "r": orjson.dumps({**body, "model": "digits-mlp", "input": [1.0, 2.0]})})
+    r.xadd("mc:queries", {"garbage": b"yes"})
+    worker = make_worker(redis_url, engine, "w-mixed", 500)
+    worker.ensure_group()
+    assert worker.step() == 82
+    assert int(r.hget(STATE_PREFIX + "mixed", "queries")) == 60  # type: ignore[arg-type]
+    assert worker.metrics.skipped._value.get() == 20  # type: ignore[attr-defined]
+    assert worker.metrics.malformed._value.get() == 2  # type: ignore[attr-defined]
+    assert r.xlen("mc:queries:malformed") == 2
+    risk = orjson.loads(r.get("mc:risk:mixed"))  # type: ignore[arg-type]
+    assert set(risk["models"]) == {"digits-mlp"} and risk["queries_seen"] == 60 and risk["level"] == "low"
+    groups: Any = r.xinfo_groups("mc:queries")
+    assert groups[0]["pending"] == 0
