@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import orjson
 import redis
 import typer
@@ -154,6 +153,7 @@ def detector_fit(
     from services.detector.service.runtime import (
         fit_demo_engine,
         fit_reference_engine,
+        read_reference_set,
         reference_outputs_from_upstream,
         save_engine,
     )
@@ -172,18 +172,11 @@ def detector_fit(
         else:
             if len(model) != 1:
                 raise fail("with --reference, name exactly one model (--model NAME)")
-            try:
-                with np.load(reference, allow_pickle=False) as data:
-                    arrays = {k: np.asarray(data[k]) for k in data.files}
-            except (OSError, ValueError) as exc:
-                raise fail(f"cannot read {reference} as .npz: {exc}") from None
-            if "x" not in arrays:
-                raise fail(f"{reference} has no array 'x' (arrays: {sorted(arrays)})")
-            outputs, labels = arrays.get("probabilities"), arrays.get("labels")
+            x, outputs, labels = read_reference_set(reference)
             if outputs is None and labels is None and upstream is not None:
                 token = os.environ.get(token_env) if token_env else None
-                outputs = reference_outputs_from_upstream(arrays["x"], upstream, model[0], protocol, token)
-            engine = fit_reference_engine(arrays["x"], outputs, labels, seed=seed)
+                outputs = reference_outputs_from_upstream(x, upstream, model[0], protocol, token)
+            engine = fit_reference_engine(x, outputs, labels, seed=seed)
             save_engine(engine, out / model[0])
             fitted.append((model[0], engine))
     except ValueError as exc:

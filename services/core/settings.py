@@ -62,7 +62,8 @@ class Settings(BaseSettings):
     # --- detector ------------------------------------------------------------------------------
     # A baseline directory written by `modelcustody detector fit`; unset → the demo models' baselines are
     # fitted at start-up on the demo reference data and cached under <data_dir>/detector/baseline.
-    detector_reference_path: Path | None = None
+    detector_reference_path: Path | None = None  # or the owner's reference set (.npz), fitted at start-up
+    detector_reference_model: str = "*"  # the model a reference .npz is for ("*": every model)
     detector_metrics_port: int = 9101
     detector_consumer: str = ""  # consumer name in the group; empty → hostname-pid
     # Stream entries per batch: a client's rows are analysed together, so larger batches amortise the

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from services.detector.service.runtime import load_engines
 from services.model_server.models import digits_split, holdout_halves
@@ -62,3 +63,19 @@ def test_bad_reference_sets_are_refused_with_a_reason(tmp_path: Path) -> None:
     done = fit(str(tmp_path / "b"), "--model", "m", "--reference", str(tmp_path / "labels.npz"))
     assert done.returncode == 0, done.stderr
     assert "boundary" not in done.stdout and "prada" in done.stdout
+
+
+def test_the_service_fits_its_baseline_from_a_configured_reference_set(model_server: Server, tmp_path: Path) -> None:
+    """MODELCUSTODY_DETECTOR_REFERENCE_PATH may name the reference .npz itself: fitted at start-up."""
+    from audit.suspects.http import HttpSuspect
+    from services.detector.service.runtime import load_or_fit_engines
+
+    x_ref, _, _, _ = holdout_halves(digits_split(0))
+    with HttpSuspect(model_server.url, model="digits-mlp", output="probabilities") as upstream:
+        probabilities = upstream.probabilities(x_ref)
+    np.savez(tmp_path / "ref.npz", x=x_ref, probabilities=probabilities)
+    engines = load_or_fit_engines(tmp_path / "ref.npz", reference_model="digits-mlp")
+    assert list(engines) == ["digits-mlp"] and "boundary" in engines["digits-mlp"].signal_names
+    for bad in (tmp_path / "missing", tmp_path / "ref.txt"):
+        with pytest.raises(ValueError, match="neither a directory nor a reference .npz"):
+            load_or_fit_engines(bad)

@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 
 def build_worker(settings: Settings, r: redis.Redis, metrics: DetectorMetrics) -> DetectorWorker:
-    engines = load_or_fit_engines(settings.detector_reference_path, settings.data_dir / "detector" / "baseline")
+    engines = load_or_fit_engines(
+        settings.detector_reference_path,
+        settings.data_dir / "detector" / "baseline",
+        reference_model=settings.detector_reference_model,
+    )
     alerts = AlertStore(
         r, stream=settings.alerts_stream, window_s=settings.alert_window_s, notify=bool(settings.webhook_url)
     )

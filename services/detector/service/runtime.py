@@ -15,6 +15,10 @@ a live model, not data, so a baseline cannot carry it; we only know how to rebui
 identical to what the model server serves). For another model, the boundary signal uses the margins of
 the probabilities the client received and gives no evidence on label-only traffic (the other signals do).
 
+``MODELCUSTODY_DETECTOR_REFERENCE_PATH`` may also name the owner's reference set itself (``.npz`` with ``x`` and
+``probabilities`` or ``labels``): the detector then fits its baseline at start-up (seconds) for the model named
+by ``MODELCUSTODY_DETECTOR_REFERENCE_MODEL`` (default ``*``: every model).
+
 Without a configured path, the detector fits the demo models' engines on the owner's reference half of
 the digits holdout (``services.model_server.models.holdout_halves``) and caches them under
 ``<data_dir>/detector/baseline`` so a restarted process loads them instead of refitting.
@@ -126,10 +130,28 @@ def load_engine(directory: Path) -> DetectionEngine:
     return DetectionEngine.load(directory, reference_model=reference_model)
 
 
-def load_engines(path: Path) -> EngineSet:
-    """Engines from a baseline directory (see the module doc); ``ValueError`` naming what is missing."""
+def read_reference_set(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(x, probabilities or None, labels or None) from an owner's reference .npz; ``ValueError`` with the reason."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path} as .npz: {exc}") from None
+    if "x" not in arrays:
+        raise ValueError(f"{path} has no array 'x' (arrays: {sorted(arrays)})")
+    return arrays["x"], arrays.get("probabilities"), arrays.get("labels")
+
+
+def load_engines(path: Path, model: str = CATCH_ALL) -> EngineSet:
+    """Engines from a baseline directory (see the module doc), or fitted now from an owner's reference set
+    (a ``.npz`` with ``x`` and ``probabilities`` or ``labels``) for ``model``; ``ValueError`` naming what is
+    missing."""
+    if path.is_file() and path.suffix == ".npz":
+        x, outputs, labels = read_reference_set(path)
+        log.info("fitting the detector baseline of %s on the reference set %s", model, path)
+        return EngineSet({model: fit_reference_engine(x, outputs, labels)})
     if not path.is_dir():
-        raise ValueError(f"detector baseline {path} is not a directory")
+        raise ValueError(f"detector baseline {path} is neither a directory nor a reference .npz")
     if (path / "engine.json").exists():
         return EngineSet({CATCH_ALL: load_engine(path)})
     engines = {sub.name: load_engine(sub) for sub in sorted(path.iterdir()) if (sub / "engine.json").exists()}
@@ -139,11 +161,16 @@ def load_engines(path: Path) -> EngineSet:
 
 
 def load_or_fit_engines(
-    reference_path: Path | None, cache_dir: Path | None = None, models: Iterable[str] = DEMO_MODELS, seed: int = 0
+    reference_path: Path | None,
+    cache_dir: Path | None = None,
+    models: Iterable[str] = DEMO_MODELS,
+    seed: int = 0,
+    reference_model: str = CATCH_ALL,
 ) -> EngineSet:
-    """The configured baseline, else the demo models' engines (fitted once, then cached in ``cache_dir``)."""
+    """The configured baseline or reference set (for ``reference_model``), else the demo models' engines
+    (fitted once, then cached in ``cache_dir``)."""
     if reference_path is not None:
-        return load_engines(reference_path)
+        return load_engines(reference_path, reference_model)
     engines: dict[str, DetectionEngine] = {}
     for model in models:
         cached = None if cache_dir is None else cache_dir / model
