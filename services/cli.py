@@ -136,7 +136,9 @@ def detector_fit(
     out: Path = typer.Argument(..., help="baseline directory (then set MODELCUSTODY_DETECTOR_REFERENCE_PATH)"),
     model: list[str] = typer.Option(["digits-mlp"], help="demo model(s), or the served model's name with --reference"),
     reference: Path | None = typer.Option(
-        None, help="owner's reference set: .npz with 'x' and 'probabilities' or 'labels' (or use --upstream)"
+        None,
+        help="owner's reference set: .npz with 'x' and 'probabilities' or 'labels' (or use --upstream), "
+        "optionally 'daily_volumes' (benign clients' queries per day: enables the volume test)",
     ),
     upstream: str | None = typer.Option(
         None, help="model API to ask for the reference probabilities (not the gateway)"
@@ -172,11 +174,11 @@ def detector_fit(
         else:
             if len(model) != 1:
                 raise fail("with --reference, name exactly one model (--model NAME)")
-            x, outputs, labels = read_reference_set(reference)
+            x, outputs, labels, volumes = read_reference_set(reference)
             if outputs is None and labels is None and upstream is not None:
                 token = os.environ.get(token_env) if token_env else None
                 outputs = reference_outputs_from_upstream(x, upstream, model[0], protocol, token)
-            engine = fit_reference_engine(x, outputs, labels, seed=seed)
+            engine = fit_reference_engine(x, outputs, labels, daily_volumes=volumes, seed=seed)
             save_engine(engine, out / model[0])
             fitted.append((model[0], engine))
     except ValueError as exc:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from services.detector.service.runtime import load_engines
+from services.detector.sweep import SweepSignal
 from services.model_server.models import digits_split, holdout_halves
 from tests.utils.stack import REPO, Server
 
@@ -59,10 +60,13 @@ def test_bad_reference_sets_are_refused_with_a_reason(tmp_path: Path) -> None:
     assert done.returncode == 2 and "cannot read" in done.stderr
     # Labels only: a baseline without the boundary signal.
     x_ref, y_ref, _, _ = holdout_halves(digits_split(0))
-    np.savez(tmp_path / "labels.npz", x=x_ref, labels=y_ref)
+    volumes = np.random.default_rng(0).lognormal(np.log(150), 0.8, size=200)  # benign queries per client-day
+    np.savez(tmp_path / "labels.npz", x=x_ref, labels=y_ref, daily_volumes=volumes)
     done = fit(str(tmp_path / "b"), "--model", "m", "--reference", str(tmp_path / "labels.npz"))
     assert done.returncode == 0, done.stderr
     assert "boundary" not in done.stdout and "prada" in done.stdout
+    sweep = next(s for s in load_engines(tmp_path / "b")["m"].signals if isinstance(s, SweepSignal))
+    assert sweep.volume_enabled  # the daily volumes switched the volume test on
 
 
 def test_the_service_fits_its_baseline_from_a_configured_reference_set(model_server: Server, tmp_path: Path) -> None:

@@ -94,16 +94,20 @@ def fit_reference_engine(
     outputs_ref: np.ndarray | None = None,
     labels_ref: np.ndarray | None = None,
     *,
+    daily_volumes: np.ndarray | None = None,
     seed: int = 0,
     n_sim_clients: int = 200,
 ) -> DetectionEngine:
     """Fit an engine on an owner's reference set: held-out inputs in the gateway's input space, with the
     model's probabilities on them (all four signals) or only its labels (no boundary signal, which needs
-    margins). ``ValueError`` naming what is wrong with the data."""
+    margins), and optionally benign clients' daily query counts (enables the sweep signal's volume test).
+    ``ValueError`` naming what is wrong with the data."""
     x = np.asarray(x_ref, dtype=np.float64)
     if outputs_ref is None and labels_ref is None:
         raise ValueError("the reference set needs the model's probabilities or labels on its inputs")
-    return DetectionEngine.fit(x, outputs_ref, labels_ref, n_sim_clients=n_sim_clients, seed=seed)
+    return DetectionEngine.fit(
+        x, outputs_ref, labels_ref, daily_volumes_ref=daily_volumes, n_sim_clients=n_sim_clients, seed=seed
+    )
 
 
 def reference_outputs_from_upstream(
@@ -130,8 +134,9 @@ def load_engine(directory: Path) -> DetectionEngine:
     return DetectionEngine.load(directory, reference_model=reference_model)
 
 
-def read_reference_set(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(x, probabilities or None, labels or None) from an owner's reference .npz; ``ValueError`` with the reason."""
+def read_reference_set(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(x, probabilities, labels, daily_volumes) from an owner's reference .npz, each but x optional (None);
+    ``ValueError`` with the reason."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
@@ -139,7 +144,7 @@ def read_reference_set(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.nd
         raise ValueError(f"cannot read {path} as .npz: {exc}") from None
     if "x" not in arrays:
         raise ValueError(f"{path} has no array 'x' (arrays: {sorted(arrays)})")
-    return arrays["x"], arrays.get("probabilities"), arrays.get("labels")
+    return arrays["x"], arrays.get("probabilities"), arrays.get("labels"), arrays.get("daily_volumes")
 
 
 def load_engines(path: Path, model: str = CATCH_ALL) -> EngineSet:
@@ -147,9 +152,9 @@ def load_engines(path: Path, model: str = CATCH_ALL) -> EngineSet:
     (a ``.npz`` with ``x`` and ``probabilities`` or ``labels``) for ``model``; ``ValueError`` naming what is
     missing."""
     if path.is_file() and path.suffix == ".npz":
-        x, outputs, labels = read_reference_set(path)
+        x, outputs, labels, volumes = read_reference_set(path)
         log.info("fitting the detector baseline of %s on the reference set %s", model, path)
-        return EngineSet({model: fit_reference_engine(x, outputs, labels)})
+        return EngineSet({model: fit_reference_engine(x, outputs, labels, daily_volumes=volumes)})
     if not path.is_dir():
         raise ValueError(f"detector baseline {path} is neither a directory nor a reference .npz")
     if (path / "engine.json").exists():
