@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis
@@ -95,3 +96,33 @@ def test_task_signs_a_report_that_verifies_and_any_change_breaks(redis_client: r
         [*cli, str(public_key_path(settings.signing_key_file))], cwd=REPO, capture_output=True, text=True
     )
     assert bad.returncode == 1
+
+
+def test_the_api_lists_and_serves_compliance_reports(
+    redis_client: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    from tests.utils.stack import start_server
+
+    seed(redis_client)
+    path = Path(compliance_report(3600.0))
+    env = {
+        "MODELCUSTODY_ENV": "test",
+        "MODELCUSTODY_REDIS_URL": settings.redis_url,
+        "MODELCUSTODY_DATA_DIR": str(settings.data_dir),
+        "MODELCUSTODY_ADMIN_TOKEN": "compliance-test-token-0123456789",
+    }
+    api = start_server("services.api.main:create_app", env, tmp_path / "logs", "api")
+    try:
+        auth = {"Authorization": f"Bearer {env['MODELCUSTODY_ADMIN_TOKEN']}"}
+        with httpx.Client(base_url=api.url, timeout=10) as http:
+            assert http.get("/v1/reports/compliance").status_code == 401
+            assert http.get("/v1/reports/compliance", headers=auth).json() == [path.name]
+            served = http.get(f"/v1/reports/compliance/{path.name}", headers=auth)
+            assert served.status_code == 200 and served.content == path.read_bytes()
+            assert http.post("/v1/reports/verify", content=served.content).json()["valid"] is True
+            assert http.get("/v1/reports/compliance/..%2Fkeys", headers=auth).status_code in (404, 422)
+            assert http.get("/v1/reports/compliance/passwd", headers=auth).status_code == 422
+            missing = "compliance-20000101T000000Z.dsse.json"
+            assert http.get(f"/v1/reports/compliance/{missing}", headers=auth).status_code == 404
+    finally:
+        api.stop()

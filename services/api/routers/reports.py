@@ -3,9 +3,10 @@ verification of an envelope against this service's key."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -63,3 +64,28 @@ async def verify_report(request: Request, settings: SettingsDep) -> dict[str, An
         "decision": predicate.get("decision"),
         "method": predicate.get("method"),
     }
+
+
+COMPLIANCE_NAME = re.compile(r"^compliance-\d{8}T\d{6}Z\.dsse\.json$")
+
+
+@router.get("/v1/reports/compliance")
+def list_compliance_reports(settings: SettingsDep, _: AdminDep, limit: int = Query(30, ge=1, le=1000)) -> list[str]:
+    """The signed compliance reports (``services.core.compliance``), newest first, by file name."""
+    directory = reports_dir(settings)
+    names = (
+        sorted((p.name for p in directory.glob("compliance-*.dsse.json")), reverse=True) if directory.is_dir() else []
+    )
+    return [n for n in names if COMPLIANCE_NAME.match(n)][:limit]
+
+
+@router.get("/v1/reports/compliance/{name}")
+def read_compliance_report(name: str, settings: SettingsDep, _: AdminDep) -> Response:
+    """One compliance report's DSSE envelope, exact bytes (verify it with ``modelcustody report verify``)."""
+    if not COMPLIANCE_NAME.match(name):  # a file name, never a path: nothing outside the reports directory
+        raise HTTPException(422, "not a compliance report name (compliance-YYYYmmddTHHMMSSZ.dsse.json)")
+    path = reports_dir(settings) / name
+    if not path.is_file():
+        raise HTTPException(404, f"no compliance report '{name}'")
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    return Response(path.read_bytes(), media_type="application/json", headers=headers)
