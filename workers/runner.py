@@ -57,6 +57,49 @@ class Deadline:
             raise TimeoutError(f"audit exceeded the soft time limit of {self.seconds:g} s")
 
 
+EXIT_HARD_LIMIT = 70  # the worker's exit status when it ended itself at the hard time limit
+
+
+class HardLimit:
+    """The hard time limit for the solo pool, where Celery cannot kill a task without killing the worker.
+
+    A timer thread waits ``seconds``; if the task is still running then, it records the failure
+    (``on_expire``) and ends the whole worker process: a task stuck in C code or a hung socket cannot be
+    interrupted from another thread, and the process supervisor (docker's restart policy) starts a fresh
+    worker. The broker redelivers the unacknowledged message after the visibility timeout; the task finds
+    its record failed and only acknowledges it. Used as a context manager around the task's work.
+    """
+
+    def __init__(self, seconds: float | None, on_expire: Callable[[], None], what: str) -> None:
+        import threading
+
+        self.seconds, self.on_expire, self.what = seconds, on_expire, what
+        self._timer = None if seconds is None else threading.Timer(seconds, self._expire)
+        if self._timer is not None:
+            self._timer.daemon = True
+
+    def _expire(self) -> None:
+        import logging
+        import os
+
+        try:
+            self.on_expire()
+        finally:
+            logging.getLogger(__name__).error(
+                "%s exceeded the hard time limit of %g s: ending the worker", self.what, self.seconds
+            )
+            os._exit(EXIT_HARD_LIMIT)
+
+    def __enter__(self) -> HardLimit:
+        if self._timer is not None:
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 def signing_key(settings: Settings) -> Any:
     return load_or_create_signing_key(settings.signing_key_file)
 

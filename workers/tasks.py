@@ -85,7 +85,7 @@ class _Progress:
 
 @app.task(bind=True, name="workers.tasks.run_audit")
 def run_audit(self: Task, audit_id: str) -> dict[str, Any]:
-    from workers.runner import Deadline, execute_audit
+    from workers.runner import Deadline, HardLimit, execute_audit
 
     rt = runtime()
     record = rt.audits.get(audit_id)
@@ -106,8 +106,15 @@ def run_audit(self: Task, audit_id: str) -> dict[str, Any]:
     )
     progress = _Progress(self, lambda **kw: rt.audits.update(audit_id, **kw), audit_id)
     started = time.monotonic()
+    hard = rt.settings.audit_hard_time_limit_s
+
+    def hard_limit_reached() -> None:
+        reason = f"hard time limit of {hard:g} s exceeded; the worker ended itself"
+        rt.audits.update(audit_id, status="failed", error=reason, message=f"failed: {reason}", finished_at=time.time())
+
     try:
-        outcome = execute_audit(record, rt.settings, progress, Deadline(rt.settings.audit_soft_time_limit_s))
+        with HardLimit(hard, hard_limit_reached, f"audit {audit_id}"):
+            outcome = execute_audit(record, rt.settings, progress, Deadline(rt.settings.audit_soft_time_limit_s))
     except (SoftTimeLimitExceeded, TimeoutError) as exc:
         error = f"time limit: {exc}" if str(exc) else "time limit exceeded"
     except Exception as exc:  # noqa: BLE001 - any failure ends the audit as failed, with the reason
@@ -130,7 +137,7 @@ def run_audit(self: Task, audit_id: str) -> dict[str, Any]:
 
 @app.task(bind=True, name="workers.tasks.register_protected")
 def register_protected(self: Task, protected_id: str) -> dict[str, Any]:
-    from workers.runner import execute_registration
+    from workers.runner import HardLimit, execute_registration
 
     rt = runtime()
     record = rt.protected.get(protected_id)
@@ -148,8 +155,16 @@ def register_protected(self: Task, protected_id: str) -> dict[str, Any]:
         protected_id, status="registering", attempts=attempts, task_id=self.request.id, error=None, message="started"
     )
     progress = _Progress(self, lambda **kw: rt.protected.update(protected_id, **kw), protected_id)
+    hard = rt.settings.audit_hard_time_limit_s
+
+    def hard_limit_reached() -> None:
+        reason = f"hard time limit of {hard:g} s exceeded; the worker ended itself"
+        rt.protected.update(protected_id, status="failed", error=reason, message=f"failed: {reason}",
+                            finished_at=time.time())
+
     try:
-        protected = execute_registration(record, rt.settings, progress)
+        with HardLimit(hard, hard_limit_reached, f"registration {protected_id}"):
+            protected = execute_registration(record, rt.settings, progress)
     except Exception as exc:  # noqa: BLE001 - any failure ends the registration as failed, with the reason
         log.exception("registration %s failed", protected_id)
         error = f"{type(exc).__name__}: {exc}"
