@@ -101,14 +101,8 @@ class BlindWalkConfig(JsonConfig):
         object.__setattr__(self, "families", families)
         if not families or len(set(families)) != len(families) or any(f not in FAMILIES for f in families):
             raise ValueError(f"families must be distinct names from {FAMILIES}, got {families}")
-        for name in ("directions_per_family", "batch_size", "n_regressor", "n_revealed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.bisection_steps, bool) or not isinstance(self.bisection_steps, int):
-            raise ValueError(f"bisection_steps must be an integer, got {self.bisection_steps!r}")
-        if not 0 <= self.bisection_steps <= 30:
-            raise ValueError(f"bisection_steps must be in 0..30, got {self.bisection_steps}")
+        self._require_positive_ints("directions_per_family", "batch_size", "n_regressor", "n_revealed")
+        self._require_int_in("bisection_steps", 0, 30)
         if not (math.isfinite(self.initial_step) and math.isfinite(self.max_distance)):
             raise ValueError("initial_step and max_distance must be finite")
         if not 0.0 < self.initial_step <= self.max_distance:

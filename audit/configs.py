@@ -22,6 +22,19 @@ class JsonConfig:
             d[name] = list(d[name])
         return d  # type: ignore[no-any-return]
 
+    def _require_positive_ints(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def _require_int_in(self, name: str, low: int, high: int) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Self:
         d = dict(d or {})

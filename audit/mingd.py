@@ -123,14 +123,8 @@ class MinGDConfig(JsonConfig):
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if not (number and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("l1_topk", "max_iter", "feature_ranks", "batch_size", "n_regressor", "n_revealed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.refine_steps, bool) or not isinstance(self.refine_steps, int):
-            raise ValueError(f"refine_steps must be an integer, got {self.refine_steps!r}")
-        if not 0 <= self.refine_steps <= 30:
-            raise ValueError(f"refine_steps must be in 0..30, got {self.refine_steps}")
+        self._require_positive_ints("l1_topk", "max_iter", "feature_ranks", "batch_size", "n_regressor", "n_revealed")
+        self._require_int_in("refine_steps", 0, 30)
         if self.clip and not self.input_low < self.input_high:
             raise ValueError(f"clipping needs input_low < input_high, got {self.input_low}, {self.input_high}")
         if self.num_classes is not None and (

@@ -314,27 +314,13 @@ def summarise(per_seed: list[dict[str, Any]], args: argparse.Namespace, wall: fl
             "rows": wm_rows,
         },
         "dataset_inference": {
-            "stolen_claim_rate": rate(di_rows, STOLEN_KINDS, CLAIMED),
-            "independent_false_claim_rate": rate(di_rows, ind, CLAIMED),
-            "independent_inconclusive_rate": rate(di_rows, ind, INCONCLUSIVE),
-            "independent_ttest_alone_false_claim_rate": rate(di_rows, ind, "claimed", key="ttest_alone"),
-            "stolen_ttest_alone_claim_rate": rate(di_rows, STOLEN_KINDS, "claimed", key="ttest_alone"),
-            "alpha": ALPHA,
-            "owner": [s["di_owner"] for s in per_seed],
-            "mean_censored_share": float(np.mean([r["censored_share"] for r in di_rows])),
+            **di_rates(di_rows, ind, [s["di_owner"] for s in per_seed]),
             "median_queries_used": statistics.median(r["queries_used"] for r in di_rows),
             "rows": di_rows,
         },
         "dataset_inference_mingd": {
             "claim_rate_by_kind": {k: rate(mg_rows, (k,), CLAIMED) for k in ("victim", *STOLEN_KINDS)},
-            "stolen_claim_rate": rate(mg_rows, STOLEN_KINDS, CLAIMED),
-            "independent_false_claim_rate": rate(mg_rows, ind, CLAIMED),
-            "independent_inconclusive_rate": rate(mg_rows, ind, INCONCLUSIVE),
-            "independent_ttest_alone_false_claim_rate": rate(mg_rows, ind, "claimed", key="ttest_alone"),
-            "stolen_ttest_alone_claim_rate": rate(mg_rows, STOLEN_KINDS, "claimed", key="ttest_alone"),
-            "alpha": ALPHA,
-            "owner": [s["mingd_owner"] for s in per_seed],
-            "mean_censored_share": float(np.mean([r["censored_share"] for r in mg_rows])),
+            **di_rates(mg_rows, ind, [s["mingd_owner"] for s in per_seed]),
             "queries_used": sum(r["queries_used"] for r in mg_rows),
             "median_gradient_evaluations": statistics.median(r["gradient_evaluations"] for r in mg_rows),
             "median_seconds": statistics.median(r["seconds"] for r in mg_rows),
@@ -358,6 +344,20 @@ def summarise(per_seed: list[dict[str, Any]], args: argparse.Namespace, wall: fl
             "correlated, so a rate over one seed is closer to one data draw than to n",
         },
         "wall_s": round(wall, 1),
+    }
+
+
+def di_rates(rows: list[dict[str, Any]], ind: tuple[str, ...], owner: list[Any]) -> dict[str, Any]:
+    """Claim, false-claim and inconclusive rates of one dataset-inference embedding over every suspect row."""
+    return {
+        "stolen_claim_rate": rate(rows, STOLEN_KINDS, CLAIMED),
+        "independent_false_claim_rate": rate(rows, ind, CLAIMED),
+        "independent_inconclusive_rate": rate(rows, ind, INCONCLUSIVE),
+        "independent_ttest_alone_false_claim_rate": rate(rows, ind, "claimed", key="ttest_alone"),
+        "stolen_ttest_alone_claim_rate": rate(rows, STOLEN_KINDS, "claimed", key="ttest_alone"),
+        "alpha": ALPHA,
+        "owner": owner,
+        "mean_censored_share": float(np.mean([r["censored_share"] for r in rows])),
     }
 
 
