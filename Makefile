@@ -22,6 +22,8 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check services workers audit tests bench
+	# The layers of docs/architecture.md, as import contracts (pyproject.toml [tool.importlinter]).
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy services workers audit

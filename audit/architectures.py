@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from audit.validation import positive_int
+
 ARCH_KEY = "modelcustody.architecture"
 CONFIG_KEY = "modelcustody.config"
 
@@ -77,10 +79,7 @@ class MLP(nn.Module):
 
 
 def _positive_int(config: Mapping[str, Any], key: str) -> int:
-    value = config.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"mlp config '{key}' must be a positive integer, got {value!r}")
-    return value
+    return positive_int(f"mlp config '{key}'", config.get(key))
 
 
 def _mlp_factory(config: Mapping[str, Any]) -> nn.Module:

@@ -5,7 +5,8 @@ Maini, Yaghini, Papernot, "Dataset Inference: Ownership Resolution in Machine Le
 distances over several directions are the sample's embedding, an average-case prediction margin. Official code
 cleverhans-lab/dataset-inference ``src/attacks.py::rand_steps`` (read as a description; nothing is copied).
 
-Where this differs from the official code, and why (DESIGN.md, "Audits"; research/audit.md §1.2, §1.9):
+Where this differs from the official code, and why (docs/design.md "Blind Walk as published, measured here";
+docs/research.md "Audit: Blind Walk", "Audit: dataset inference limitations"):
 
 - **Search, not fixed steps.** The official walk takes up to 50 steps of a CIFAR-sized noise vector and records
   the cap when nothing changed; on an MNIST MLP 54-78% of walks never changed label, so most features were the

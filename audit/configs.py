@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, fields
 from typing import Any, ClassVar, Self
+
+from audit.validation import int_in, positive_int
+
+Progress = Callable[[float, str], None]  # (fraction done, what is happening) — every long computation takes one
 
 
 class JsonConfig:
@@ -24,16 +28,10 @@ class JsonConfig:
 
     def _require_positive_ints(self, *names: str) -> None:
         for name in names:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, getattr(self, name))
 
     def _require_int_in(self, name: str, low: int, high: int) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        if not low <= value <= high:
-            raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+        int_in(name, getattr(self, name), low, high)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Self:

@@ -6,7 +6,9 @@ Walk distances (``audit.blind_walk``), trains a small confidence regressor to te
 and at audit time compares the regressor's scores on m revealed private vs m public samples of the suspect with
 a one-sided Welch t-test: a suspect that learned from S gives its samples larger margins, as the owner does.
 
-Where this differs from the paper and its code, and why (DESIGN.md "Audits"; research/audit.md §1.4-1.9):
+Where this differs from the paper and its code, and why (docs/design.md "Blind Walk as published, measured here";
+docs/research.md
+"Audit: regressor and test" to "Audit: dataset inference limitations"):
 
 - **One row per image, split by image.** The official notebooks reshape the feature tensor so that each "sample"
   mixes ~30 images and every image sits on both sides of the regressor/test split (research §1.9(1)). Here a
@@ -23,12 +25,13 @@ Where this differs from the paper and its code, and why (DESIGN.md "Audits"; res
   oriented so that membership raises it, and with a weak signal an unconstrained fit on 2 × 100 samples gave some
   features negative weights by chance (owner's mean t 1.9-2.2 unconstrained vs 2.35-2.55 constrained, 4 draws).
   A handful of non-negative weights cannot learn much beyond "larger normalised margins on private samples",
-  which is the design point: DESIGN.md's larger regressor learned sample difficulty instead. Sorting raw
+  which is the design point: the larger regressor measured in docs/design.md learned sample difficulty instead.
+  Sorting raw
   distances (as the paper's MinGD notebooks do) is not needed: averaging within a family is already invariant to
   the order of the exchangeable directions.
 - **The decision is calibrated on an empirical null.** The t-test assumes the revealed private and public
   samples are exchangeable draws under H0; they are a fixed draw, so an independent model can differ on them
-  by chance and the t-test then claims too often (DESIGN.md measured 14-20% false claims at m = 50). The same
+  by chance and the t-test then claims too often (docs/design.md records 14-20% false claims at m = 50). The same
   Welch t-statistic is computed for each null model, and the calibrated p-value is its conformal rank:
   ``p_cal = (1 + #{null models with t >= the suspect's t}) / (1 + n_null)``. Every model (the suspect and each
   null) is normalised by the *other* n models (for a null model, the other nulls and the suspect), so under H0
@@ -68,7 +71,7 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +80,7 @@ from typing import Any, Literal
 import numpy as np
 
 from audit.blind_walk import PRIVATE, PUBLIC, BlindWalkConfig, Embedding, directions, embed
+from audit.configs import Progress
 from audit.di_statistics import (
     CALIBRATION_NAME,
     CLAIMED,
@@ -111,7 +115,6 @@ MONOTONE = True  # non-negative regressor weights: see the module docstring
 MIN_SAMPLES = 5  # per side and part: below this neither a regressor nor a t-test says anything
 JSON_NAME, NPZ_NAME = "dataset_inference.json", "dataset_inference.npz"
 
-Progress = Callable[[float, str], None]
 EmbeddingConfig = BlindWalkConfig | MinGDConfig
 EmbeddingName = Literal["blind_walk", "mingd"]
 EMBEDDINGS: tuple[EmbeddingName, ...] = ("blind_walk", "mingd")

@@ -1,6 +1,6 @@
 """Audit methods as plain functions: a suspect and a protected model in, an evidence dict out; and the report.
 
-Every method has the same shape (STYLE.md §5): ``run_<method>_audit(suspect, protected, params, progress)``
+Every method has the same shape (docs/design.md, habit 5): ``run_<method>_audit(suspect, protected, params, progress)``
 returns a JSON-ready evidence dict whose top level always carries
 
 - ``verdict``: the report's decision word, one of ``audit.report.DECISIONS`` (claim / no-claim /
@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from audit.configs import Progress
 from audit.mingd import WHITE_BOX_NEEDED
 from audit.protected import ProtectedModel, progress_fraction
 from audit.report import DECISIONS, build_report, jsonable
@@ -42,7 +43,6 @@ from audit.watermark import CLAIMED, WatermarkVerifier, log_wealth
 
 METHODS = ("watermark", "dataset_inference", "dataset_inference_mingd")
 WHITE_BOX_METHODS = ("dataset_inference_mingd",)
-Progress = Callable[[float, str], None]
 
 # Defaults, each with its reason: α 0.05 is EWE's "95% confidence"; 100 queries EWE's "< 100 queries";
 # batch 1 stops at the first sufficient answer; the mixture test needs no guessed alternative rate.

@@ -3,7 +3,7 @@ each other class.
 
 Maini, Yaghini, Papernot, "Dataset Inference: Ownership Resolution in Machine Learning", ICLR 2021, the white-box
 "MinGD" embedding. Official code cleverhans-lab/dataset-inference (read as a description, nothing copied;
-research/audit.md §1.3): ``src/attacks.py::mingd`` with ``loss_mingd = max logit − logit[target]``,
+docs/research.md "Audit: MinGD"): ``src/attacks.py::mingd`` with ``loss_mingd = max logit − logit[target]``,
 ``src/generate_features.py`` (every class as a target, distances in the matching norm), ``src/params.py`` (step
 sizes, 500 iterations) and the notebooks (features sorted across targets before the regressor).
 

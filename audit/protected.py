@@ -45,13 +45,14 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audit.configs import Progress
+from audit.provenance import SOFTWARE_VERSION as __version__
+from audit.provenance import sha256_of
 from audit.report import rfc3339
 from audit.signing import key_id, sign_statement, verify_envelope
 from audit.suspects.base import Suspect
 from audit.watermark import NullCalibration, calibrate_null
 from audit.watermark_key import WatermarkKey
-from services.core.storage import sha256_of
-from services.core.version import __version__
 
 REGISTRATION_PREDICATE = "https://modelcustody.dev/protected-model-registration/v1"
 ENVELOPE_FILE = "registration.dsse.json"
@@ -59,12 +60,14 @@ MODEL_FORMATS = ("safetensors", "onnx", "skops")
 DI_KEYS = ("x_private", "y_private", "x_public", "y_public")
 DI_UNAVAILABLE = "dataset inference unavailable: audit.dataset_inference is not installed in this build"
 
-Progress = Callable[[float, str], None]
 
 
 def _no_progress(fraction: float, message: str) -> None:
     return None
 
+
+# Builds the Suspect for a model behind an HTTP endpoint from its keywords (url, protocol, model, token, ...).
+EndpointOpener = Callable[[Mapping[str, Any]], Suspect]
 
 @dataclass(frozen=True)
 class RegistrationConfig:
@@ -211,12 +214,13 @@ def open_model(
     architecture: str | None,
     config: Mapping[str, Any] | None,
     endpoint: Mapping[str, Any] | None,
+    open_endpoint: EndpointOpener | None = None,
 ) -> Suspect:
     """The owner's own model as a ``Suspect`` (files load through the safe loaders only)."""
     if endpoint is not None:
-        from audit.suspects.http import HttpSuspect
-
-        return HttpSuspect(**dict(endpoint))
+        if open_endpoint is None:
+            raise ValueError("registering a model behind an endpoint needs an endpoint opener")
+        return open_endpoint(endpoint)
     assert model_path is not None
     from audit.suspects.loader import load_suspect_file
 
@@ -263,8 +267,12 @@ def register_protected_model(
     registration_id: str,
     config: RegistrationConfig | None = None,
     progress: Progress | None = None,
+    open_endpoint: EndpointOpener | None = None,
 ) -> ProtectedModel:
     """Copy the inputs, precompute the nulls, sign the record; return the loaded registration.
+
+    ``open_endpoint`` turns ``inputs.endpoint`` into a ``Suspect`` (the services pass their HTTP model client;
+    the algorithms know no transport).
 
     Written into ``<root>/.<id>.partial`` and renamed into place at the end, so a registration killed half
     way leaves no directory that looks complete (a retry starts over).
@@ -319,6 +327,7 @@ def register_protected_model(
         architecture=inputs.architecture,
         config=inputs.config,
         endpoint=inputs.endpoint,
+        open_endpoint=open_endpoint,
     )
 
     # Null models: the owner's own files, else references trained on the owner's disjoint data.

@@ -1,6 +1,7 @@
 """Ownership-audit reports: the JSON that gets signed, its in-toto subjects, and a self-contained HTML page.
 
-The fields follow ``research/audit.md`` §4 and DESIGN.md "Reports": the suspect's identity (file SHA-256 or
+The fields follow docs/research.md "Audit: report contents" and docs/design.md "Reports": the suspect's identity
+(file SHA-256 or
 endpoint URL), the protected model's registration digest, the method with its parameters and seeds, the
 queries spent, the statistics, the p-value with the test that produced it and α, the decision in words,
 the software version and RFC 3339 UTC timestamps. The report is the ``predicate`` of an in-toto Statement
@@ -21,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from audit.provenance import SOFTWARE_VERSION as __version__
 from audit.signing import OWNERSHIP_AUDIT_PREDICATE, canonical_json
-from services.core.version import __version__
 
 DECISIONS = ("claim", "no-claim", "inconclusive")
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 OWNERSHIP_AUDIT_PREDICATE = "https://modelcustody.dev/ownership-audit/v1"
+COMPLIANCE_PREDICATE = "https://modelcustody.dev/compliance-report/v1"
 
 _ENVELOPE_FIELDS = {"payload", "payloadType", "signatures"}
 _SIGNATURE_FIELDS = {"keyid", "sig"}

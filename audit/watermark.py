@@ -2,7 +2,7 @@
 
 Jia, Choquette-Choo, Chandrasekaran, Papernot, "Entangled Watermarks as a Defense against Model Extraction",
 USENIX Security 2021 (arXiv 2002.12200). EWE claims ownership "with 95% confidence with less than 100 queries"
-to a stolen copy. The official code contains no verification (research notes, audit.md §2.2); the paper is
+to a stolen copy. The official code contains no verification (docs/research.md "Audit: EWE watermark"); the paper is
 reported (unverified) to use a one-sided test of the suspect's watermark success rate against the rate of
 models without the watermark. What we do:
 
@@ -38,7 +38,7 @@ models without the watermark. What we do:
 
 Differences from EWE / the research notes: EWE reports the number of queries a fixed-n test needs (notes
 §2.3, unverified); ours is sequential and stays valid under early stopping, at a small price in queries
-against a fixed-n test planned for the right rate. The research notes (audit.md §5) suggest an exact
+against a fixed-n test planned for the right rate. docs/research.md ("Audit: published bars") suggests an exact
 binomial test on a null calibrated on ≥ 30 clean models; we calibrate on however many references the owner
 provides (the tests use 6) and say so in the evidence. The Clopper–Pearson interval reported for the
 suspect's success rate is descriptive and not adjusted for the data-dependent stopping.

@@ -14,7 +14,7 @@ Set-up per seed (``audit.data.split_digits(seed)``: owner half 898 rows, pool 44
 
 - **Victim**: ``WatermarkEmbedder(seed=seed).fit`` on the whole owner half (EWE, 1 → 7).
 - **Stolen copies** (``--copies-per-kind`` each, different attack seeds): ``label_extraction`` (Copycat /
-  Knockoff on labels: 2,000 queries of pool digits with ±1-pixel shifts, ``services.redteam.Knockoff``),
+  Knockoff on labels: 2,000 queries of pool digits with ±1-pixel shifts, ``services.demo.redteam.Knockoff``),
   ``probability_extraction`` (the same on posteriors), ``distilled`` (a fresh (128, 64) MLP trained on the
   victim's softmax over the owner's training inputs: the paper's "distillation with data access"),
   ``fine_tuned`` (the victim, 5 more epochs of Adam on the pool's true labels). The victim itself is the
@@ -70,12 +70,12 @@ from audit.suspects.safetensors_loader import TorchModuleSuspect  # noqa: E402
 from audit.watermark import CLAIMED as WM_CLAIMED  # noqa: E402
 from audit.watermark import WatermarkVerifier, calibrate_null  # noqa: E402
 from audit.watermark_embed import WatermarkEmbedder  # noqa: E402
-from services.redteam import Domain, Knockoff, image_shifts  # noqa: E402
-from services.redteam.copies import train_mlp  # noqa: E402
+from services.demo.redteam import Domain, Knockoff, image_shifts  # noqa: E402
+from services.demo.redteam.copies import train_mlp  # noqa: E402
 
 ALPHA = 0.05  # the promised false-claim rate of both audits (EWE's "95% confidence")
 STOLEN_KINDS = ("label_extraction", "probability_extraction", "distilled", "fine_tuned")
-EXTRACTION_BUDGET = 2000  # DESIGN.md: natural-digit label extraction reaches 0.98 agreement at 2,000 queries
+EXTRACTION_BUDGET = 2000  # docs/design.md: natural-digit label extraction reaches 0.98 agreement at 2,000 queries
 NULL_SUBSAMPLE = 0.6  # of 648 rows: ~389 rows per null, pairs overlap in ~60%
 INDEPENDENT_SUBSAMPLE = 0.6  # of the 449-row pool: ~269 rows per independent model
 

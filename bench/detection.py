@@ -15,7 +15,7 @@ data split and seed as the model server's): agreement on held-out digits the att
 (1 - R_test) and on uniform random inputs over [0, 16]^64 (1 - R_unif). The detector is the real
 ``DetectorWorker`` reading the real stream, with a batch size of 50 records so that the first-alert query
 count has a granularity of at most 50 of the client's queries. Seeds are fixed; the benign population and
-its volumes come from ``services.redteam.benign``.
+its volumes come from ``services.demo.redteam.benign``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.core.alerts import AlertStore  # noqa: E402
 from services.core.clients import ClientRegistry  # noqa: E402
-from services.core.processes import (  # noqa: E402
+from services.demo.model_server.models import digits_split, holdout_halves, train_model  # noqa: E402
+from services.demo.processes import (  # noqa: E402
     ManagedProcess,
     PrivateRedis,
     exit_on_sigterm,
@@ -45,8 +46,7 @@ from services.core.processes import (  # noqa: E402
     uvicorn_command,
     wait_for_port,
 )
-from services.model_server.models import digits_split, holdout_halves, train_model  # noqa: E402
-from services.redteam import (  # noqa: E402
+from services.demo.redteam import (  # noqa: E402
     AdaptiveRetraining,
     Domain,
     EquationSolving,
@@ -56,7 +56,7 @@ from services.redteam import (  # noqa: E402
     TreePathFinding,
     benign_population,
 )
-from services.redteam.http_oracle import GatewayOracle, OracleRefused  # noqa: E402
+from services.demo.redteam.http_oracle import GatewayOracle, OracleRefused  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def main() -> None:
         }
         procs.append(
             ManagedProcess(
-                uvicorn_command("services.model_server.app:create_app", model_port),
+                uvicorn_command("services.demo.model_server.app:create_app", model_port),
                 env=env,
                 log_path=work / "model.log",
                 cwd=REPO,
@@ -309,11 +309,15 @@ def run_detector(r: redis.Redis, baseline: Path | None, split: Any) -> dict[str,
     """Consume the whole stream with the real detector service loop; returns its settings for the report."""
     from prometheus_client import CollectorRegistry
 
+    from services.demo.baseline import demo_engines, resolve_demo_reference
     from services.detector.service.consumer import DetectorConfig, DetectorWorker
     from services.detector.service.metrics import DetectorMetrics
     from services.detector.service.runtime import load_or_fit_engines
 
-    engines = load_or_fit_engines(baseline, models=("digits-mlp", "digits-logreg", "digits-binary", "digits-tree"))
+    demo_models = ("digits-mlp", "digits-logreg", "digits-binary", "digits-tree")
+    engines = load_or_fit_engines(
+        baseline, lambda: demo_engines(models=demo_models), resolve_reference=resolve_demo_reference
+    )
     worker = DetectorWorker(
         r,
         engines,

@@ -48,7 +48,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.core.processes import exit_on_sigterm  # noqa: E402
+from services.demo.processes import exit_on_sigterm  # noqa: E402
 from services.detector.engine import DetectionEngine  # noqa: E402
 from services.detector.prada import PradaSignal  # noqa: E402
 
@@ -123,8 +123,8 @@ def service_records_per_s(engine: DetectionEngine, Q: np.ndarray, PQ: np.ndarray
     from prometheus_client import CollectorRegistry
 
     from services.core.alerts import AlertStore
-    from services.core.processes import PrivateRedis
     from services.core.records import QueryRecord
+    from services.demo.processes import PrivateRedis
     from services.detector.service.consumer import DetectorConfig, DetectorWorker
     from services.detector.service.metrics import DetectorMetrics
     from services.detector.service.runtime import CATCH_ALL, EngineSet

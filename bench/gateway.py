@@ -26,7 +26,8 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.core.clients import ClientRegistry  # noqa: E402
-from services.core.processes import (  # noqa: E402
+from services.demo.model_server.models import digits_split  # noqa: E402
+from services.demo.processes import (  # noqa: E402
     ManagedProcess,
     PrivateRedis,
     exit_on_sigterm,
@@ -34,7 +35,6 @@ from services.core.processes import (  # noqa: E402
     uvicorn_command,
     wait_for_port,
 )
-from services.model_server.models import digits_split  # noqa: E402
 
 
 async def load(
@@ -104,7 +104,7 @@ def main() -> None:
         cwd = Path(__file__).resolve().parents[1]
         procs.append(
             ManagedProcess(
-                uvicorn_command("services.model_server.app:create_app", model_port),
+                uvicorn_command("services.demo.model_server.app:create_app", model_port),
                 env=env,
                 log_path=work / "model.log",
                 cwd=cwd,

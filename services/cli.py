@@ -119,7 +119,7 @@ def serve_gateway(host: str = "127.0.0.1", port: int = 8080) -> None:
 @serve_app.command("model-server")
 def serve_model_server(host: str = "127.0.0.1", port: int = 8081) -> None:
     """The demo model server (digits classifiers over OIP v2 and KServe v1)."""
-    _run_uvicorn("services.model_server.app:create_app", host, port)
+    _run_uvicorn("services.demo.model_server.app:create_app", host, port)
 
 
 @serve_app.command("detector")
@@ -128,7 +128,18 @@ def serve_detector() -> None:
     from services.detector.service.main import run_detector
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_detector()
+    settings = get_settings()
+    if settings.env == "prod":
+        # A production detector must be told its model's baseline; the demo's digits models are no fallback.
+        run_detector(settings)
+        return
+    from services.demo.baseline import demo_engines, resolve_demo_reference
+
+    run_detector(
+        settings,
+        fallback=lambda: demo_engines(settings.data_dir / "detector" / "baseline"),
+        resolve_reference=resolve_demo_reference,
+    )
 
 
 @detector_app.command("fit")
@@ -152,8 +163,8 @@ def detector_fit(
     Without --reference: the demo models, on their reference digits. With --reference: one model (--model NAME)
     on the owner's held-out reference inputs, in the gateway's input space, never sent by any client.
     """
+    from services.demo.baseline import fit_demo_engine, save_demo_engine
     from services.detector.service.runtime import (
-        fit_demo_engine,
         fit_reference_engine,
         read_reference_set,
         reference_outputs_from_upstream,
@@ -169,7 +180,7 @@ def detector_fit(
         if reference is None:
             for name in model:
                 engine = fit_demo_engine(name, seed)
-                save_engine(engine, out / name, demo_model=name)
+                save_demo_engine(engine, out / name, name)
                 fitted.append((name, engine))
         else:
             if len(model) != 1:
@@ -195,7 +206,7 @@ def detector_fit(
 @app.command()
 def demo(rows_per_client: int = typer.Option(300, help="query rows each benign client sends")) -> None:
     """Run the whole stack on embedded defaults, send traffic, report what was logged, shut down."""
-    from services.demo import run_demo
+    from services.demo.run import run_demo
 
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("MODELCUSTODY_ENV", "demo")

@@ -303,8 +303,13 @@ def report_verify(
     public_key: Path = typer.Option(..., "--public-key", help="the signer's Ed25519 public key (PEM)"),
 ) -> None:
     """Verify a signed report. Exit 0: valid. Exit 1: the signature or statement does not verify. Exit 2: unreadable."""
-    from audit.signing import OWNERSHIP_AUDIT_PREDICATE, VerificationError, key_id, verify_envelope
-    from services.core.compliance import COMPLIANCE_PREDICATE
+    from audit.signing import (
+        COMPLIANCE_PREDICATE,
+        OWNERSHIP_AUDIT_PREDICATE,
+        VerificationError,
+        key_id,
+        verify_envelope,
+    )
 
     try:
         envelope, pem = report.read_bytes(), public_key.read_bytes()
@@ -343,8 +348,8 @@ def report_compliance(
     """Sign and store a compliance report now (celery beat also makes one per interval); prints its path."""
     import redis
 
-    from services.core.compliance import write_compliance_report
     from services.core.settings import get_settings
+    from workers.compliance_report import write_compliance_report
 
     if hours <= 0:
         raise _fail("--hours must be positive")

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from services.core.clients import ClientRegistry
-from services.core.processes import PrivateRedis
+from services.demo.processes import PrivateRedis
 from tests.utils.stack import Server, start_server
 
 os.environ.setdefault("MODELCUSTODY_ENV", "test")
@@ -43,7 +43,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def model_server(session_dir: Path) -> Iterator[Server]:
-    server = start_server("services.model_server.app:create_app", {}, session_dir / "logs", "model")
+    server = start_server("services.demo.model_server.app:create_app", {}, session_dir / "logs", "model")
     yield server
     server.stop()
 

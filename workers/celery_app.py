@@ -1,15 +1,8 @@
 """The Celery application of the audit workers (Redis broker and result backend).
 
-Reliability settings, each for a reason:
-- ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged only when it finished, so a
-  worker killed mid-audit (OOM, SIGKILL, node loss) leaves the message to be redelivered.
-- ``worker_prefetch_multiplier=1``: an audit takes minutes; a worker must not hoard queued audits.
-- ``visibility_timeout``: the Redis transport redelivers an unacknowledged message after this long, so it
-  must exceed the longest audit (the hard time limit), or a running audit would be started twice.
-- soft/hard time limits: the soft one lets the task record "failed: time limit"; the hard one kills it.
-  Celery enforces them only in the prefork pool; ``modelcustody serve worker`` runs the solo pool (one
-  process: a SIGKILL takes the audit with it, nothing orphaned), where the soft limit is checked by the
-  task itself at every progress report (``workers.runner.Deadline``).
+Its configuration and the task names live in ``services.core.tasks``, shared with the admin API's client.
+``app`` exists at import because ``celery -A workers.celery_app`` and the task decorators need it; only
+worker processes (and ``modelcustody serve worker``) import this module.
 """
 
 from __future__ import annotations
@@ -17,43 +10,13 @@ from __future__ import annotations
 from celery import Celery
 
 from services.core.settings import Settings, get_settings
+from services.core.tasks import WORKER_MODULES, celery_config
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
-    tasks = ["workers.tasks", "workers.compliance"]
-    app = Celery("modelcustody", broker=s.broker_url, backend=s.redis_url, include=tasks)
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_soft_time_limit=s.audit_soft_time_limit_s,
-        task_time_limit=s.audit_hard_time_limit_s,
-        broker_transport_options={
-            "visibility_timeout": s.audit_visibility_timeout_s,
-            # kombu sweeps for expired unacknowledged messages every interval × throttle seconds (default
-            # 10 × 10); a fifth of the visibility timeout (at most 10 s), every time, bounds the extra delay
-            # before a dead worker's audit is redelivered without loading Redis (one ZRANGE per sweep).
-            "unacked_restore_interval": max(0.5, min(10.0, s.audit_visibility_timeout_s / 5)),
-            "unacked_restore_throttle": 1,
-        },
-        result_backend_transport_options={"visibility_timeout": s.audit_visibility_timeout_s},
-        task_track_started=True,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_expires=7 * 86400,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-    )
-    if s.compliance_report_interval_s > 0:
-        # Run by `celery -A workers.celery_app beat` (one beat process per deployment, see docker-compose.yml).
-        app.conf.beat_schedule = {
-            "compliance-report": {
-                "task": "workers.compliance.compliance_report",
-                "schedule": s.compliance_report_interval_s,
-            }
-        }
+    app = Celery("modelcustody", broker=s.broker_url, backend=s.redis_url, include=list(WORKER_MODULES))
+    app.conf.update(celery_config(s))
     return app
 
 

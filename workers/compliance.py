@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import redis
 
-from services.core.compliance import write_compliance_report
 from services.core.settings import get_settings
+from services.core.tasks import COMPLIANCE_REPORT_TASK
 from workers.celery_app import app
+from workers.compliance_report import write_compliance_report
 
 
-@app.task(name="workers.compliance.compliance_report")
+@app.task(name=COMPLIANCE_REPORT_TASK)
 def compliance_report(period_s: float | None = None) -> str:
     """Sign and store the report for the last ``period_s`` (default: the schedule's interval); its path."""
     settings = get_settings()

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from audit.configs import Progress
 from audit.protected import (
     ProtectedModel,
     RegistrationConfig,
@@ -27,11 +28,10 @@ from audit.protected import (
 from audit.signing import load_or_create_signing_key, public_key_pem, sign_statement
 from audit.suspects.base import Suspect
 from services.core.audits import AuditRecord
+from services.core.model_client import HttpSuspect
 from services.core.protected import ProtectedRecord
 from services.core.settings import Settings
 from services.core.storage import protected_root, reports_dir, write_atomic
-
-Progress = Callable[[float, str], None]
 
 # Keys of a stored suspect spec that configure an HTTP suspect (the rest is identity and bookkeeping).
 HTTP_OPTIONS = ("url", "protocol", "model", "token", "batch_size", "input_name", "output_name", "input_path",
@@ -113,8 +113,6 @@ def load_protected(settings: Settings, protected_id: str) -> ProtectedModel:
 
 def open_suspect(spec: Mapping[str, Any], settings: Settings) -> Suspect:
     if spec.get("kind") == "endpoint":
-        from audit.suspects.http import HttpSuspect
-
         return HttpSuspect(**{k: v for k, v in spec.items() if k in HTTP_OPTIONS and v is not None})
     if spec.get("kind") != "file":
         raise ValueError(f"unknown suspect kind {spec.get('kind')!r}")
@@ -211,4 +209,5 @@ def execute_registration(record: ProtectedRecord, settings: Settings, progress: 
         registration_id=record.id,
         config=RegistrationConfig.from_dict(record.spec.get("parameters")),
         progress=progress,
+        open_endpoint=lambda endpoint: HttpSuspect(**dict(endpoint)),
     )

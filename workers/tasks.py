@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY, start_http_server
 from services.core.audits import AuditStore
 from services.core.protected import ProtectedIndex
 from services.core.settings import Settings, get_settings
+from services.core.tasks import REGISTER_PROTECTED_TASK, RUN_AUDIT_TASK
 from workers.celery_app import app
 from workers.metrics import AuditMetrics
 
@@ -49,7 +50,7 @@ _runtime: Runtime | None = None
 
 
 def runtime() -> Runtime:
-    """Created on first use in the worker process (STYLE.md §6: nothing connects at import)."""
+    """Created on first use in the worker process (docs/design.md, habit 6: nothing connects at import)."""
     global _runtime
     if _runtime is None:
         settings = get_settings()
@@ -83,7 +84,7 @@ class _Progress:
             self.task.update_state(state="PROGRESS", meta={"id": self.ident, "progress": fraction, "message": message})
 
 
-@app.task(bind=True, name="workers.tasks.run_audit")
+@app.task(bind=True, name=RUN_AUDIT_TASK)
 def run_audit(self: Task, audit_id: str) -> dict[str, Any]:
     from workers.runner import Deadline, HardLimit, execute_audit
 
@@ -135,7 +136,7 @@ def run_audit(self: Task, audit_id: str) -> dict[str, Any]:
     raise AuditFailed(error)
 
 
-@app.task(bind=True, name="workers.tasks.register_protected")
+@app.task(bind=True, name=REGISTER_PROTECTED_TASK)
 def register_protected(self: Task, protected_id: str) -> dict[str, Any]:
     from workers.runner import HardLimit, execute_registration
 

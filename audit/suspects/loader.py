@@ -1,6 +1,7 @@
 """One entry point for suspect model files: hash first, check the content, then hand to the format's loader.
 
-Policy from DESIGN.md "Audits" and research/ecosystem.md B4: ONNX (no external data, CPU only),
+Policy from docs/design.md "Suspect models" and docs/research.md "Ecosystem: model file formats": ONNX (no external
+data, CPU only),
 safetensors (with a registered architecture) and skops (explicit trusted types) load in process; pickle,
 joblib, ``torch.save`` files and TorchScript are refused unless the operator allows unsafe formats, and
 then load only in the network-less sandbox (``pickle_sandbox``). The SHA-256 of the exact bytes is taken

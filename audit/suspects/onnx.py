@@ -1,7 +1,7 @@
 """A suspect model in ONNX format, run by ONNX Runtime on the CPU from the uploaded bytes.
 
 ONNX holds no Python objects, but two features reach outside the file and are refused before a session
-is created (research/ecosystem.md B4):
+is created (docs/research.md "Ecosystem: model file formats"):
 
 - external data: a tensor whose ``data_location`` is EXTERNAL (or that carries ``external_data`` entries)
   names a path to read — the path-traversal class of onnx #3991 / CVE-2022-25882 / CVE-2024-27318. Every

@@ -1,7 +1,8 @@
 """Pickle-based model files (pickle, joblib, ``torch.save`` archives, TorchScript): detect, refuse, or sandbox.
 
 Loading any of these can run arbitrary code (the pickle protocol calls whatever ``REDUCE``/``GLOBAL`` names;
-PyTorch's SECURITY.md says to treat TorchScript as executable code; see research/ecosystem.md B4). Policy:
+PyTorch's SECURITY.md says to treat TorchScript as executable code; see docs/research.md "Ecosystem: model file
+formats"). Policy:
 
 1. Detect the format from the *content* (``detect_unsafe_format``), never the file name: pickle protocol
    2+ starts with the PROTO opcode ``0x80`` and a few valid opcodes; protocols 0/1 are recognised by

@@ -1,7 +1,8 @@
 """A suspect scikit-learn model in skops format, loaded against an explicit allow-list of types.
 
 skops (skops.io) stores an estimator as a zip of a JSON schema plus numpy arrays and rebuilds only the
-types it is told to trust. Per research/ecosystem.md B4 skops is *safer* than pickle, not *safe*
+types it is told to trust. Per docs/research.md "Ecosystem: model file formats", skops is *safer* than pickle, not
+*safe*
 (CVE-2025-54412 let untrusted ``operator`` calls through before 0.12), so: ``get_untrusted_types`` is read
 first, every type it lists must be on our allow-list (``DEFAULT_TRUSTED_TYPES`` — the classifiers audits
 support and the helper types they are made of — or the list the operator passes), and anything else is

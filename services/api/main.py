@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from services.api.routers import alerts, audits, clients, health, keys, protected_models, reports
 from services.core.settings import Settings, get_settings
+from services.core.tasks import task_client
 from services.core.version import __version__
 
 
@@ -21,9 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.redis = redis.Redis.from_url(settings.redis_url)
         # Only the client side of Celery: the API queues tasks by name and never imports the worker code.
-        from workers.celery_app import create_celery
-
-        app.state.celery = create_celery(settings)
+        app.state.celery = task_client(settings)
         yield
         app.state.celery.close()
         app.state.redis.close()

@@ -9,14 +9,15 @@ readers refuse versions they do not know instead of guessing.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-SCHEMA_VERSION = 1
+from services.core.protocols import OutputKind, Protocol
 
-Protocol = Literal["oip_v2", "kserve_v1", "generic"]
-OutputKind = Literal["probabilities", "label", "raw", "none"]
+SCHEMA_VERSION = 1
+# Gateways before 0.1.1 wrote the protocol with an underscore; a record's meaning did not change.
+_LEGACY_PROTOCOL = {"oip_v2": "oip-v2", "kserve_v1": "kserve-v1"}
 
 
 @dataclass(slots=True)
@@ -50,7 +51,9 @@ class QueryRecord:
             raise ValueError("not a query record: missing 'v' or 'r' field")
         if int(version) != SCHEMA_VERSION:
             raise ValueError(f"query record schema v{int(version)} is not supported (expected v{SCHEMA_VERSION})")
-        return cls(**orjson.loads(raw))
+        data = orjson.loads(raw)
+        data["protocol"] = _LEGACY_PROTOCOL.get(data.get("protocol"), data.get("protocol"))
+        return cls(**data)
 
     def predicted_label(self) -> int | None:
         """The class the client learned from this answer (argmax of probabilities, or the label)."""

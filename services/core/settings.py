@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     audit_max_upload_bytes: int = 256 * 1024**2
     worker_metrics_port: int = 9102  # Prometheus scrape port of an audit worker (0: no metrics server)
     extra_trusted_types: list[str] = Field(default_factory=list)
-    # Signed compliance reports (services/core/compliance.py), one per interval; 0 disables the schedule.
+    # Signed compliance reports (workers/compliance_report.py), one per interval; 0 disables the schedule.
     compliance_report_interval_s: float = 86_400.0
 
     @model_validator(mode="after")

@@ -1,6 +1,5 @@
-from importlib.metadata import PackageNotFoundError, version
+"""The software version every component reports (metrics, reports, ``--version``): the package metadata's."""
 
-try:
-    __version__ = version("modelcustody")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+source"
+from audit.provenance import SOFTWARE_VERSION
+
+__version__ = SOFTWARE_VERSION

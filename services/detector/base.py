@@ -31,6 +31,8 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 import numpy as np
 import orjson
 
+from audit.validation import positive_int
+
 Scalar = int | float
 Evidence = dict[str, Scalar]
 
@@ -243,30 +245,3 @@ def check_batch(
             outputs = np.nan_to_num(outputs, nan=0.0, posinf=1.0, neginf=0.0)
     labels = np.where((labels >= 0) & (labels < n_classes), labels, -1)
     return X, outputs, labels
-
-
-def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def unit_interval(name: str, value: Any, *, open_low: bool = True, open_high: bool = True) -> float:
-    """A float in (0, 1) (ends included where asked)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    low_ok = v > 0 if open_low else v >= 0
-    high_ok = v < 1 if open_high else v <= 1
-    if not (math.isfinite(v) and low_ok and high_ok):
-        raise ValueError(f"{name} must lie in {'(' if open_low else '['}0, 1{')' if open_high else ']'}, got {v}")
-    return v
-
-
-def positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {v}")
-    return v

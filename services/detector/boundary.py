@@ -6,7 +6,7 @@ Lowd & Meek (KDD 2005) binary-search to the boundary along axes, and Jagielski e
 critical-point searches and ActiveThief's uncertainty sampling (Pal et al., AAAI 2020) pick low-margin
 inputs. Quiring, Arp & Rieck ("Forgotten Siblings", EuroS&P 2018) propose a closeness-to-the-boundary
 monitor against such oracle attacks, and BDPL (Zheng et al., ESORICS 2019) treats the same near-boundary
-band as the dangerous region (as a response policy, not an alarm). research/detection.md §3.5.
+band as the dangerous region (as a response policy, not an alarm). docs/research.md "Detection: boundary proximity".
 
 Statistic: ``k`` = answers in the client's last ``window`` answers whose margin is below ``tau``, the
 ``margin_quantile`` (default 5 %) quantile of the reference model's margins on benign reference data.
@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from services.detector.base import Record, Signal, SignalResult, positive_float, positive_int, unit_interval
+from audit.validation import positive_float, positive_int, unit_interval
+from services.detector.base import Record, Signal, SignalResult
 from services.detector.stats import class_beta_binomial_test, class_rate_posterior, ring_push, top2_margin
 
 ReferenceModel = Callable[[np.ndarray], np.ndarray]

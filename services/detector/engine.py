@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from services.detector.base import Record, Signal, SignalResult, check_batch, pack, positive_int, unit_interval, unpack
+from audit.validation import positive_int, unit_interval
+from services.detector.base import Record, Signal, SignalResult, check_batch, pack, unpack
 from services.detector.boundary import BoundaryBaseline, BoundarySignal, ReferenceModel
 from services.detector.ood import OODBaseline, OODSignal
 from services.detector.prada import PradaBaseline, PradaSignal

@@ -4,7 +4,8 @@ Kariyappa & Qureshi (Adaptive Misinformation, CVPR 2020) observe that "all exist
 invariably query the target model with out-of-distribution inputs": Tramèr et al.'s equation solving and
 line search draw uniform random vectors (USENIX Security 2016), Papernot et al.'s Jacobian augmentation
 steps every pixel by ±λ (arXiv:1602.02697), Knockoff Nets and CopycatCNN query natural data from another
-domain (CVPR 2019; IJCNN 2018). research/detection.md §3.6, §5.5, §6.
+domain (CVPR 2019; IJCNN 2018). docs/research.md: "Detection: newer detectors",
+"Detection: out-of-distribution queries", "Detection: attack signatures".
 
 Statistic: for each query x, the local-density ratio ``rho(x) = d_k(x) / mean_j r_j`` where ``d_k(x)`` is the
 distance to x's ``k``-th nearest point of the *index* (a subsample of the reference set), the mean runs
@@ -32,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from services.detector.base import Record, Signal, SignalResult, positive_float, positive_int, unit_interval
+from audit.validation import positive_float, positive_int, unit_interval
+from services.detector.base import Record, Signal, SignalResult
 from services.detector.stats import class_beta_binomial_test, class_rate_posterior, ring_push
 
 _CHUNK = 1024  # rows per distance block: bounds the [rows, index] temporary to ~4 MB at 512 index points

@@ -2,7 +2,7 @@
 
 Juuti, Szyller, Marchal, Asokan, "PRADA: Protecting against DNN Model Stealing Attacks" (IEEE EuroS&P
 2019, arXiv:1805.02628); reference code SSGAalto/prada-protecting-against-dnn-model-stealing-attacks
-(``src/growing_set.py``, ``src/growing_set_ops.py``), summarised in research/detection.md §1.2. Synthetic
+(``src/growing_set.py``, ``src/growing_set_ops.py``), summarised in docs/research.md "Detection: PRADA". Synthetic
 extraction queries are generated from earlier ones by small, similar steps (Jacobian augmentation adds
 ±λ to every feature; line searches halve their step), so their minimum distances to earlier queries
 pile up in a spike or a heavy left tail; natural queries give a roughly normal spread. PRADA tests that
@@ -51,7 +51,8 @@ from typing import Any, Self
 
 import numpy as np
 
-from services.detector.base import Record, Signal, SignalResult, positive_float, positive_int, unit_interval
+from audit.validation import positive_float, positive_int, unit_interval
+from services.detector.base import Record, Signal, SignalResult
 from services.detector.stats import norm_sf, ring_push, shapiro_w
 
 _CHUNK = 64  # rows per sequential admission pass: bounds the [rows, rows] in-chunk distance matrix

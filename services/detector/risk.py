@@ -1,6 +1,6 @@
 """One risk score per client from the signals' p-values, with an alert threshold set on benign traffic.
 
-Method (DESIGN.md "Detector": one score with a benign false-positive budget):
+Method (docs/design.md "Detector": one score with a benign false-positive budget):
 1. Combine. At each evaluation every signal gives a one-sided p-value for its current window. The
    default combination is the Bonferroni minimum, p = min(1, m * min_j p_j) over the m signals: valid
    whatever the dependence between signals (the OOD and PRADA signals are correlated on synthetic
@@ -42,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import special
 
-from services.detector.base import positive_int, unit_interval
+from audit.validation import positive_int, unit_interval
 from services.detector.simulate import BenignStream
 from services.detector.stats import P_FLOOR, neg_log10
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.detector.base import positive_int, unit_interval
+from audit.validation import positive_int, unit_interval
 
 DAY_S = 86_400.0
 SKEW_CONCENTRATION = 0.3  # Dirichlet concentration: < 1 puts most weight on a few classes

@@ -1,7 +1,8 @@
 """Sweep patterns: axis-aligned and collinear steps between consecutive queries, coverage, volume.
 
-Several extraction attacks walk the input space in ways natural traffic never does (research/detection.md
-§6, §10): Tramèr et al.'s decision-tree path finding (USENIX Security 2016) and Lowd & Meek's sign
+Several extraction attacks walk the input space in ways natural traffic never does (docs/research.md,
+"Detection: attack signatures" and "Detection: sweeps and path finding"): Tramèr et al.'s decision-tree path finding
+(USENIX Security 2016) and Lowd & Meek's sign
 witnesses and axis line searches (KDD 2005) change one feature at a time; Tramèr's line search and the
 critical-point search of Jagielski et al. / Carlini et al. (USENIX Security 2020, CRYPTO 2020) step along
 one line, so consecutive differences are parallel; Knockoff's diversity reward (Orekondy et al., CVPR
@@ -47,7 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from services.detector.base import Record, Signal, SignalResult, positive_float, positive_int, unit_interval
+from audit.validation import positive_float, positive_int, unit_interval
+from services.detector.base import Record, Signal, SignalResult
 from services.detector.stats import P_FLOOR, neg_log10, norm_sf, ring_push, rule_of_three_floor, window_binomial
 
 DAY_S = 86_400.0

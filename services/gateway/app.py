@@ -3,7 +3,7 @@
 Pure ASGI rather than FastAPI routes on the proxy path: routing and request objects cost CPU on every
 call, and the hop's CPU is what limits throughput on a small machine (``bench/gateway.py``). The
 upstream client is one pooled ``aiohttp.ClientSession`` (0.17 ms CPU per request against httpx's 0.86
-ms on these machines, DESIGN.md).
+ms on these machines, docs/design.md "Measured on these machines").
 
 Per request: read the body (413 over the limit) → API key → client (401) → policy (403 blocked, 429
 quota/rate, 503 if the query log cannot take the rows) → parse and validate the rows (400) → forward
@@ -26,10 +26,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from services.core import protocols
 from services.core.policy import apply_policy
 from services.core.records import OutputKind, Protocol
 from services.core.settings import Settings
-from services.gateway import protocols
 from services.gateway.clientcache import ClientCache
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.querylog import AnsweredRequest, QueryLogWriter
@@ -134,10 +134,10 @@ class Gateway:
         method: str = scope["method"]
         if method == "POST":
             if path.startswith("/v2/models/") and path.endswith("/infer"):
-                await self._proxy(scope, receive, send, "oip_v2", path[len("/v2/models/") :].split("/")[0])
+                await self._proxy(scope, receive, send, "oip-v2", path[len("/v2/models/") :].split("/")[0])
                 return
             if path.startswith("/v1/models/") and path.endswith(":predict"):
-                await self._proxy(scope, receive, send, "kserve_v1", path[len("/v1/models/") : -len(":predict")])
+                await self._proxy(scope, receive, send, "kserve-v1", path[len("/v1/models/") : -len(":predict")])
                 return
             if path == self.settings.gateway_generic_route:
                 await self._proxy(scope, receive, send, "generic", "default")
@@ -226,9 +226,9 @@ class Gateway:
         except orjson.JSONDecodeError as exc:
             return await _error(send, 400, f"malformed JSON ({exc.msg}; NaN and Infinity are not valid JSON)")
         try:
-            if protocol == "oip_v2":
+            if protocol == "oip-v2":
                 rows = protocols.oip_rows(parsed, s.gateway_input_dim)
-            elif protocol == "kserve_v1":
+            elif protocol == "kserve-v1":
                 rows = protocols.kserve_rows(parsed, s.gateway_input_dim)
             else:
                 rows = protocols.generic_rows(parsed, s.gateway_generic_input_path, s.gateway_input_dim)
@@ -294,9 +294,9 @@ class Gateway:
         except orjson.JSONDecodeError:
             return None, "none", up_body, "none"
         index = -1
-        if protocol == "oip_v2":
+        if protocol == "oip-v2":
             out, index = protocols.oip_outputs(answer, n)
-        elif protocol == "kserve_v1":
+        elif protocol == "kserve-v1":
             out = protocols.kserve_outputs(answer, n)
         else:
             out = protocols.generic_outputs(answer, self.settings.gateway_generic_output_path, n)
@@ -306,9 +306,9 @@ class Gateway:
         if kind != "probabilities" or not policy.transforms_output:
             return out, kind, up_body, "none"
         new = apply_policy(out, policy, self._rng)
-        if protocol == "oip_v2":
+        if protocol == "oip-v2":
             protocols.oip_write_outputs(answer, index, new)
-        elif protocol == "kserve_v1":
+        elif protocol == "kserve-v1":
             answer["predictions"] = protocols.rows_for_protocol(new)
         else:
             protocols.set_path(answer, self.settings.gateway_generic_output_path, protocols.rows_for_protocol(new))

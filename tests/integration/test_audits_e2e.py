@@ -28,7 +28,7 @@ import pytest
 import redis
 
 from audit.signing import OWNERSHIP_AUDIT_PREDICATE, VerificationError, verify_envelope
-from services.core.processes import ManagedProcess, PrivateRedis, free_port, wait_for_port
+from services.demo.processes import ManagedProcess, PrivateRedis, free_port, wait_for_port
 from tests.utils.stack import REPO, Server, start_server
 
 pytestmark = pytest.mark.slow

@@ -13,13 +13,13 @@ import orjson
 import pytest
 import redis
 
-from audit.signing import VerificationError, public_key_path, verify_envelope
+from audit.signing import COMPLIANCE_PREDICATE, VerificationError, public_key_path, verify_envelope
 from services.core.alerts import AlertStore
 from services.core.audits import AuditStore
-from services.core.compliance import COMPLIANCE_PREDICATE, build_compliance_report, covered_digest
 from services.core.settings import Settings
 from tests.utils.stack import REPO
 from workers.compliance import compliance_report
+from workers.compliance_report import build_compliance_report, covered_digest
 
 
 @pytest.fixture()

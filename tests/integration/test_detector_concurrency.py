@@ -22,11 +22,12 @@ from prometheus_client import CollectorRegistry
 
 from services.core.alerts import AlertStore
 from services.core.records import QueryRecord
+from services.demo.baseline import fit_demo_engine
+from services.demo.model_server.models import digits_split, holdout_halves
 from services.detector.engine import DetectionEngine
 from services.detector.service.consumer import GROUP, STATE_PREFIX, DetectorConfig, DetectorWorker
 from services.detector.service.metrics import DetectorMetrics
-from services.detector.service.runtime import EngineSet, fit_demo_engine
-from services.model_server.models import digits_split, holdout_halves
+from services.detector.service.runtime import EngineSet
 
 CLIENTS = 12
 PER_CLIENT = 150
@@ -47,7 +48,7 @@ def record(i: int, client: str, x: np.ndarray) -> dict[str, bytes]:
         ts=1.7e9 + i,
         client_id=client,
         model="digits-mlp",
-        protocol="oip_v2",
+        protocol="oip-v2",
         request_id=str(i),
         row=0,
         batch_size=1,
@@ -122,7 +123,7 @@ def _drained(r: redis.Redis, n: int) -> bool:
 def test_a_worker_survives_a_redis_outage_and_resumes(engine: DetectionEngine, tmp_path: Path) -> None:
     """Redis stops under a running worker and comes back (same data, AOF): the worker retries, then analyses
     every record exactly once; its cached states are re-validated against Redis, not trusted blindly."""
-    from services.core.processes import PrivateRedis
+    from services.demo.processes import PrivateRedis
 
     store = PrivateRedis(tmp_path / "redis", appendonly=True).start()
     port = store.port

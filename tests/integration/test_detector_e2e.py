@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 import redis
 
-from services.core.processes import ManagedProcess, free_port, wait_for_port
+from services.demo.baseline import fit_demo_engine, save_demo_engine
+from services.demo.model_server.models import digits_split, holdout_halves
+from services.demo.processes import ManagedProcess, free_port, wait_for_port
 from services.detector.service.consumer import GROUP, STATE_PREFIX
-from services.detector.service.runtime import fit_demo_engine, save_engine
 from services.detector.service.webhook import verify
-from services.model_server.models import digits_split, holdout_halves
 from tests.utils.stack import REPO, Server, oip_body, start_server
 
 SECRET = "test-webhook-secret-0123456789"
@@ -80,7 +80,7 @@ class WebhookListener:
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("baseline")
-    save_engine(fit_demo_engine("digits-mlp", n_sim_clients=100), out / "digits-mlp", demo_model="digits-mlp")
+    save_demo_engine(fit_demo_engine("digits-mlp", n_sim_clients=100), out / "digits-mlp", "digits-mlp")
     return out
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.demo.model_server.models import digits_split, holdout_halves
 from services.detector.service.runtime import load_engines
 from services.detector.sweep import SweepSignal
-from services.model_server.models import digits_split, holdout_halves
 from tests.utils.stack import REPO, Server
 
 
@@ -71,7 +71,7 @@ def test_bad_reference_sets_are_refused_with_a_reason(tmp_path: Path) -> None:
 
 def test_the_service_fits_its_baseline_from_a_configured_reference_set(model_server: Server, tmp_path: Path) -> None:
     """MODELCUSTODY_DETECTOR_REFERENCE_PATH may name the reference .npz itself: fitted at start-up."""
-    from audit.suspects.http import HttpSuspect
+    from services.core.model_client import HttpSuspect
     from services.detector.service.runtime import load_or_fit_engines
 
     x_ref, _, _, _ = holdout_halves(digits_split(0))

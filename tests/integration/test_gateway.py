@@ -14,7 +14,7 @@ import redis
 from services.core.clients import ClientRegistry
 from services.core.policy import OutputPolicy
 from services.core.records import QueryRecord
-from services.model_server.models import digits_split
+from services.demo.model_server.models import digits_split
 from tests.utils.stack import oip_body
 
 STREAM = "mc:queries"
@@ -55,7 +55,7 @@ def test_every_row_is_logged_with_its_content_in_order(
     by_client: dict[str, list[QueryRecord]] = defaultdict(list)
     for rec in records:
         by_client[rec.client_id].append(rec)
-    protocols = {"alice": "oip_v2", "bob": "kserve_v1", "carol": "generic"}
+    protocols = {"alice": "oip-v2", "bob": "kserve-v1", "carol": "generic"}
     for name, pairs in sent.items():
         got = by_client[name]
         assert [r.input for r in got] == [p[0] for p in pairs]
@@ -127,7 +127,7 @@ def test_bad_input_gets_a_reason_and_never_loses_answered_rows(
 
 
 def test_upstream_failures_map_to_502_and_504(start_gateway: Any, add_client: Any, tmp_path: Any) -> None:
-    from services.core.processes import free_port
+    from services.demo.processes import free_port
     from tests.utils.stack import start_server
 
     key = add_client("frank")
@@ -213,8 +213,8 @@ def test_metrics_count_requests_and_records(start_gateway: Any, add_client: Any,
         httpx.post(gw.url + "/v2/models/digits-mlp/infer", json=oip_body(np.zeros((2, 64))), headers={"X-API-Key": key})
     httpx.post(gw.url + "/v2/models/digits-mlp/infer", json=oip_body(np.zeros((2, 64))))
     time.sleep(0.2)
-    assert gw.metric("modelcustody_gateway_requests_total", {"route": "oip_v2", "code": "2xx"}) == 3
-    assert gw.metric("modelcustody_gateway_requests_total", {"route": "oip_v2", "code": "4xx"}) == 1
+    assert gw.metric("modelcustody_gateway_requests_total", {"route": "oip-v2", "code": "2xx"}) == 3
+    assert gw.metric("modelcustody_gateway_requests_total", {"route": "oip-v2", "code": "4xx"}) == 1
     assert gw.metric("modelcustody_querylog_records_total", {"outcome": "written"}) == 6
     assert gw.metric("modelcustody_querylog_records_total", {"outcome": "dropped"}) == 0
     text = httpx.get(gw.url + path).text

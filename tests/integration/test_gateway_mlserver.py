@@ -10,8 +10,8 @@ import numpy as np
 import redis
 from sklearn.datasets import load_digits
 
-from services.core.processes import ManagedProcess, free_port, wait_for_port
 from services.core.records import QueryRecord
+from services.demo.processes import ManagedProcess, free_port, wait_for_port
 from tests.utils.mlserver import mlserver_venv, write_model_repo
 from tests.utils.stack import oip_body
 

@@ -11,8 +11,8 @@ import numpy as np
 import redis
 
 from services.core.clients import ClientRegistry
-from services.core.processes import PrivateRedis
 from services.core.records import QueryRecord
+from services.demo.processes import PrivateRedis
 from tests.utils.stack import Server, oip_body, start_server
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from services.core.processes import ManagedProcess, free_port, uvicorn_command, wait_for_port
+from services.demo.processes import ManagedProcess, free_port, uvicorn_command, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 

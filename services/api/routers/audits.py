@@ -31,10 +31,10 @@ from services.api.uploads import (
 from services.core.audits import AuditRecord, AuditStore
 from services.core.protected import ProtectedIndex
 from services.core.storage import uploads_dir
+from services.core.tasks import RUN_AUDIT_TASK
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 
-RUN_AUDIT_TASK = "workers.tasks.run_audit"
 MAX_JSON_BYTES = 64 * 1024  # an endpoint audit request is a few hundred bytes of JSON
 
 
@@ -140,7 +140,7 @@ async def _endpoint_submission(request: Request, r: Any) -> tuple[str, str, dict
     _check_protected(r, body.protected_model, body.method)
     _check_white_box(body.method, None)
     spec = body.suspect.model_dump(exclude_none=True)
-    from audit.suspects.http import HttpSuspect
+    from services.core.model_client import HttpSuspect
 
     try:
         HttpSuspect(**spec).close()  # validates url, protocol and options; no request is sent

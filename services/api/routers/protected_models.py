@@ -25,10 +25,10 @@ from services.api.uploads import StoredFile, form_file, form_json, form_text, re
 from services.core.protected import ProtectedIndex, ProtectedRecord, new_protected_id
 from services.core.settings import Settings
 from services.core.storage import protected_root, uploads_dir
+from services.core.tasks import REGISTER_PROTECTED_TASK
 
 router = APIRouter(prefix="/v1/protected-models", tags=["protected-models"])
 
-REGISTER_TASK = "workers.tasks.register_protected"
 MAX_NULL_MODELS = 64  # WRT calibrates on 20-30 null models; twice that is plenty
 
 
@@ -98,7 +98,7 @@ async def register_protected_model(
         stored = await _store_checked(model, settings, lambda p: _check_model(p, fmt, architecture, config), "model")
         files["model"] = stored.to_dict()
     if endpoint is not None:
-        from audit.suspects.http import HttpSuspect
+        from services.core.model_client import HttpSuspect
 
         try:
             HttpSuspect(**endpoint).close()
@@ -129,7 +129,7 @@ async def register_protected_model(
     index = ProtectedIndex(r)
     index.create(record)
     try:
-        result = await run_in_threadpool(celery.send_task, REGISTER_TASK, args=[record.id])
+        result = await run_in_threadpool(celery.send_task, REGISTER_PROTECTED_TASK, args=[record.id])
     except Exception:  # noqa: BLE001 - the broker is down
         index.update(record.id, status="failed", error="could not queue the registration")
         raise HTTPException(503, "the task broker is unavailable; try again") from None

@@ -71,7 +71,7 @@ COMPLIANCE_NAME = re.compile(r"^compliance-\d{8}T\d{6}Z\.dsse\.json$")
 
 @router.get("/v1/reports/compliance")
 def list_compliance_reports(settings: SettingsDep, _: AdminDep, limit: int = Query(30, ge=1, le=1000)) -> list[str]:
-    """The signed compliance reports (``services.core.compliance``), newest first, by file name."""
+    """The signed compliance reports (``workers.compliance_report``), newest first, by file name."""
     directory = reports_dir(settings)
     names = (
         sorted((p.name for p in directory.glob("compliance-*.dsse.json")), reverse=True) if directory.is_dir() else []

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from types import FrameType
 
 import redis
@@ -19,17 +20,25 @@ from services.core.alerts import AlertStore
 from services.core.settings import Settings, get_settings
 from services.detector.service.consumer import DetectorConfig, DetectorWorker
 from services.detector.service.metrics import DetectorMetrics
-from services.detector.service.runtime import load_or_fit_engines
+from services.detector.service.runtime import EngineSet, ReferenceResolver, load_or_fit_engines
 from services.detector.service.webhook import WebhookSender
 
 log = logging.getLogger(__name__)
 
 
-def build_worker(settings: Settings, r: redis.Redis, metrics: DetectorMetrics) -> DetectorWorker:
+def build_worker(
+    settings: Settings,
+    r: redis.Redis,
+    metrics: DetectorMetrics,
+    fallback: Callable[[], EngineSet] | None = None,
+    resolve_reference: ReferenceResolver | None = None,
+) -> DetectorWorker:
+    """``fallback`` builds the engines when no baseline is configured (the CLI passes the demo's outside prod)."""
     engines = load_or_fit_engines(
         settings.detector_reference_path,
-        settings.data_dir / "detector" / "baseline",
+        fallback,
         reference_model=settings.detector_reference_model,
+        resolve_reference=resolve_reference,
     )
     alerts = AlertStore(
         r, stream=settings.alerts_stream, window_s=settings.alert_window_s, notify=bool(settings.webhook_url)
@@ -45,12 +54,16 @@ def build_worker(settings: Settings, r: redis.Redis, metrics: DetectorMetrics) -
     return DetectorWorker(r, engines, alerts, metrics, config)
 
 
-def run_detector(settings: Settings | None = None) -> None:
+def run_detector(
+    settings: Settings | None = None,
+    fallback: Callable[[], EngineSet] | None = None,
+    resolve_reference: ReferenceResolver | None = None,
+) -> None:
     settings = settings or get_settings()
     r = redis.Redis.from_url(settings.redis_url)
     registry = CollectorRegistry()
     metrics = DetectorMetrics(registry)
-    worker = build_worker(settings, r, metrics)
+    worker = build_worker(settings, r, metrics, fallback, resolve_reference)
     sender: WebhookSender | None = None
     if settings.webhook_url:
         sender = WebhookSender(

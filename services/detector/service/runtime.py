@@ -11,40 +11,40 @@ Baseline directory layout (``MODELCUSTODY_DETECTOR_REFERENCE_PATH``), written by
     <dir>/engine.json + baseline.npz                  or a single engine for every model ("*")
 
 The reference model is what the boundary signal asks for margins when a client received labels only. It is
-a live model, not data, so a baseline cannot carry it; we only know how to rebuild the demo models (seeded,
-identical to what the model server serves). For another model, the boundary signal uses the margins of
-the probabilities the client received and gives no evidence on label-only traffic (the other signals do).
+a live model, not data, so a baseline cannot carry it; the caller may pass a ``ReferenceResolver`` that turns
+the file's JSON into one (the demo package rebuilds its seeded demo models that way). Without one, the
+boundary signal uses the margins of the probabilities the client received and gives no evidence on
+label-only traffic (the other signals do).
 
 ``MODELCUSTODY_DETECTOR_REFERENCE_PATH`` may also name the owner's reference set itself (``.npz`` with ``x`` and
 ``probabilities`` or ``labels``): the detector then fits its baseline at start-up (seconds) for the model named
 by ``MODELCUSTODY_DETECTOR_REFERENCE_MODEL`` (default ``*``: every model).
 
-Without a configured path, the detector fits the demo models' engines on the owner's reference half of
-the digits holdout (``services.model_server.models.holdout_halves``) and caches them under
-``<data_dir>/detector/baseline`` so a restarted process loads them instead of refitting.
+Without a configured path the caller supplies the engines (``modelcustody serve detector`` outside
+``env=prod`` fits the demo models' engines from ``services.demo.baseline`` and caches them under
+``<data_dir>/detector/baseline``); this module knows nothing of the demo.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 
 from services.detector.engine import DetectionEngine
-from services.model_server.models import MODEL_KINDS, digits_split, holdout_halves, train_model
 
 log = logging.getLogger(__name__)
 
 CATCH_ALL = "*"
-DEMO_MODELS = ("digits-mlp",)
 REFERENCE_MODEL_FILE = "reference_model.json"
 
 ReferenceModel = Callable[[np.ndarray], np.ndarray]
+# Turns the JSON of a baseline's reference_model.json into a live model (or None when it cannot).
+ReferenceResolver = Callable[[Mapping[str, Any]], ReferenceModel | None]
 
 
 class EngineSet(Mapping[str, DetectionEngine]):
@@ -66,27 +66,6 @@ class EngineSet(Mapping[str, DetectionEngine]):
 
     def for_model(self, model: str) -> DetectionEngine | None:
         return self._engines.get(model) or self._engines.get(CATCH_ALL)
-
-
-def demo_reference_model(model: str, seed: int = 0) -> ReferenceModel:
-    """The demo model server's model (same split, same seed), as a probability function on raw inputs."""
-    try:
-        kind = MODEL_KINDS[model]
-    except KeyError:
-        raise ValueError(f"'{model}' is not a demo model ({', '.join(MODEL_KINDS)})") from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        fitted = train_model(kind, digits_split(seed), seed)
-    return lambda x: np.asarray(fitted.predict_proba(np.asarray(x, dtype=np.float64)))
-
-
-def fit_demo_engine(model: str, seed: int = 0, n_sim_clients: int = 200) -> DetectionEngine:
-    """Fit one demo model's engine on the reference half of the digits holdout (never sent by any client)."""
-    reference_model = demo_reference_model(model, seed)
-    x_ref, _, _, _ = holdout_halves(digits_split(seed), seed)
-    return DetectionEngine.fit(
-        x_ref, reference_model(x_ref), reference_model=reference_model, n_sim_clients=n_sim_clients, seed=seed
-    )
 
 
 def fit_reference_engine(
@@ -114,23 +93,24 @@ def reference_outputs_from_upstream(
     x_ref: np.ndarray, url: str, model: str, protocol: str = "oip-v2", token: str | None = None
 ) -> np.ndarray:
     """The model's probabilities on the reference inputs, asked once from its own API (not the gateway)."""
-    from audit.suspects.http import HttpSuspect
+    from services.core.model_client import HttpSuspect
 
     with HttpSuspect(url, protocol=protocol, model=model, token=token, output="probabilities") as upstream:  # type: ignore[arg-type]
         return np.asarray(upstream.probabilities(np.asarray(x_ref, dtype=np.float64)), dtype=np.float64)
 
 
-def save_engine(engine: DetectionEngine, directory: Path, demo_model: str | None = None) -> None:
+def save_engine(engine: DetectionEngine, directory: Path, reference: Mapping[str, Any] | None = None) -> None:
+    """Save ``engine``; ``reference`` (JSON) tells a ``ReferenceResolver`` how to rebuild its live model."""
     engine.save(directory)
-    if demo_model is not None:
-        (directory / REFERENCE_MODEL_FILE).write_text(json.dumps({"demo_model": demo_model}))
+    if reference is not None:
+        (directory / REFERENCE_MODEL_FILE).write_text(json.dumps(dict(reference)))
 
 
-def load_engine(directory: Path) -> DetectionEngine:
+def load_engine(directory: Path, resolve_reference: ReferenceResolver | None = None) -> DetectionEngine:
     reference_model: ReferenceModel | None = None
     ref_file = directory / REFERENCE_MODEL_FILE
-    if ref_file.exists():
-        reference_model = demo_reference_model(json.loads(ref_file.read_text())["demo_model"])
+    if ref_file.exists() and resolve_reference is not None:
+        reference_model = resolve_reference(json.loads(ref_file.read_text()))
     return DetectionEngine.load(directory, reference_model=reference_model)
 
 
@@ -147,7 +127,7 @@ def read_reference_set(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.nd
     return arrays["x"], arrays.get("probabilities"), arrays.get("labels"), arrays.get("daily_volumes")
 
 
-def load_engines(path: Path, model: str = CATCH_ALL) -> EngineSet:
+def load_engines(path: Path, model: str = CATCH_ALL, resolve_reference: ReferenceResolver | None = None) -> EngineSet:
     """Engines from a baseline directory (see the module doc), or fitted now from an owner's reference set
     (a ``.npz`` with ``x`` and ``probabilities`` or ``labels``) for ``model``; ``ValueError`` naming what is
     missing."""
@@ -158,8 +138,9 @@ def load_engines(path: Path, model: str = CATCH_ALL) -> EngineSet:
     if not path.is_dir():
         raise ValueError(f"detector baseline {path} is neither a directory nor a reference .npz")
     if (path / "engine.json").exists():
-        return EngineSet({CATCH_ALL: load_engine(path)})
-    engines = {sub.name: load_engine(sub) for sub in sorted(path.iterdir()) if (sub / "engine.json").exists()}
+        return EngineSet({CATCH_ALL: load_engine(path, resolve_reference)})
+    subdirectories = [sub for sub in sorted(path.iterdir()) if (sub / "engine.json").exists()]
+    engines = {sub.name: load_engine(sub, resolve_reference) for sub in subdirectories}
     if not engines:
         raise ValueError(f"no detector baseline (engine.json) in {path} or its subdirectories")
     return EngineSet(engines)
@@ -167,23 +148,14 @@ def load_engines(path: Path, model: str = CATCH_ALL) -> EngineSet:
 
 def load_or_fit_engines(
     reference_path: Path | None,
-    cache_dir: Path | None = None,
-    models: Iterable[str] = DEMO_MODELS,
-    seed: int = 0,
+    fallback: Callable[[], EngineSet] | None = None,
     reference_model: str = CATCH_ALL,
+    resolve_reference: ReferenceResolver | None = None,
 ) -> EngineSet:
-    """The configured baseline or reference set (for ``reference_model``), else the demo models' engines
-    (fitted once, then cached in ``cache_dir``)."""
+    """The configured baseline or reference set (for ``reference_model``), else what ``fallback`` builds;
+    ``ValueError`` when there is neither."""
     if reference_path is not None:
-        return load_engines(reference_path, reference_model)
-    engines: dict[str, DetectionEngine] = {}
-    for model in models:
-        cached = None if cache_dir is None else cache_dir / model
-        if cached is not None and (cached / "engine.json").exists():
-            engines[model] = load_engine(cached)
-            continue
-        log.info("fitting the detector baseline of %s on the demo reference data", model)
-        engines[model] = fit_demo_engine(model, seed)
-        if cached is not None:
-            save_engine(engines[model], cached, demo_model=model)
-    return EngineSet(engines)
+        return load_engines(reference_path, reference_model, resolve_reference)
+    if fallback is None:
+        raise ValueError("no detector baseline: set MODELCUSTODY_DETECTOR_REFERENCE_PATH (see `detector fit`)")
+    return fallback()

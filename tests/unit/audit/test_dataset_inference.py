@@ -143,7 +143,7 @@ def test_walks_on_digits_are_mostly_uncensored(setup: Setup, record_property: Ca
     null_share = setup.artifacts.owner["censored_share_nulls"]
     record_property("censored_share_owner", owner_share)
     record_property("censored_share_nulls", null_share)
-    # DESIGN.md: the official fixed steps left 54-78% of an MNIST MLP's walks censored
+    # docs/design.md: the official fixed steps left 54-78% of an MNIST MLP's walks censored
     assert owner_share < 0.35 and null_share < 0.35
     # and the censored ones are recorded at the cap
     log_d = setup.artifacts.owner_log_distances

@@ -1,6 +1,7 @@
 """Attack and benign query streams synthesised for the detector tests (digits: 64 pixels in 0..16).
 
-Attacks follow the signatures in research/detection.md §6: uniform random inputs (Tramèr's equation
+Attacks follow the signatures in docs/research.md "Detection: attack signatures": uniform random inputs (Tramèr's
+equation
 solving), bisection to the boundary between differently-labelled natural points (Tramèr's line search),
 Jacobian-based augmentation with a logistic-regression substitute (Papernot's JBDA), one-feature-at-a-time
 sweeps (tree path finding, Lowd-Meek), a walk along one random line (critical-point search), and natural

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.core import protocols
 from services.core.policy import OutputPolicy, apply_policy
-from services.gateway import protocols
 
 
 def test_oip_rows_accept_flat_and_nested_data() -> None:

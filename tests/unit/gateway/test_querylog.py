@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from services.core.processes import free_port
 from services.core.records import QueryRecord
+from services.demo.processes import free_port
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.querylog import AnsweredRequest, QueryLogWriter
 
@@ -22,7 +22,7 @@ from services.gateway.querylog import AnsweredRequest, QueryLogWriter
 def _entry(i: int, n: int) -> AnsweredRequest:
     x = np.full((n, 4), float(i))
     return AnsweredRequest(
-        time.time(), "c1", "m", "oip_v2", f"r{i}", x, np.full((n, 2), 0.5), "probabilities", 200, 0.001, "none"
+        time.time(), "c1", "m", "oip-v2", f"r{i}", x, np.full((n, 2), 0.5), "probabilities", 200, 0.001, "none"
     )
 
 

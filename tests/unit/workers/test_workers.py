@@ -1,6 +1,6 @@
 """The worker's side without a broker: the runner writes a signed report; the task bodies keep the audit
 record honest (attempts, duplicates, failures, give-up) against a real Redis; metrics carry the names the
-dashboards use (fresh registry per test, STYLE.md §3)."""
+dashboards use (fresh registry per test, docs/design.md, habit 3)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from prometheus_client import CollectorRegistry
 
 import workers.tasks as tasks
 from audit.protected import RegistrationConfig, RegistrationInputs, register_protected_model
+from audit.provenance import sha256_of
 from audit.signing import load_or_create_signing_key, public_key_pem, verify_envelope
 from audit.watermark_embed import WatermarkEmbedder
 from services.core.audits import AuditStore
 from services.core.protected import ProtectedIndex
 from services.core.settings import Settings
-from services.core.storage import protected_root, sha256_of, uploads_dir
+from services.core.storage import protected_root, uploads_dir
 from workers.metrics import AuditMetrics
 from workers.runner import execute_audit
 
