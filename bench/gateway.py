@@ -26,6 +26,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.core.clients import ClientRegistry  # noqa: E402
+from services.core.protocols import oip_request  # noqa: E402
 from services.demo.model_server.models import digits_split  # noqa: E402
 from services.demo.processes import (  # noqa: E402
     ManagedProcess,
@@ -120,9 +121,7 @@ def main() -> None:
         key = ClientRegistry(r).add("bench")[1]
 
         x = digits_split().x_holdout[:1]
-        body = orjson.dumps(
-            {"inputs": [{"name": "input-0", "shape": [1, 64], "datatype": "FP64", "data": x.reshape(-1).tolist()}]}
-        )
+        body = orjson.dumps(oip_request(x))
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         path = "/v2/models/digits-mlp/infer"
         direct_url = f"http://127.0.0.1:{model_port}{path}"

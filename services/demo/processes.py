@@ -185,16 +185,6 @@ class PrivateRedis:
         self.stop()
 
 
-def redis_answers(url: str) -> bool:
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-        ok = bool(client.ping())
-        client.close()
-        return ok
-    except (redis.exceptions.RedisError, OSError):
-        return False
-
-
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so ``finally`` blocks stop the child processes a script started.
 

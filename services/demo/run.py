@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from services.core.alerts import AlertStore
 from services.core.clients import ClientRegistry
+from services.core.protocols import Protocol, encode_request, oip_request, request_path
 from services.core.records import QueryRecord
 from services.demo.model_server.models import DigitsSplit, digits_split, holdout_halves, train_model
 from services.demo.processes import (
@@ -42,160 +44,188 @@ from services.detector.service.consumer import STATE_PREFIX
 console = Console()
 
 
-def oip_body(x: np.ndarray) -> dict[str, object]:
-    return {"inputs": [{"name": "input-0", "shape": list(x.shape), "datatype": "FP64", "data": x.reshape(-1).tolist()}]}
+@dataclass
+class DemoStack:
+    """The running demo: Redis, model server, detector and gateway, with the environment they share."""
+
+    workdir: Path
+    redis_url: str
+    private: PrivateRedis | None
+    stream: str
+    run_tag: str
+    env: dict[str, str]
+    gateway_port: int
+    procs: list[ManagedProcess] = field(default_factory=list)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def client_name(self, base: str) -> str:
+        """On a shared Redis, names carry the run's tag so reruns do not collide."""
+        return base if self.private is not None else f"{base}-{self.run_tag}"
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        if self.private is not None:
+            self.private.stop()
 
 
-def run_demo(rows_per_client: int = 300, attack_budget: int = 1200) -> int:
-    exit_on_sigterm()
-    workdir = Path(tempfile.mkdtemp(prefix="modelcustody-demo-"))
-    procs: list[ManagedProcess] = []
+def start_stack(workdir: Path, redis_url: str | None) -> DemoStack:
+    """Start (or join) Redis, then the model server, detector and gateway as child processes; the
+    environment is passed to the children only, never set in this process."""
     private: PrivateRedis | None = None
-    redis_url = os.environ.get("MODELCUSTODY_REDIS_URL")
+    if redis_url is None:
+        private = PrivateRedis(workdir / "redis").start()
+        redis_url = private.url
+        console.print(f"[bold]Redis[/]: private server on {redis_url} ({PrivateRedis.binary()})")
+    else:
+        console.print(f"[bold]Redis[/]: {redis_url}")
+    run_tag = f"{int(time.time())}"
+    stream = f"mc:demo:{run_tag}:queries" if private is None else "mc:queries"
+    model_port, gateway_port, detector_metrics_port = free_port(), free_port(), free_port()
+    env = {
+        "MODELCUSTODY_REDIS_URL": redis_url,
+        "MODELCUSTODY_ENV": "demo",
+        "MODELCUSTODY_DATA_DIR": str(workdir / "data"),
+        "MODELCUSTODY_QUERIES_STREAM": stream,
+        "MODELCUSTODY_GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
+        "MODELCUSTODY_GATEWAY_INSTANCE_ID": "demo-gw",
+        "MODELCUSTODY_GATEWAY_INPUT_DIM": "64",
+        "MODELCUSTODY_DETECTOR_METRICS_PORT": str(detector_metrics_port),
+        "MODELCUSTODY_DETECTOR_BATCH_MAX": "50",
+    }
+    stack = DemoStack(workdir, redis_url, private, stream, run_tag, env, gateway_port)
     try:
-        if redis_url is None:
-            private = PrivateRedis(workdir / "redis").start()
-            redis_url = private.url
-            console.print(f"[bold]Redis[/]: private server on {redis_url} ({PrivateRedis.binary()})")
-        else:
-            console.print(f"[bold]Redis[/]: {redis_url}")
-        r = redis.Redis.from_url(redis_url)
-        run_tag = f"{int(time.time())}"
-        stream = f"mc:demo:{run_tag}:queries" if private is None else "mc:queries"
-        model_port, gateway_port, detector_metrics_port = free_port(), free_port(), free_port()
-        env = {
-            "MODELCUSTODY_REDIS_URL": redis_url,
-            "MODELCUSTODY_ENV": "demo",
-            "MODELCUSTODY_DATA_DIR": str(workdir / "data"),
-            "MODELCUSTODY_QUERIES_STREAM": stream,
-            "MODELCUSTODY_GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
-            "MODELCUSTODY_GATEWAY_INSTANCE_ID": "demo-gw",
-            "MODELCUSTODY_GATEWAY_INPUT_DIM": "64",
-            "MODELCUSTODY_DETECTOR_METRICS_PORT": str(detector_metrics_port),
-            "MODELCUSTODY_DETECTOR_BATCH_MAX": "50",
-        }
-        os.environ.update(env)
-        procs.append(
-            ManagedProcess(
-                uvicorn_command("services.demo.model_server.app:create_app", model_port),
-                env=env,
-                log_path=workdir / "model_server.log",
-            )
-        )
-        procs.append(
-            ManagedProcess(
-                [sys.executable, "-m", "services.cli", "serve", "detector"],
-                env=env,
-                log_path=workdir / "detector.log",
-            )
-        )
-        detector = procs[-1]
-        wait_for_port(model_port, 60, procs[0].proc)
+        model_app = "services.demo.model_server.app:create_app"
+        model_server = _start(stack, uvicorn_command(model_app, model_port), "model_server")
+        detector = _start(stack, [sys.executable, "-m", "services.cli", "serve", "detector"], "detector")
+        wait_for_port(model_port, 60, model_server.proc)
         console.print(f"[bold]Model server[/]: digits classifiers on :{model_port}")
-        procs.append(
-            ManagedProcess(
-                uvicorn_command("services.gateway.app:create_app", gateway_port),
-                env=env,
-                log_path=workdir / "gateway.log",
-            )
-        )
-        gateway = procs[-1]
+        gateway = _start(stack, uvicorn_command("services.gateway.app:create_app", gateway_port), "gateway")
         wait_for_port(gateway_port, 30, gateway.proc)
         console.print(f"[bold]Gateway[/]: :{gateway_port} → :{model_port}, query log → {stream}")
         # The detector fits its baseline on the owner's reference digits at start-up (a few seconds).
         wait_for_port(detector_metrics_port, 120, detector.proc)
         console.print(f"[bold]Detector[/]: consuming {stream}, metrics on :{detector_metrics_port}")
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
 
+
+def _start(stack: DemoStack, command: list[str], name: str) -> ManagedProcess:
+    proc = ManagedProcess(command, env=stack.env, log_path=stack.workdir / f"{name}.log")
+    stack.procs.append(proc)
+    return proc
+
+
+def send_benign_traffic(
+    gateway_url: str, keys: dict[str, str], x_traffic: np.ndarray, rows_per_client: int, seed: int = 7
+) -> dict[str, int]:
+    """Each benign client sends its own random sample of natural digits in batches of 1-8 rows; the second
+    speaks KServe v1, the others OIP v2. Returns the rows each sent."""
+    rng = np.random.default_rng(seed)
+    sent: dict[str, int] = {}
+    with httpx.Client(base_url=gateway_url, timeout=30) as http, Progress(console=console) as progress:
+        task = progress.add_task("benign clients querying through the gateway", total=len(keys) * rows_per_client)
+        for i, (name, key) in enumerate(keys.items()):
+            protocol: Protocol = "kserve-v1" if i == 1 else "oip-v2"
+            headers = {"Authorization": f"Bearer {key}"}
+            rows = x_traffic[rng.permutation(len(x_traffic))[: min(rows_per_client, len(x_traffic))]]
+            sent[name] = 0
+            while sent[name] < len(rows):
+                batch = min(int(rng.integers(1, 9)), len(rows) - sent[name])
+                x = rows[sent[name] : sent[name] + batch]
+                body = encode_request(protocol, x)
+                resp = http.post(request_path(protocol, "digits-mlp"), json=body, headers=headers)
+                resp.raise_for_status()
+                sent[name] += batch
+                progress.advance(task, batch)
+        unauth = http.post(request_path("oip-v2", "digits-mlp"), json=oip_request(x_traffic[:1]))
+    console.print(f"request without a key → {unauth.status_code} {unauth.json()['error']!r}")
+    return sent
+
+
+def wait_until_analysed(r: redis.Redis, stream: str, sent: dict[str, int], timeout_s: float = 60) -> dict[str, int]:
+    """Rows logged per client (read back from the stream), once the detector analysed them all (or timeout)."""
+    counts: dict[str, int] = dict.fromkeys(sent, 0)
+    for _, fields in r.xrange(stream):  # type: ignore[union-attr]
+        rec = QueryRecord.from_stream_fields(fields)  # type: ignore[arg-type]
+        if rec.client_id in counts:
+            counts[rec.client_id] += 1
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(analysed_rows(r, c) < counts[c] for c in counts):
+        time.sleep(0.2)
+    return counts
+
+
+def analysed_rows(r: redis.Redis, client: str) -> int:
+    raw = r.hget(STATE_PREFIX + client, "queries")
+    return int(raw) if raw else 0  # type: ignore[arg-type]
+
+
+def report_detection(
+    r: redis.Redis, sent: dict[str, int], counts: dict[str, int], benign: list[str], attacker: str
+) -> bool:
+    """Print the table of what was logged, analysed and alerted; True when every row was logged and analysed,
+    the attacker was alerted and no benign client was."""
+    alerts = {c: AlertStore(r).list(client_id=c, limit=10) for c in sent}
+    table = Table(title="query log and detector")
+    for col in ("client", "rows sent", "records logged", "analysed", "alert", "risk", "signals fired"):
+        table.add_column(col)
+    for name in sent:
+        first = alerts[name][-1] if alerts[name] else None
+        table.add_row(
+            name,
+            str(sent[name]),
+            str(counts[name]),
+            str(analysed_rows(r, name)),
+            f"{first.severity} after {first.queries_at_open} queries" if first else "-",
+            f"{first.risk_score:.1f} (threshold {first.risk_threshold:.1f})" if first else "-",
+            ", ".join(first.fired_signals) if first else "-",
+        )
+    console.print(table)
+    logged = all(counts[n] == sent[n] == analysed_rows(r, n) for n in sent)
+    caught = bool(alerts[attacker]) and not any(alerts[n] for n in benign)
+    console.print(
+        "[green]every answered row is in the query log and was analysed[/]" if logged else "[red]records missing[/]"
+    )
+    console.print(
+        f"[green]extraction alert on {attacker} ({alerts[attacker][-1].technique}), none on the benign clients[/]"
+        if caught
+        else "[red]the detector did not separate the attacker from the benign clients[/]"
+    )
+    return logged and caught
+
+
+def run_demo(rows_per_client: int = 300, attack_budget: int = 1200) -> int:
+    exit_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix="modelcustody-demo-"))
+    stack = start_stack(workdir, os.environ.get("MODELCUSTODY_REDIS_URL"))
+    try:
+        r = redis.Redis.from_url(stack.redis_url)
         registry = ClientRegistry(r)
-
-        def name_of(base: str) -> str:
-            return base if private is not None else f"{base}-{run_tag}"
-
-        names = [name_of(n) for n in ("alice", "bob", "carol")]
-        attacker = name_of("mallory")
-        keys = {name: registry.add(name)[1] for name in [*names, attacker]}
+        benign = [stack.client_name(n) for n in ("alice", "bob", "carol")]
+        attacker = stack.client_name("mallory")
+        keys = {name: registry.add(name)[1] for name in [*benign, attacker]}
         split = digits_split()
         # Clients query the traffic half of the holdout; the detector's baseline is the other half.
         x_reference, _, x_traffic, _ = holdout_halves(split)
-        rng = np.random.default_rng(7)
-        sent: dict[str, int] = {}
-        base = f"http://127.0.0.1:{gateway_port}"
-        with httpx.Client(base_url=base, timeout=30) as http, Progress(console=console) as progress:
-            task = progress.add_task("benign clients querying through the gateway", total=len(names) * rows_per_client)
-            for i, name in enumerate(names):
-                headers = {"Authorization": f"Bearer {keys[name]}"}
-                rows = x_traffic[rng.permutation(len(x_traffic))[: min(rows_per_client, len(x_traffic))]]
-                sent[name] = 0
-                while sent[name] < len(rows):
-                    batch = min(int(rng.integers(1, 9)), len(rows) - sent[name])
-                    x = rows[sent[name] : sent[name] + batch]
-                    if i == 1:  # bob speaks KServe v1, the others OIP v2
-                        resp = http.post(
-                            "/v1/models/digits-mlp:predict", json={"instances": x.tolist()}, headers=headers
-                        )
-                    else:
-                        resp = http.post("/v2/models/digits-mlp/infer", json=oip_body(x), headers=headers)
-                    resp.raise_for_status()
-                    sent[name] += batch
-                    progress.advance(task, batch)
-            unauth = http.post("/v2/models/digits-mlp/infer", json=oip_body(x_traffic[:1]))
-        console.print(f"request without a key → {unauth.status_code} {unauth.json()['error']!r}")
-
+        sent = send_benign_traffic(stack.gateway_url, {n: keys[n] for n in benign}, x_traffic, rows_per_client)
         sent[attacker], fidelity, stopped = run_attacker(
-            base, keys[attacker], x_traffic, x_reference, split, attack_budget
+            stack.gateway_url, keys[attacker], x_traffic, x_reference, split, attack_budget
         )
         console.print(
             f"[bold]{attacker}[/] (JBDA extraction): {sent[attacker]} queries, copy agrees with the victim on "
             f"{fidelity:.1%} of held-out digits" + (f"; stopped by the gateway: {stopped}" if stopped else "")
         )
-
-        gateway.stop()  # graceful shutdown flushes the query log
-        counts: dict[str, int] = dict.fromkeys(sent, 0)
-        for _, fields in r.xrange(stream):  # type: ignore[union-attr]
-            rec = QueryRecord.from_stream_fields(fields)  # type: ignore[arg-type]
-            if rec.client_id in counts:
-                counts[rec.client_id] += 1
-
-        def analysed(client: str) -> int:
-            raw = r.hget(STATE_PREFIX + client, "queries")
-            return int(raw) if raw else 0  # type: ignore[arg-type]
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(analysed(c) < counts[c] for c in counts):
-            time.sleep(0.2)
-        alerts = {c: AlertStore(r).list(client_id=c, limit=10) for c in sent}
-
-        table = Table(title="query log and detector")
-        for col in ("client", "rows sent", "records logged", "analysed", "alert", "risk", "signals fired"):
-            table.add_column(col)
-        for name in sent:
-            first = alerts[name][-1] if alerts[name] else None
-            table.add_row(
-                name,
-                str(sent[name]),
-                str(counts[name]),
-                str(analysed(name)),
-                f"{first.severity} after {first.queries_at_open} queries" if first else "-",
-                f"{first.risk_score:.1f} (threshold {first.risk_threshold:.1f})" if first else "-",
-                ", ".join(first.fired_signals) if first else "-",
-            )
-        console.print(table)
-        logged = all(counts[n] == sent[n] == analysed(n) for n in sent)
-        caught = bool(alerts[attacker]) and not any(alerts[n] for n in names)
-        console.print(
-            "[green]every answered row is in the query log and was analysed[/]" if logged else "[red]records missing[/]"
-        )
-        console.print(
-            f"[green]extraction alert on {attacker} ({alerts[attacker][-1].technique}), none on the benign clients[/]"
-            if caught
-            else "[red]the detector did not separate the attacker from the benign clients[/]"
-        )
-        return 0 if logged and caught else 1
+        stack.procs[-1].stop()  # the gateway: a graceful shutdown flushes the query log
+        counts = wait_until_analysed(r, stack.stream, sent)
+        return 0 if report_detection(r, sent, counts, benign, attacker) else 1
     finally:
-        for p in reversed(procs):
-            p.stop()
-        if private is not None:
-            private.stop()
+        stack.stop()
 
 
 def run_attacker(

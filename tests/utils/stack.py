@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from services.core.protocols import oip_request
 from services.demo.processes import ManagedProcess, free_port, uvicorn_command, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,4 +56,4 @@ def start_server(factory: str, env: dict[str, str], log_dir: Path, name: str, ti
 
 
 def oip_body(x: np.ndarray) -> dict[str, object]:
-    return {"inputs": [{"name": "input-0", "shape": list(x.shape), "datatype": "FP64", "data": x.reshape(-1).tolist()}]}
+    return oip_request(x)

@@ -13,6 +13,8 @@ import httpx
 import numpy as np
 import orjson
 
+from services.core.protocols import encode_request, request_path
+
 
 class OracleRefused(RuntimeError):
     def __init__(self, status: int, reason: str) -> None:
@@ -54,15 +56,8 @@ class GatewayOracle:
 
     def _one(self, x: np.ndarray) -> np.ndarray:
         n = len(x)
-        if self.protocol == "oip-v2":
-            body = {
-                "inputs": [{"name": "input-0", "shape": [n, x.shape[1]], "datatype": "FP64", "data": x.reshape(-1)}]
-            }
-            path = f"/v2/models/{self.model}/infer"
-        else:
-            body = {"instances": x}  # type: ignore[dict-item]
-            path = f"/v1/models/{self.model}:predict"
-        resp = self.http.post(path, content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
+        body = encode_request(self.protocol, x)
+        resp = self.http.post(request_path(self.protocol, self.model), content=orjson.dumps(body))
         if resp.status_code != 200:
             try:
                 reason = str(resp.json().get("error", resp.text))

@@ -40,10 +40,6 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, max_age_
     return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-def enqueue(r: redis.Redis, event: str, payload: dict[str, object]) -> None:
-    r.lpush(OUTBOX, orjson.dumps({"event": event, "attempts": 0, "not_before": 0.0, "payload": payload}))
-
-
 class WebhookSender:
     """Drains the outbox in a background thread. Several detector processes may run one each."""
 

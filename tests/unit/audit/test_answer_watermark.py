@@ -1,0 +1,419 @@
+"""The gateway's answer watermark: determinism, the top-1 guarantee, and audits of copies and independents.
+
+The verification tests train on scikit-learn digits (seeded, small): a victim MLP on 600 rows; a thief's
+1,000 answered queries on other rows; copies trained on marked answers must be claimed, models trained on
+unmarked answers or on the true labels must not. A copy of probability answers is distilled with a soft-label
+cross-entropy (torch, full batch) because that is what carries the cosine; one trained on the argmax cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+from threadpoolctl import threadpool_limits
+
+from audit.answer_watermark import (
+    CLAIMED,
+    AnswerWatermark,
+    LabelProbes,
+    SequentialLabelTest,
+    mixture_log_wealth,
+    probability_probes,
+)
+
+SECRET = b"unit-test-deployment-secret-0001"
+K = 10
+D = 64
+# 0.25 cycles per projection std: the rate at which distilled copies carry the cosine to unseen inputs
+CYCLES_PER_STD = 0.25
+
+
+def _watermark(secret: bytes = SECRET, **kw: float) -> AnswerWatermark:
+    return AnswerWatermark(secret, n_classes=K, input_dim=D, **kw)  # type: ignore[arg-type]
+
+
+# --- determinism and canonical inputs ---------------------------------------------------------------------
+
+
+def test_same_secret_same_answers_across_instances() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((3000, D)).astype(np.float32)
+    y = rng.integers(0, K, 3000)
+    p = rng.dirichlet(np.full(K, 0.5), 3000)
+    a, b = _watermark(), _watermark()
+    assert a.fingerprint == b.fingerprint
+    assert a.target_class == b.target_class and a.phase == b.phase
+    np.testing.assert_array_equal(a.projection, b.projection)
+    first = a.mark_labels(x, y)
+    np.testing.assert_array_equal(first.labels, a.mark_labels(x, y).labels)  # same object, twice
+    np.testing.assert_array_equal(first.labels, b.mark_labels(x, y).labels)
+    np.testing.assert_array_equal(first.marked, b.mark_labels(x, y).marked)
+    np.testing.assert_array_equal(a.mark_probabilities(x, p).probabilities, b.mark_probabilities(x, p).probabilities)
+    assert a.canonical_key(x[0]) == b.canonical_key(x[0])
+
+
+def test_key_material_is_pinned() -> None:
+    """Derived with HMAC only, so a numpy upgrade cannot silently change what every gateway serves."""
+    w = _watermark()
+    assert abs(float(np.linalg.norm(w.projection)) - 1.0) < 1e-12
+    assert w.fingerprint == _watermark().fingerprint
+    assert len(w.fingerprint) == 16
+    assert w.describe()["fingerprint"] == w.fingerprint
+    assert "secret" not in json.dumps(w.describe())
+
+
+def test_reencoded_inputs_give_the_same_key() -> None:
+    w = _watermark()
+    rng = np.random.default_rng(1)
+    x32 = (rng.standard_normal((50, D)) * 3).astype(np.float32)
+    for row in x32:
+        through_json = np.array(json.loads(json.dumps(row.tolist())))  # float64 decimal round trip
+        assert w.canonical_key(through_json) == w.canonical_key(row)
+        printed = np.array([float(f"{v:.7g}") for v in row])  # a printer keeping 7 significant digits
+        assert w.canonical_key(printed) == w.canonical_key(row) or _near_rounding_boundary(w, row)
+    zeros = np.zeros(D)
+    negative_zeros = np.full(D, -0.0)
+    assert w.canonical_key(negative_zeros) == w.canonical_key(zeros)
+    assert w.canonical_key(x32[0]) != w.canonical_key(x32[1])
+    moved = x32[0].copy()
+    moved[5] = np.nextafter(moved[5], np.float32(np.inf)) * 1.01  # a real change of 1 %
+    assert w.canonical_key(moved) != w.canonical_key(x32[0])
+
+
+def _near_rounding_boundary(w: AnswerWatermark, row: np.ndarray) -> bool:
+    """True when some value sits within 7-digit printing error of the mantissa rounding boundary."""
+    step = 2.0 ** -w.significant_bits
+    mant, _ = np.frexp(np.abs(row.astype(np.float64)))
+    frac = (mant * 2 / step) % 1.0
+    return bool(np.any(np.abs(frac - 0.5) < 1e-3))
+
+
+def test_inputs_are_validated() -> None:
+    w = _watermark()
+    with pytest.raises(ValueError, match="16 bytes"):
+        AnswerWatermark(b"short", n_classes=K, input_dim=D)
+    with pytest.raises(ValueError, match="amplitude"):
+        _watermark(amplitude=0.9)
+    with pytest.raises(ValueError, match="finite"):
+        w.mark_labels(np.full((1, D), np.nan), [0])
+    with pytest.raises(ValueError, match="finite"):
+        w.mark_labels(np.full((1, D), 1e39), [0])  # overflows float32
+    with pytest.raises(ValueError, match=r"\[n, 64\]"):
+        w.mark_labels(np.zeros((2, 3)), [0, 1])
+    with pytest.raises(ValueError, match="labels"):
+        w.mark_labels(np.zeros((1, D)), [K])
+    with pytest.raises(ValueError, match="non-negative"):
+        w.mark_probabilities(np.zeros((1, D)), -np.ones((1, K)))
+    with pytest.raises(ValueError, match="3 classes"):
+        SequentialLabelTest(2)
+
+
+def test_different_secret_different_selection() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.random((20000, D)).astype(np.float32)
+    y = rng.integers(0, K, 20000)
+    a = _watermark().mark_labels(x, y).marked
+    b = _watermark(b"another-deployment-secret-000002").mark_labels(x, y).marked
+    assert a.sum() > 100 and b.sum() > 100
+    # independent selections overlap in about r² of the inputs (2 of 20,000), identical ones in all
+    assert np.sum(a & b) < 0.2 * a.sum()
+    assert _watermark(b"another-deployment-secret-000002").phase != _watermark().phase
+
+
+# --- label answers ----------------------------------------------------------------------------------------
+
+
+def test_label_flip_share_and_choice() -> None:
+    r, n = 0.01, 40000
+    rng = np.random.default_rng(3)
+    x = rng.random((n, D)).astype(np.float32)
+    y = rng.integers(0, K, n)
+    marked = _watermark(label_share=r).mark_labels(x, y)
+    share = marked.marked.mean()
+    sigma = np.sqrt(r * (1 - r) / n)
+    assert abs(share - r) < 5 * sigma  # binomial sampling of the keyed hash
+    assert np.all(marked.labels[marked.marked] != y[marked.marked])
+    assert np.array_equal(marked.labels[~marked.marked], y[~marked.marked])
+    offsets = (marked.labels[marked.marked] - y[marked.marked]) % K
+    assert set(offsets.tolist()) <= set(range(1, K))
+    assert len(set(offsets.tolist())) == K - 1  # every other class is used
+    none = _watermark(label_share=0.0).mark_labels(x, y)
+    assert not none.marked.any()
+
+
+def test_label_probes_deduplicate_and_keep_order() -> None:
+    w = _watermark(label_share=0.05)
+    rng = np.random.default_rng(4)
+    x = rng.random((2000, D)).astype(np.float32)
+    y = rng.integers(0, K, 2000)
+    probes = w.label_probes(np.concatenate([x, x[:1000]]), np.concatenate([y, y[:1000]]))
+    assert len(probes) == int(w.mark_labels(x, y).marked.sum())
+    again = w.label_probes(x, y)
+    np.testing.assert_array_equal(probes.inputs, again.inputs)
+    assert np.all(probes.watermark_labels != probes.original_labels)
+
+
+def test_mixture_martingale_matches_closed_form() -> None:
+    p0 = 1 / 9
+    # four matches in four disagreements: ∫_{p0}^1 q^4 dq / ((1−p0) p0^4)
+    expected = (1 - p0**5) / 5 / ((1 - p0) * p0**4)
+    assert np.isclose(np.exp(mixture_log_wealth(np.array([4]), np.array([4]), p0))[0], expected)
+    assert np.isclose(mixture_log_wealth(np.array([0]), np.array([0]), p0)[0], 0.0)
+
+
+def test_sequential_label_test_stops_and_counts_batches() -> None:
+    n = 12
+    probes = LabelProbes(np.zeros((n, D), np.float32), np.zeros(n, np.int64), np.ones(n, np.int64))
+    asked: list[int] = []
+
+    def copy(x: np.ndarray) -> np.ndarray:
+        asked.append(len(x))
+        return np.ones(len(x), np.int64)  # answers the watermark label every time
+
+    evidence = SequentialLabelTest(K, alpha=1e-3).run(probes, copy, batch_size=3)
+    assert evidence.claimed and evidence.decision == CLAIMED
+    assert evidence.p_value <= 1e-3
+    assert evidence.matches == 4  # 9^4/5·(1−9^−5)/(8/9) ≈ 1,476 ≥ 1/α at the fourth match
+    assert evidence.queries == 6 == sum(asked)  # two batches of 3 were sent; the rest was never asked
+    honest = SequentialLabelTest(K, alpha=1e-3).run(probes, lambda x: np.zeros(len(x), np.int64))
+    assert not honest.claimed and honest.queries == n and honest.disagreements == 0 and honest.p_value == 1.0
+
+
+def test_label_test_false_claims_stay_below_alpha() -> None:
+    """Suspects independent of the key that disagree with the upstream label on every probe (the worst
+    case for the test): over many keys the claim rate must not exceed α by more than sampling error."""
+    rng = np.random.default_rng(5)
+    x = rng.random((3000, D)).astype(np.float32)
+    y = rng.integers(0, K, 3000)
+    wrong = (y + rng.integers(1, K, 3000)) % K  # a fixed model that is always wrong, in its own way
+    alpha, trials = 0.05, 300
+    fixed, sequential = 0, 0
+    for i in range(trials):
+        w = _watermark(f"null-key-{i:05d}".encode().ljust(32, b"."), label_share=0.005)
+        probes = w.label_probes(x, y)
+        index = {row.tobytes(): j for j, row in enumerate(x)}
+        z = wrong[[index[row.tobytes()] for row in probes.inputs]]
+        fixed += w.verify_labels(probes, z, alpha=alpha).claimed
+        seq = w.sequential_label_test(alpha=alpha)
+        seq.observe(probes.original_labels, probes.watermark_labels, z)
+        sequential += seq.claimed
+    bound = alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)  # +3σ of the binomial
+    assert fixed <= bound and sequential <= bound
+
+
+# --- probability answers ----------------------------------------------------------------------------------
+
+
+def test_top1_never_changes_and_change_is_bounded() -> None:
+    w = _watermark(amplitude=0.05)
+    rng = np.random.default_rng(6)
+    n = 20000
+    x = rng.random((n, D)).astype(np.float32)
+    rows = [
+        rng.dirichlet(np.full(K, 0.3), n // 4),  # peaked
+        rng.dirichlet(np.full(K, 30.0), n // 4),  # nearly uniform: many near-ties
+        np.full((n // 4, K), 1.0 / K),  # exact ties everywhere
+        np.eye(K)[rng.integers(0, K, n // 4)],  # one-hot
+    ]
+    p = np.concatenate(rows)
+    near_tie = rng.dirichlet(np.full(K, 1.0), 2000)
+    top = near_tie.argmax(1)
+    second = np.argsort(near_tie, 1)[:, -2]
+    near_tie[np.arange(2000), second] = near_tie[np.arange(2000), top] - rng.random(2000) * 1e-6
+    p = np.concatenate([p, near_tie])
+    x = np.concatenate([x, rng.random((2000, D)).astype(np.float32)])
+    for dtype in (np.float64, np.float32):
+        q = p.astype(dtype)
+        marked = w.mark_probabilities(x, q)
+        out = marked.probabilities
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(out.argmax(1), q.argmax(1))
+        assert np.all(out >= 0)
+        change = np.abs(out.astype(np.float64) - q.astype(np.float64))
+        assert marked.max_change == pytest.approx(change.max())
+        assert marked.max_change <= w.amplitude + 1e-6
+        np.testing.assert_allclose(out.sum(1), q.sum(1), atol=1e-5)
+        assert np.mean(marked.scale < 1) < 0.5  # shrinking is the exception, not the rule
+
+
+def test_probability_mark_carries_the_keyed_cosine() -> None:
+    w = _watermark(amplitude=0.04)
+    rng = np.random.default_rng(7)
+    x = rng.random((500, D)).astype(np.float32)
+    p = np.full((500, K), 0.6 / (K - 1))
+    p[:, (w.target_class + 1) % K] = 0.4  # c* never on top, never clipped: the full move applies
+    p /= p.sum(1, keepdims=True)
+    marked = w.mark_probabilities(x, p)
+    assert np.all(marked.scale == 1.0)
+    np.testing.assert_allclose(marked.probabilities[:, w.target_class] - p[:, w.target_class],
+                               0.04 * w.signal(x), atol=1e-12)
+
+
+def test_suggest_frequency_does_not_depend_on_the_key() -> None:
+    x = np.random.default_rng(8).random((500, D))
+    f = AnswerWatermark.suggest_frequency(x, 0.25)
+    spread = np.sqrt(np.mean(np.var(x, axis=0)))
+    assert f == pytest.approx(2 * np.pi * 0.25 / spread)
+    probes = probability_probes(x, 800, seed=1, mix=0.5)
+    assert probes.shape == (800, D) and probes.dtype == np.float32
+
+
+# --- audits of copies and independent models on digits ---------------------------------------------------
+
+
+@dataclass
+class World:
+    victim: MLPClassifier
+    x_owner: np.ndarray
+    x_queries: np.ndarray  # the thief's 1,000 queries, as the gateway logged them
+    y_queries: np.ndarray  # their true labels
+    x_test: np.ndarray
+    y_test: np.ndarray
+    watermark: AnswerWatermark
+
+
+def _distill(x: np.ndarray, p: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A soft-label student (cross-entropy to the answered probabilities), full batch for speed."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(D, 128), torch.nn.ReLU(), torch.nn.Linear(128, K))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    xt, pt = torch.tensor(x), torch.tensor(p, dtype=torch.float32)
+    for _ in range(1500):  # to convergence on 1,000 rows: the student must fit 0.05-sized details
+        loss = -(pt * torch.log_softmax(net(xt), 1)).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def predict(xq: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(net(torch.tensor(np.asarray(xq, np.float32))), 1).numpy().astype(np.float64)
+
+    return predict
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    perm = np.random.default_rng(0).permutation(len(x))
+    owner, queries, test = perm[:600], perm[600:1600], perm[1600:]
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        victim = MLPClassifier((64,), max_iter=600, random_state=0).fit(x[owner], y[owner])
+    freq = AnswerWatermark.suggest_frequency(x[owner], CYCLES_PER_STD)
+    wm = AnswerWatermark(SECRET, n_classes=K, input_dim=D, amplitude=0.05, frequency=freq, label_share=0.01)
+    return World(victim, x[owner], x[queries], y[queries], x[test], y[test], wm)
+
+
+def _fit_labels(x: np.ndarray, y: np.ndarray, seed: int) -> MLPClassifier:
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return MLPClassifier((100,), max_iter=500, random_state=seed).fit(x, y)
+
+
+def test_label_copy_is_claimed_and_independents_are_not(world: World) -> None:
+    wm, xq = world.watermark, world.x_queries
+    answered = world.victim.predict(xq)
+    served = wm.mark_labels(xq, answered)
+    assert 0.003 < served.marked.mean() < 0.02  # ≈ 1 % of a thief's answers
+    probes = wm.label_probes(xq, answered)  # the suspected client's logged queries that the key marked
+    assert len(probes) >= 5
+
+    copy = _fit_labels(xq, served.labels, seed=1)
+    assert copy.score(world.x_test, world.y_test) > 0.9  # a useful copy, not a degenerate one
+    fixed = wm.verify_labels(probes, copy.predict(probes.inputs), alpha=1e-3)
+    sequential = wm.sequential_label_test(alpha=1e-3).run(probes, copy.predict)
+    print(f"\nlabel copy: {fixed.matches}/{fixed.disagreements} matches of {len(probes)} probes, "
+          f"p = {fixed.p_value:.2g}; sequential p = {sequential.p_value:.2g} after {sequential.queries} queries")
+    assert fixed.claimed and fixed.p_value < 0.05
+    assert sequential.claimed and sequential.queries <= len(probes)
+
+    for name, model in [
+        ("unmarked answers", _fit_labels(xq, answered, seed=1)),
+        ("true labels", _fit_labels(xq, world.y_queries, seed=2)),
+    ]:
+        z = model.predict(probes.inputs)
+        ev = wm.verify_labels(probes, z, alpha=0.05)
+        seq = wm.sequential_label_test(alpha=0.05).run(probes, model.predict)
+        print(f"{name}: {ev.matches}/{ev.disagreements} matches, p = {ev.p_value:.2g}")
+        assert not ev.claimed and not seq.claimed, name
+
+
+@pytest.fixture(scope="module")
+def distilled(world: World) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    xq = world.x_queries
+    answered = world.victim.predict_proba(xq)
+    with threadpool_limits(1):
+        torch.set_num_threads(1)
+        return {
+            "copy": _distill(xq, world.watermark.mark_probabilities(xq, answered).probabilities, seed=0),
+            "clean copy": _distill(xq, answered, seed=0),  # same recipe, unmarked answers
+            "true labels": _distill(xq, np.eye(K)[world.y_queries], seed=1),
+        }
+
+
+def test_probability_copy_is_claimed_and_independents_are_not(
+    world: World, distilled: dict[str, Callable[[np.ndarray], np.ndarray]]
+) -> None:
+    wm = world.watermark
+    marked = wm.mark_probabilities(world.x_queries, world.victim.predict_proba(world.x_queries))
+    assert marked.max_change <= wm.amplitude + 1e-9
+    probes = probability_probes(world.x_owner, 2000, seed=1, mix=0.7)  # owner data, never seen by the thief
+    baseline = world.victim.predict_proba(probes)
+    results = {}
+    for name, model in distilled.items():
+        ev = wm.verify_probabilities(probes, model(probes), baseline=baseline, alpha=0.05, n_null_keys=399)
+        results[name] = ev
+        print(f"\n{name}: T = {ev.statistic:.2f} (null {ev.null_mean:.2f} ± {ev.null_std:.2f}), "
+              f"p = {ev.p_value:.3g}, gaussian ≈ {ev.p_gaussian:.2g}, amplitude {ev.amplitude:.3f}")
+    assert results["copy"].claimed and results["copy"].p_value < 0.05
+    assert results["copy"].amplitude > 0
+    assert not results["clean copy"].claimed
+    assert not results["true labels"].claimed
+
+
+def test_probability_test_on_logged_queries_and_labels_only(
+    world: World, distilled: dict[str, Callable[[np.ndarray], np.ndarray]]
+) -> None:
+    """On the thief's own (non-adaptive) queries the copy's signal is strongest; labels alone carry none of a
+    top-1-preserving mark, and the one-hot fallback stays valid (no claim) rather than inventing one."""
+    wm, xq = world.watermark, world.x_queries
+    baseline = world.victim.predict_proba(xq)
+    copy = distilled["copy"]
+    logged = wm.verify_probabilities(xq, copy(xq), baseline=baseline, alpha=0.01, n_null_keys=399)
+    assert logged.claimed and logged.p_gaussian < 1e-4
+    labels_only = wm.verify_probabilities(xq, copy(xq).argmax(1), baseline=baseline.argmax(1), n_null_keys=399)
+    assert labels_only.labels_only
+    assert not wm.verify_probabilities(xq, distilled["clean copy"](xq).argmax(1), baseline=baseline.argmax(1),
+                                       n_null_keys=399).claimed
+
+
+def test_probability_test_false_claims_over_keys(
+    world: World, distilled: dict[str, Callable[[np.ndarray], np.ndarray]]
+) -> None:
+    """The null models under many deployment keys: the Monte-Carlo p-value is exact, so the claim rate at
+    α = 0.1 must be about 0.1 or less."""
+    probes = probability_probes(world.x_owner, 1000, seed=2, mix=0.5)
+    baseline = world.victim.predict_proba(probes)
+    answers = [distilled["clean copy"](probes), distilled["true labels"](probes)]
+    freq = world.watermark.frequency
+    alpha, claims, trials = 0.1, 0, 0
+    for i in range(40):
+        wm = AnswerWatermark(f"fpr-key-{i:04d}".encode().ljust(32, b"."), n_classes=K, input_dim=D,
+                             amplitude=0.05, frequency=freq)
+        for a in answers:
+            claims += wm.verify_probabilities(probes, a, baseline=baseline, alpha=alpha, n_null_keys=99,
+                                              seed=i).claimed
+            trials += 1
+    bound = alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)
+    print(f"\nprobability test: {claims}/{trials} false claims at α = {alpha}")
+    assert claims <= bound
