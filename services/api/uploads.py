@@ -54,7 +54,10 @@ async def read_form(request: Request, limit: int, max_files: int = 16) -> FormDa
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole (non-multipart) body, refusing with 413 past ``limit`` bytes."""
+    """The whole (non-multipart) body, refusing with 413 past ``limit`` bytes (declared or received)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

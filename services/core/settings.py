@@ -53,6 +53,13 @@ class Settings(BaseSettings):
 
     # --- admin API / alerts --------------------------------------------------------------------
     admin_token: str = ""
+    # POST /v1/reports/verify needs no token. Our envelopes are kilobytes and carry one signature: 1 MiB and
+    # four signatures leave room for co-signed reports while bounding one request to milliseconds of CPU.
+    api_verify_max_body_bytes: int = 1_048_576
+    api_verify_max_signatures: int = 4
+    # Per source address, in process (token bucket): a verifier checks a few reports, not thousands a second.
+    api_verify_rate_per_s: float = 2.0
+    api_verify_burst: int = 20
     webhook_url: str | None = None
     webhook_secret: str = ""
 
