@@ -105,8 +105,11 @@ def clients_policy(
 def _run_uvicorn(factory: str, host: str, port: int) -> None:
     import uvicorn
 
+    # proxy_headers=False: uvicorn would otherwise replace the peer address with a loopback client's own
+    # X-Forwarded-For, and the gateway's X-Forwarded-For and the API's per-source rate limit key on the peer.
     uvicorn.run(
-        factory, factory=True, host=host, port=port, loop="uvloop", http="httptools", access_log=False, log_level="info"
+        factory, factory=True, host=host, port=port, loop="uvloop", http="httptools", access_log=False,
+        log_level="info", proxy_headers=False,
     )
 
 

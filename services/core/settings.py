@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # 1 MiB fits a batch of ~1,000 64-dim rows; larger bodies get 413 before they are parsed.
     gateway_max_body_bytes: int = 1_048_576
     gateway_input_dim: int | None = None  # when set, rows of another width get 400
+    # Request headers forwarded upstream besides the built-in allow-list (accept, content-type, user-agent,
+    # traceparent, tracestate; x-request-id and x-forwarded-for are set by the gateway). Lower case.
+    gateway_forward_extra_headers: list[str] = Field(default_factory=list)
     gateway_generic_route: str = "/predict"
     gateway_generic_input_path: str = "inputs"
     gateway_generic_output_path: str = "outputs"
