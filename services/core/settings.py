@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     allow_unsafe_formats: bool = False  # pickle/joblib/TorchScript uploads, sandboxed; off by default
     # 256 MiB: ten times the largest model the demo audits, far below ONNX's 2 GiB protobuf ceiling.
     audit_max_upload_bytes: int = 256 * 1024**2
+    # Upload checks run in a child process with these limits (audit.suspects.isolated): imports take ~0.85 GiB
+    # of address space and a model at the upload limit about three copies of its size while it loads.
+    audit_validate_memory_bytes: int = 3 * 1024**3
+    audit_validate_cpu_s: int = 60
     worker_metrics_port: int = 9102  # Prometheus scrape port of an audit worker (0: no metrics server)
     extra_trusted_types: list[str] = Field(default_factory=list)
     # Signed compliance reports (workers/compliance_report.py), one per interval; 0 disables the schedule.
