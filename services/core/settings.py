@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "admin"}
@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     webhook_secret: str = ""
 
+    # --- egress: audits' suspect URLs and the webhook (services/core/egress.py) ----------------------
+    # Networks audits and webhooks may reach although internal (loopback, private, link-local...): CIDRs.
+    # Outside env=prod loopback is added, since the demo and the tests run everything on one host.
+    egress_allow_networks: list[str] = Field(default_factory=list)
+    # An answer for a batch of 256 rows x 1,000 classes is ~5 MB of JSON; 16 MiB caps a hostile endless body.
+    egress_max_response_bytes: int = 16 * 1024**2
+    # Per request, connect to last byte: twice the suspect's read timeout, so a server trickling bytes (each
+    # chunk resetting the read timeout) cannot hold an audit for longer.
+    egress_total_timeout_s: float = 120.0
+
     # --- audits / signing ----------------------------------------------------------------------
     signing_key_path: Path | None = None  # default: <data_dir>/keys/signing_ed25519.pem
 
@@ -103,6 +113,18 @@ class Settings(BaseSettings):
     extra_trusted_types: list[str] = Field(default_factory=list)
     # Signed compliance reports (workers/compliance_report.py), one per interval; 0 disables the schedule.
     compliance_report_interval_s: float = 86_400.0
+
+    @field_validator("egress_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"MODELCUSTODY_EGRESS_ALLOW_NETWORKS: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -143,7 +143,9 @@ async def _endpoint_submission(request: Request, r: Any) -> tuple[str, str, dict
     from services.core.model_client import HttpSuspect
 
     try:
-        HttpSuspect(**spec).close()  # validates url, protocol and options; no request is sent
+        suspect = HttpSuspect(**spec)  # validates url, protocol and options; no request is sent
+        with suspect:
+            await run_in_threadpool(suspect.check_destination)  # egress policy (resolves: off the event loop)
     except ValueError as exc:
         raise HTTPException(422, f"endpoint refused: {exc}") from None
     token = spec.pop("token", None)

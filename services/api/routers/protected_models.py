@@ -108,7 +108,8 @@ async def register_protected_model(
         from services.core.model_client import HttpSuspect
 
         try:
-            HttpSuspect(**endpoint).close()
+            with HttpSuspect(**endpoint) as suspect:
+                await run_in_threadpool(suspect.check_destination)  # egress policy, as audits
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, f"endpoint refused: {exc}") from None
     checks = {"watermark_key": _check_key, "reference_data": _check_reference, "di_data": _check_di}
