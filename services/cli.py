@@ -119,6 +119,34 @@ def serve_gateway(host: str = "127.0.0.1", port: int = 8080) -> None:
     _run_uvicorn("services.gateway.app:create_app", host, port)
 
 
+@serve_app.command("archiver")
+def serve_archiver() -> None:
+    """The query-log archiver: hash-chained segments under MODELCUSTODY_ARCHIVE_DIR, then trims the stream."""
+    from services.archiver.service import run_archiver
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_archiver(get_settings())
+
+
+archive_app = typer.Typer(help="The query-log archive on disk.", no_args_is_help=True)
+app.add_typer(archive_app, name="archive")
+
+
+@archive_app.command("verify")
+def archive_verify(
+    directory: Path | None = typer.Argument(None, help="archive directory (default: MODELCUSTODY_ARCHIVE_DIR)"),
+    expect_head: str | None = typer.Option(None, help="the head hash published earlier (mc:archive:head)"),
+) -> None:
+    """Recompute the hash chain of every segment: exit 0 intact, 1 on any altered, missing or reordered record."""
+    from services.core.archive import verify_archive
+
+    result = verify_archive(directory or get_settings().archive_path, expect_head=expect_head)
+    typer.echo(orjson.dumps({"ok": result.ok, "segments": result.segments, "records": result.records,
+                             "first_segment": result.first_segment, "head": result.head,
+                             "problems": result.problems}, option=orjson.OPT_INDENT_2).decode())
+    raise typer.Exit(0 if result.ok else 1)
+
+
 @serve_app.command("model-server")
 def serve_model_server(host: str = "127.0.0.1", port: int = 8081) -> None:
     """The demo model server (digits classifiers over OIP v2 and KServe v1)."""

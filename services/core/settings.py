@@ -53,6 +53,19 @@ class Settings(BaseSettings):
     gateway_redis_retry_s: float = 1.0
     gateway_client_refresh_s: float = 2.0  # how soon a revoked key or a tightened policy takes effect
     queries_stream: str = "mc:queries"
+    # XADD MAXLEN ~ bound: at ~1 KB a record, 1M entries is ~1 GB of Redis memory (compose sets maxmemory
+    # 2gb). The archiver keeps the stream far below it; the bound only bites when archiver or detectors stop.
+    queries_stream_maxlen: int = 1_000_000
+
+    # --- query-log archiver (services/archiver) ------------------------------------------------------
+    archive_dir: Path | None = None  # default: <data_dir>/archive
+    # 20,000 records (~20 MB raw, a few MB compressed) or one minute, whichever comes first, per segment.
+    archive_segment_records: int = 20_000
+    archive_segment_interval_s: float = 60.0
+    archive_retention_days: float = 0.0  # segments older than this are deleted; 0 keeps everything
+    # Nothing is trimmed before these consumer groups exist (a detector started later reads from id 0).
+    archive_required_groups: list[str] = Field(default_factory=lambda: ["detectors"])
+    archiver_metrics_port: int = 9103
 
     # --- admin API / alerts --------------------------------------------------------------------
     admin_token: str = ""
@@ -142,6 +155,10 @@ class Settings(BaseSettings):
     @property
     def signing_key_file(self) -> Path:
         return self.signing_key_path or self.data_dir / "keys" / "signing_ed25519.pem"
+
+    @property
+    def archive_path(self) -> Path:
+        return self.archive_dir or self.data_dir / "archive"
 
     @property
     def broker_url(self) -> str:

@@ -105,6 +105,7 @@ class Gateway:
             flush_interval_s=s.gateway_log_flush_interval_s,
             retry_s=s.gateway_redis_retry_s,
             fail_open=s.gateway_log_fail_open,
+            stream_maxlen=s.queries_stream_maxlen,  # approximate: a memory ceiling the archiver stays far below
         )
         await self.querylog.start()
         # Pool sized above any sane client concurrency; keep-alive avoids a TCP handshake per call.
