@@ -54,6 +54,11 @@ class VerificationError(ValueError):
     """A signed report failed verification; the message says which check failed."""
 
 
+class TooManySignatures(VerificationError):
+    """More signatures than the verifier accepts: refused before any is checked (each costs a pass over the
+    whole payload, so an unbounded list is a way to make a verifier work for minutes)."""
+
+
 # --- keys ------------------------------------------------------------------------------------------
 
 
@@ -213,13 +218,18 @@ def sign_statement(
 
 
 def verify_envelope(
-    envelope_bytes: bytes | str, public_key_pem: bytes | str, *, predicate_type: str | None = None
+    envelope_bytes: bytes | str,
+    public_key_pem: bytes | str,
+    *,
+    predicate_type: str | None = None,
+    max_signatures: int | None = None,
 ) -> dict[str, Any]:
     """Verify a DSSE envelope holding an in-toto Statement and return the statement.
 
     Raises ``VerificationError`` naming the failed check: malformed envelope, unexpected payload type,
     no signature by this key, bad signature, malformed statement, or (when ``predicate_type`` is given)
-    another predicate type.
+    another predicate type. ``TooManySignatures`` (a ``VerificationError``) when ``max_signatures`` is given
+    and the envelope carries more.
     """
     public_key = load_public_key(public_key_pem)
     expected_keyid = key_id(public_key)
@@ -234,6 +244,8 @@ def verify_envelope(
     signatures = envelope["signatures"]
     if not isinstance(signatures, list) or not signatures:
         raise VerificationError("malformed envelope: no signatures")
+    if max_signatures is not None and len(signatures) > max_signatures:
+        raise TooManySignatures(f"envelope carries {len(signatures)} signatures; at most {max_signatures} are checked")
 
     message = pae(payload_type, payload)
     candidates = 0

@@ -105,8 +105,11 @@ def clients_policy(
 def _run_uvicorn(factory: str, host: str, port: int) -> None:
     import uvicorn
 
+    # proxy_headers=False: uvicorn would otherwise replace the peer address with a loopback client's own
+    # X-Forwarded-For, and the gateway's X-Forwarded-For and the API's per-source rate limit key on the peer.
     uvicorn.run(
-        factory, factory=True, host=host, port=port, loop="uvloop", http="httptools", access_log=False, log_level="info"
+        factory, factory=True, host=host, port=port, loop="uvloop", http="httptools", access_log=False,
+        log_level="info", proxy_headers=False,
     )
 
 
@@ -114,6 +117,34 @@ def _run_uvicorn(factory: str, host: str, port: int) -> None:
 def serve_gateway(host: str = "127.0.0.1", port: int = 8080) -> None:
     """The query-logging gateway (upstream: MODELCUSTODY_GATEWAY_UPSTREAM_URL)."""
     _run_uvicorn("services.gateway.app:create_app", host, port)
+
+
+@serve_app.command("archiver")
+def serve_archiver() -> None:
+    """The query-log archiver: hash-chained segments under MODELCUSTODY_ARCHIVE_DIR, then trims the stream."""
+    from services.archiver.service import run_archiver
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_archiver(get_settings())
+
+
+archive_app = typer.Typer(help="The query-log archive on disk.", no_args_is_help=True)
+app.add_typer(archive_app, name="archive")
+
+
+@archive_app.command("verify")
+def archive_verify(
+    directory: Path | None = typer.Argument(None, help="archive directory (default: MODELCUSTODY_ARCHIVE_DIR)"),
+    expect_head: str | None = typer.Option(None, help="the head hash published earlier (mc:archive:head)"),
+) -> None:
+    """Recompute the hash chain of every segment: exit 0 intact, 1 on any altered, missing or reordered record."""
+    from services.core.archive import verify_archive
+
+    result = verify_archive(directory or get_settings().archive_path, expect_head=expect_head)
+    typer.echo(orjson.dumps({"ok": result.ok, "segments": result.segments, "records": result.records,
+                             "first_segment": result.first_segment, "head": result.head,
+                             "problems": result.problems}, option=orjson.OPT_INDENT_2).decode())
+    raise typer.Exit(0 if result.ok else 1)
 
 
 @serve_app.command("model-server")

@@ -25,7 +25,7 @@ from services.core.protected import ProtectedIndex
 from services.core.settings import Settings, get_settings
 from services.core.tasks import REGISTER_PROTECTED_TASK, RUN_AUDIT_TASK
 from workers.celery_app import app
-from workers.metrics import AuditMetrics
+from workers.metrics import AuditMetrics, count_hard_limit_failure
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def runtime() -> Runtime:
     if _runtime is None:
         settings = get_settings()
         r = redis.Redis.from_url(settings.redis_url)
-        _runtime = Runtime(settings, r, AuditStore(r), ProtectedIndex(r), AuditMetrics(REGISTRY))
+        _runtime = Runtime(settings, r, AuditStore(r), ProtectedIndex(r), AuditMetrics(REGISTRY, r))
     return _runtime
 
 
@@ -112,6 +112,7 @@ def run_audit(self: Task, audit_id: str) -> dict[str, Any]:
     def hard_limit_reached() -> None:
         reason = f"hard time limit of {hard:g} s exceeded; the worker ended itself"
         rt.audits.update(audit_id, status="failed", error=reason, message=f"failed: {reason}", finished_at=time.time())
+        count_hard_limit_failure(rt.redis, "audit")
 
     try:
         with HardLimit(hard, hard_limit_reached, f"audit {audit_id}"):
@@ -162,6 +163,7 @@ def register_protected(self: Task, protected_id: str) -> dict[str, Any]:
         reason = f"hard time limit of {hard:g} s exceeded; the worker ended itself"
         rt.protected.update(protected_id, status="failed", error=reason, message=f"failed: {reason}",
                             finished_at=time.time())
+        count_hard_limit_failure(rt.redis, "registration")
 
     try:
         with HardLimit(hard, hard_limit_reached, f"registration {protected_id}"):

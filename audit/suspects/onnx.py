@@ -17,6 +17,7 @@ of maps) or as one float tensor ``[n, k]`` of probabilities or logits, or an int
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +34,10 @@ from audit.suspects.base import Suspect, SuspectError
 # "com.microsoft" the contrib ops compiled into ONNX Runtime itself (optimised graphs use them).
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 _FLOAT_INPUTS = {"tensor(float)": np.float32, "tensor(double)": np.float64}
+# The largest tensor a model may declare or imply statically: 2**25 elements is 128 MiB of float32, above
+# any layer of the models audits handle (an MLP on 784 features with 4,096 hidden units is 3.2M), while a
+# 100-byte graph of ConstantOfShape([150M]) is refused before ONNX Runtime folds it into 600 MB at load.
+MAX_TENSOR_ELEMENTS = 2**25
 
 
 def _graph_tensors(graph: GraphProto) -> Iterator[tuple[str, TensorProto]]:
@@ -105,6 +110,41 @@ def check_model_is_self_contained(model: ModelProto) -> None:
             raise SuspectError(f"ONNX model refused: it imports the custom operator set {opset.domain!r}")
 
 
+def _static_elements(dims: Any) -> int | None:
+    """Elements of a shape whose dimensions are all known; None when any is symbolic or unknown."""
+    values = []
+    for d in dims:
+        if not d.HasField("dim_value"):
+            return None
+        values.append(max(int(d.dim_value), 0))
+    return math.prod(values)
+
+
+def check_tensor_sizes(model: ModelProto, max_elements: int = MAX_TENSOR_ELEMENTS) -> None:
+    """SuspectError when an initializer, or any tensor whose shape is known before a query is run (declared
+    outputs, and every value shape inference with constant propagation resolves), exceeds ``max_elements``.
+
+    Shapes that depend on the query stay unknown here; the audit's process limits cover those.
+    """
+    for where, tensor in _graph_tensors(model.graph):
+        n = math.prod(max(int(d), 0) for d in tensor.dims)
+        if n > max_elements:
+            raise SuspectError(f"ONNX model refused: {where} has {n} elements, above the limit of {max_elements}")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError and others from C++
+        raise SuspectError(f"ONNX model refused: shape inference failed: {type(exc).__name__}: {exc}") from None
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+            continue
+        known = _static_elements(value.type.tensor_type.shape.dim)
+        if known is not None and known > max_elements:
+            raise SuspectError(
+                f"ONNX model refused: value {value.name!r} has {known} elements before any query, above the limit "
+                f"of {max_elements}"
+            )
+
+
 def parse_onnx(data: bytes) -> ModelProto:
     try:
         model = onnx.load_model_from_string(data)
@@ -148,6 +188,7 @@ class OnnxSuspect(Suspect):
             onnx.checker.check_model(model)
         except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
             raise SuspectError(f"ONNX model fails the ONNX checker: {exc}") from None
+        check_tensor_sizes(model)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -14,6 +14,7 @@ The module is named ``safetensors_loader`` so that ``import safetensors`` still 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -43,9 +44,61 @@ def read_header(data: bytes) -> dict[str, Any]:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SuspectError(f"not a safetensors file: the header is not JSON ({exc})") from None
+    except RecursionError:  # a header of nested arrays: no safetensors header nests deeper than two levels
+        raise SuspectError("not a safetensors file: the header is nested too deeply") from None
     if not isinstance(header, dict):
         raise SuspectError("not a safetensors file: the header is not a JSON object")
     return header
+
+
+def header_shapes(header: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape as the header declares it (nothing is read or allocated)."""
+    shapes = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise SuspectError(f"not a safetensors file: tensor {name!r} has no valid shape")
+        shapes[name] = tuple(shape)
+    return shapes
+
+
+def architecture_shapes(name: str, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes architecture ``name`` expects, built on the meta device (no memory allocated)."""
+    try:
+        with torch.device("meta"):
+            module = build_model(name, config)
+    except (ValueError, TypeError) as exc:
+        raise SuspectError(f"cannot build architecture {name!r}: {exc}") from None
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}  # what a strict load expects
+
+
+def check_weights_fit(name: str, config: Mapping[str, Any], header: Mapping[str, Any]) -> None:
+    """SuspectError unless the file declares exactly the tensors the architecture needs.
+
+    Runs before anything is allocated: a few hundred bytes of metadata can name an architecture of gigabytes,
+    while the file's own tensors are bounded by its size. The reasons read like torch's strict load.
+    """
+    found = header_shapes(header)
+    needed = architecture_shapes(name, config)
+    if found == needed:
+        return
+    problems = []
+    if missing := sorted(needed.keys() - found.keys()):
+        problems.append("Missing key(s): " + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    if unexpected := sorted(found.keys() - needed.keys()):
+        problems.append("Unexpected key(s): " + ", ".join(unexpected[:10]) + (" ..." if len(unexpected) > 10 else ""))
+    for key in sorted(needed.keys() & found.keys()):
+        if needed[key] != found[key]:
+            problems.append(f"size mismatch for {key}: the file has {list(found[key])}, the architecture "
+                            f"{list(needed[key])}")
+    n_needed = sum(math.prod(s) for s in needed.values())
+    n_found = sum(math.prod(s) for s in found.values())
+    raise SuspectError(
+        f"the weights do not match architecture {name!r} ({n_needed} parameters needed, the file holds {n_found}): "
+        + "; ".join(problems[:10])
+    )
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
@@ -107,10 +160,11 @@ def load_safetensors_suspect(
             raise SuspectError(f"the safetensors file carries no '{CONFIG_KEY}' metadata; pass the config")
         try:
             config = json.loads(metadata[CONFIG_KEY])
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise SuspectError(f"the safetensors config metadata is not JSON: {exc}") from None
         if not isinstance(config, dict):
             raise SuspectError("the safetensors config metadata is not a JSON object")
+    check_weights_fit(name, config, read_header(data))
     try:
         state = load_safetensors_bytes(data)
     except SafetensorError as exc:

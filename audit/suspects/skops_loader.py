@@ -22,6 +22,33 @@ import skops.io as sio
 
 from audit.suspects.base import Suspect, SuspectError
 
+# Zip bombs: skops reads every array member whole. Arrays of a fitted scikit-learn model compress a few times
+# at most (floats are close to random); a member over 1 MiB that deflates more than 100-fold is filler, and a
+# model is refused past 1 GiB uncompressed (four times the default upload limit).
+MAX_COMPRESSION_RATIO = 100
+RATIO_CHECK_MIN_BYTES = 1024**2
+MAX_UNCOMPRESSED_BYTES = 1024**3
+
+
+def check_zip_members(data: bytes, max_uncompressed: int = MAX_UNCOMPRESSED_BYTES) -> None:
+    """SuspectError when the declared member sizes make a zip bomb; nothing is decompressed."""
+    try:
+        infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise SuspectError(f"not a skops file: {exc}") from None
+    total = 0
+    for info in infos:
+        total += info.file_size
+        if total > max_uncompressed:
+            raise SuspectError(f"skops file refused: its members expand to more than {max_uncompressed} bytes")
+        if info.file_size > RATIO_CHECK_MIN_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(
+            info.compress_size, 1
+        ):
+            raise SuspectError(
+                f"skops file refused: member {info.filename!r} expands {info.file_size // max(info.compress_size, 1)}"
+                f"-fold ({info.compress_size} → {info.file_size} bytes), more than {MAX_COMPRESSION_RATIO}-fold"
+            )
+
 # Types skops does not trust by default but that plain classifiers are built from, plus the estimators
 # themselves (skops trusts most sklearn estimators already; listing them keeps the policy explicit if a
 # skops release narrows its defaults). Anything else — KD-trees, custom functions, operator.* — needs the
@@ -104,6 +131,9 @@ def load_skops_suspect(
     trusted = set(DEFAULT_TRUSTED_TYPES if trusted_types is None else trusted_types)
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise SuspectError("not a skops file: not a zip archive")
+    # Python's zipfile never inflates a member past its declared size, so checking declared sizes suffices;
+    # the child process's memory limit (audit.suspects.isolated) is the backstop for everything else.
+    check_zip_members(data)
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:  # skops surfaces zip, JSON and schema errors with many exception types

@@ -6,10 +6,15 @@ written, then stored as ``<data_dir>/uploads/<sha256>``. A suspect model is vali
 queued: pickle-based content is recognised by ``audit.suspects.pickle_sandbox.detect_unsafe_format`` (which
 parses opcodes and never executes them) and refused unless the operator allowed unsafe formats; every other
 file goes through its safe loader (no code runs) so a malformed model is a 422 now, not a failed audit later.
+The loader runs in a child process with memory and CPU limits (``audit.suspects.isolated``): hostile bytes
+can make a loader allocate gigabytes, and that must cost a child, not the API. A refused file is deleted
+only when this upload created it and no audit or registration refers to it: the store is content-addressed,
+so the same bytes re-sent under a wrong format are the very file an earlier audit still needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +31,7 @@ from services.core.settings import Settings
 from services.core.storage import store_content_addressed
 
 _CHUNK = 1 << 20
+EVERY_RECORD = 10**9  # a list limit above any count of audits or registrations: all of them
 
 
 async def read_form(request: Request, limit: int, max_files: int = 16) -> FormData:
@@ -54,7 +60,10 @@ async def read_form(request: Request, limit: int, max_files: int = 16) -> FormDa
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole (non-multipart) body, refusing with 413 past ``limit`` bytes."""
+    """The whole (non-multipart) body, refusing with 413 past ``limit`` bytes (declared or received)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -69,6 +78,7 @@ class StoredFile:
     path: Path
     sha256: str
     size: int
+    created: bool = False  # this upload wrote the file (it did not exist before)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "sha256": self.sha256, "size": self.size}
@@ -87,7 +97,30 @@ def store_upload(upload: UploadFile, directory: Path) -> StoredFile:
             size += len(chunk)
             out.write(chunk)
     sha = digest.hexdigest()
-    return StoredFile(store_content_addressed(tmp, directory, sha), sha, size)
+    existed = (directory / sha).exists()
+    return StoredFile(store_content_addressed(tmp, directory, sha), sha, size, created=not existed)
+
+
+def discard_refused(stored: StoredFile, r: Any) -> bool:
+    """Delete a refused upload unless it existed before or an audit or registration refers to it.
+
+    Synchronous (reads Redis): run it in the threadpool. True when the file was deleted.
+    """
+    from services.core.audits import AuditStore
+    from services.core.protected import ProtectedIndex
+
+    if not stored.created:
+        return False
+    if any(a.suspect.get("sha256") == stored.sha256 or a.suspect.get("path") == str(stored.path)
+           for a in AuditStore(r).list(limit=EVERY_RECORD)):
+        return False
+    for record in ProtectedIndex(r).list(limit=EVERY_RECORD):
+        files = record.spec.get("files", {})
+        if any(isinstance(f, dict) and f.get("sha256") == stored.sha256 for f in files.values()):
+            return False
+    with contextlib.suppress(FileNotFoundError):
+        stored.path.unlink()
+    return True
 
 
 def form_text(form: FormData, name: str, default: str | None = None) -> str | None:
@@ -123,24 +156,23 @@ def validate_suspect_file(
     settings: Settings,
 ) -> str:
     """The normalised format of an acceptable suspect file; ``SuspectError`` with the reason otherwise."""
-    from audit.suspects.loader import SAFE_FORMATS, load_suspect_file, normalise_format
+    from audit.suspects.isolated import check_in_child
+    from audit.suspects.loader import SAFE_FORMATS, normalise_format
     from audit.suspects.pickle_sandbox import detect_unsafe_format
 
     fmt = normalise_format(declared_format)
-    data = stored.path.read_bytes()
-    if settings.allow_unsafe_formats and fmt not in SAFE_FORMATS and detect_unsafe_format(data) is not None:
-        return fmt  # allowed by the operator; only ever loaded in the worker's sandbox
+    if settings.allow_unsafe_formats and fmt not in SAFE_FORMATS:
+        if detect_unsafe_format(stored.path.read_bytes()) is not None:
+            return fmt  # allowed by the operator; only ever loaded in the worker's sandbox
     trusted = None
     if settings.extra_trusted_types:
         from audit.suspects.skops_loader import DEFAULT_TRUSTED_TYPES
 
         trusted = [*DEFAULT_TRUSTED_TYPES, *settings.extra_trusted_types]
-    # allow_unsafe=False: pickle content is refused here however it was declared, and never loaded.
-    suspect = load_suspect_file(
-        data, fmt, architecture=architecture, config=config, trusted_types=trusted, allow_unsafe=False,
-        max_bytes=settings.audit_max_upload_bytes,
+    # In a resource-limited child (pickle content is refused there however it was declared, and never loaded).
+    check_in_child(
+        stored.path, fmt, architecture=architecture, config=config, trusted_types=trusted,
+        max_bytes=settings.audit_max_upload_bytes, memory_bytes=settings.audit_validate_memory_bytes,
+        cpu_s=settings.audit_validate_cpu_s,
     )
-    close = getattr(suspect, "close", None)
-    if callable(close):
-        close()
     return fmt

@@ -14,6 +14,11 @@ Protocols:
 Labels are the argmax of the probabilities when the endpoint returns probabilities. Requests are batched
 (``batch_size`` rows at most); connection failures and 502/503/504 answers are retried with exponential
 backoff. Synchronous on purpose: an audit is a sequential experiment, not a hot path.
+
+Every request passes the egress policy (``services.core.egress``: internal addresses refused unless
+allow-listed, the connection pinned to the checked address), its answer is read up to
+``max_response_bytes`` and within ``total_timeout_s`` from connect to last byte, and an error answer's body
+is never read into the audit's error (it could be anything the URL pointed at).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import orjson
 
 from audit.suspects._outputs import Answer, interpret_output
 from audit.suspects.base import Suspect, SuspectError
+from services.core.egress import EgressPolicy, EgressRefused
 from services.core.protocols import PROTOCOLS, Protocol, encode_request, get_path, request_path
 
 OutputMode = Literal["auto", "probabilities", "labels"]
@@ -57,6 +63,9 @@ class HttpSuspect(Suspect):
         output_path: str = "outputs",
         output: OutputMode = "auto",
         budget: int | None = None,
+        egress: EgressPolicy | None = None,  # None: the deployment's (settings)
+        max_response_bytes: int | None = None,  # None: settings.egress_max_response_bytes
+        total_timeout_s: float | None = None,  # None: settings.egress_total_timeout_s
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -70,6 +79,16 @@ class HttpSuspect(Suspect):
             raise ValueError(f"output must be auto, probabilities or labels, got {output!r}")
         if protocol == "generic" and (not input_path or not output_path):
             raise ValueError("generic protocol needs input_path and output_path")
+        if egress is None or max_response_bytes is None or total_timeout_s is None:
+            from services.core.settings import get_settings
+
+            settings = get_settings()
+            egress = egress or EgressPolicy.from_settings(settings)
+            max_response_bytes = max_response_bytes or settings.egress_max_response_bytes
+            total_timeout_s = total_timeout_s or settings.egress_total_timeout_s
+        self.egress = egress
+        self.max_response_bytes = max_response_bytes
+        self.total_timeout_s = total_timeout_s
         self.url = url.rstrip("/")
         identity = {"kind": "endpoint", "url": self.url, "protocol": protocol, "model": model}
         super().__init__(budget=budget, identity=identity)
@@ -99,6 +118,10 @@ class HttpSuspect(Suspect):
 
     def close(self) -> None:
         self._client.close()
+
+    def check_destination(self) -> None:
+        """EgressRefused (a ValueError) when the URL's host resolves to an address the policy refuses."""
+        self.egress.resolve(self.url)
 
     def __enter__(self) -> HttpSuspect:
         return self
@@ -195,20 +218,50 @@ class HttpSuspect(Suspect):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                response = self._client.post(url, content=payload)
+                target = self.egress.pin(url)  # resolved on every attempt: the check is as fresh as the connect
+            except EgressRefused as exc:
+                raise SuspectError(str(exc)) from None
+            try:
+                status, content = self._send(target.url, target.host_header, target.extensions, payload)
             except _RETRY_EXCEPTIONS as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 continue
             except httpx.HTTPError as exc:
                 raise SuspectError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
-            if response.status_code in _RETRY_STATUS:
-                last_error = f"HTTP {response.status_code}"
+            if status in _RETRY_STATUS:
+                last_error = f"HTTP {status}"
                 continue
-            if response.status_code != 200:
-                raise SuspectError(f"{url} answered HTTP {response.status_code}: {response.text[:200]!r}")
+            if status != 200:
+                # The status only: the body of an error could be whatever the URL points at, echoed into a report.
+                raise SuspectError(f"{url} answered HTTP {status}")
             try:
-                return orjson.loads(response.content)
+                return orjson.loads(content)
             except orjson.JSONDecodeError as exc:
                 raise SuspectError(f"{url} answered with invalid JSON: {exc}") from None
         raise SuspectError(f"{url} unreachable after {self.retries + 1} attempts ({last_error})")
 
+    def _send(self, url: str, host: str, extensions: dict[str, Any], payload: bytes) -> tuple[int, bytes]:
+        """POST and read the answer within the byte cap and the total deadline; the body only when 200."""
+        deadline = time.monotonic() + self.total_timeout_s
+        request = self._client.build_request("POST", url, content=payload, headers={"host": host},
+                                             extensions=extensions)
+        response = self._client.send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                return response.status_code, b""
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise SuspectError(
+                    f"{url} answered with {declared} bytes, above the {self.max_response_bytes}-byte cap"
+                )
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise SuspectError(f"{url} answered with more than {self.max_response_bytes} bytes; refused")
+                if time.monotonic() > deadline:
+                    raise SuspectError(f"{url} took longer than {self.total_timeout_s} s to answer; refused")
+                chunks.append(chunk)
+            return 200, b"".join(chunks)
+        finally:
+            response.close()

@@ -13,6 +13,7 @@ write transformed outputs back into the response in the protocol's own shape.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +26,14 @@ PROTOCOLS: tuple[Protocol, ...] = ("oip-v2", "kserve-v1", "generic")
 
 class BadRequest(ValueError):
     """The client's request cannot be forwarded; the message is returned to the client as the reason."""
+
+
+# Tensors of images or sequences have 2-5 dimensions; 16 leaves room for anything real while a shape list of
+# thousands of ones is refused before any arithmetic is done on it.
+MAX_SHAPE_DIMS = 16
+# A declared element count above this cannot match the data of a body the gateway accepts (every JSON number
+# takes at least two bytes with its separator, and bodies are capped far below 2**31 bytes).
+MAX_ELEMENTS = 2**31
 
 
 def _as_rows(data: Any, what: str) -> np.ndarray:
@@ -55,10 +64,16 @@ def oip_rows(body: Any, input_dim: int | None) -> np.ndarray:
     if not isinstance(tensor, dict) or "data" not in tensor or "shape" not in tensor:
         raise BadRequest("OIP v2 input tensor needs 'shape' and 'data'")
     shape = tensor["shape"]
-    if not isinstance(shape, list) or not shape or not all(isinstance(s, int) and s > 0 for s in shape):
+    # type() rather than isinstance(): JSON true is a Python bool, which is an int.
+    if not isinstance(shape, list) or not shape or not all(type(s) is int and s > 0 for s in shape):
         raise BadRequest("OIP v2 'shape' must be a list of positive integers")
+    if len(shape) > MAX_SHAPE_DIMS:
+        raise BadRequest(f"OIP v2 'shape' has {len(shape)} dimensions; at most {MAX_SHAPE_DIMS} are accepted")
+    # Python ints, never np.prod: int64 arithmetic wraps (3 * 6148914691236517206 is 2 in int64).
+    expected = math.prod(shape)
+    if expected > MAX_ELEMENTS:
+        raise BadRequest(f"OIP v2 'shape' {shape} declares {expected} values, more than any accepted body holds")
     arr = _as_rows(tensor["data"], "OIP v2 input 'data'")
-    expected = int(np.prod(shape))
     if arr.size != expected:
         raise BadRequest(f"OIP v2 input has {arr.size} values but shape {shape} needs {expected}")
     rows = arr.reshape(shape[0], -1)

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "admin"}
@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # 1 MiB fits a batch of ~1,000 64-dim rows; larger bodies get 413 before they are parsed.
     gateway_max_body_bytes: int = 1_048_576
     gateway_input_dim: int | None = None  # when set, rows of another width get 400
+    # Request headers forwarded upstream besides the built-in allow-list (accept, content-type, user-agent,
+    # traceparent, tracestate; x-request-id and x-forwarded-for are set by the gateway). Lower case.
+    gateway_forward_extra_headers: list[str] = Field(default_factory=list)
     gateway_generic_route: str = "/predict"
     gateway_generic_input_path: str = "inputs"
     gateway_generic_output_path: str = "outputs"
@@ -50,11 +53,41 @@ class Settings(BaseSettings):
     gateway_redis_retry_s: float = 1.0
     gateway_client_refresh_s: float = 2.0  # how soon a revoked key or a tightened policy takes effect
     queries_stream: str = "mc:queries"
+    # XADD MAXLEN ~ bound: at ~1 KB a record, 1M entries is ~1 GB of Redis memory (compose sets maxmemory
+    # 2gb). The archiver keeps the stream far below it; the bound only bites when archiver or detectors stop.
+    queries_stream_maxlen: int = 1_000_000
+
+    # --- query-log archiver (services/archiver) ------------------------------------------------------
+    archive_dir: Path | None = None  # default: <data_dir>/archive
+    # 20,000 records (~20 MB raw, a few MB compressed) or one minute, whichever comes first, per segment.
+    archive_segment_records: int = 20_000
+    archive_segment_interval_s: float = 60.0
+    archive_retention_days: float = 0.0  # segments older than this are deleted; 0 keeps everything
+    # Nothing is trimmed before these consumer groups exist (a detector started later reads from id 0).
+    archive_required_groups: list[str] = Field(default_factory=lambda: ["detectors"])
+    archiver_metrics_port: int = 9103
 
     # --- admin API / alerts --------------------------------------------------------------------
     admin_token: str = ""
+    # POST /v1/reports/verify needs no token. Our envelopes are kilobytes and carry one signature: 1 MiB and
+    # four signatures leave room for co-signed reports while bounding one request to milliseconds of CPU.
+    api_verify_max_body_bytes: int = 1_048_576
+    api_verify_max_signatures: int = 4
+    # Per source address, in process (token bucket): a verifier checks a few reports, not thousands a second.
+    api_verify_rate_per_s: float = 2.0
+    api_verify_burst: int = 20
     webhook_url: str | None = None
     webhook_secret: str = ""
+
+    # --- egress: audits' suspect URLs and the webhook (services/core/egress.py) ----------------------
+    # Networks audits and webhooks may reach although internal (loopback, private, link-local...): CIDRs.
+    # Outside env=prod loopback is added, since the demo and the tests run everything on one host.
+    egress_allow_networks: list[str] = Field(default_factory=list)
+    # An answer for a batch of 256 rows x 1,000 classes is ~5 MB of JSON; 16 MiB caps a hostile endless body.
+    egress_max_response_bytes: int = 16 * 1024**2
+    # Per request, connect to last byte: twice the suspect's read timeout, so a server trickling bytes (each
+    # chunk resetting the read timeout) cannot hold an audit for longer.
+    egress_total_timeout_s: float = 120.0
 
     # --- audits / signing ----------------------------------------------------------------------
     signing_key_path: Path | None = None  # default: <data_dir>/keys/signing_ed25519.pem
@@ -85,10 +118,26 @@ class Settings(BaseSettings):
     allow_unsafe_formats: bool = False  # pickle/joblib/TorchScript uploads, sandboxed; off by default
     # 256 MiB: ten times the largest model the demo audits, far below ONNX's 2 GiB protobuf ceiling.
     audit_max_upload_bytes: int = 256 * 1024**2
+    # Upload checks run in a child process with these limits (audit.suspects.isolated): imports take ~0.85 GiB
+    # of address space and a model at the upload limit about three copies of its size while it loads.
+    audit_validate_memory_bytes: int = 3 * 1024**3
+    audit_validate_cpu_s: int = 60
     worker_metrics_port: int = 9102  # Prometheus scrape port of an audit worker (0: no metrics server)
     extra_trusted_types: list[str] = Field(default_factory=list)
     # Signed compliance reports (workers/compliance_report.py), one per interval; 0 disables the schedule.
     compliance_report_interval_s: float = 86_400.0
+
+    @field_validator("egress_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"MODELCUSTODY_EGRESS_ALLOW_NETWORKS: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
@@ -106,6 +155,10 @@ class Settings(BaseSettings):
     @property
     def signing_key_file(self) -> Path:
         return self.signing_key_path or self.data_dir / "keys" / "signing_ed25519.pem"
+
+    @property
+    def archive_path(self) -> Path:
+        return self.archive_dir or self.data_dir / "archive"
 
     @property
     def broker_url(self) -> str:

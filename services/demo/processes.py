@@ -101,6 +101,7 @@ def uvicorn_command(app_factory: str, port: int) -> list[str]:
         "--http",
         "httptools",
         "--no-access-log",
+        "--no-proxy-headers",  # the peer address is the TCP peer, never a client's X-Forwarded-For
         "--log-level",
         "warning",
         "--timeout-graceful-shutdown",

@@ -5,9 +5,11 @@ call, and the hop's CPU is what limits throughput on a small machine (``bench/ga
 upstream client is one pooled ``aiohttp.ClientSession`` (0.17 ms CPU per request against httpx's 0.86
 ms on these machines, docs/design.md "Measured on these machines").
 
-Per request: read the body (413 over the limit) → API key → client (401) → policy (403 blocked, 429
-quota/rate, 503 if the query log cannot take the rows) → parse and validate the rows (400) → forward
-the original bytes → parse the answer → apply the output policy → answer → queue the log entry.
+Per request: declared length (413) → API key → client (401) → content type (415) → read the body (413 over
+the limit; read only once the key is known, so an anonymous client cannot make the gateway buffer a
+megabyte) → policy (403 blocked, 429 quota/rate, 503 if the query log cannot take the rows) → parse and
+validate the rows (400) → forward the original bytes with allow-listed headers only → parse the answer →
+apply the output policy → answer → queue the log entry.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 JSON_HEADERS = [(b"content-type", b"application/json")]
+# Request headers that reach the upstream (an allow-list: anything else a client sends, such as ``Forwarded``,
+# ``X-Forwarded-*``, cookies or headers named by ``Connection``, could make the model API trust the client).
+# ``content-type`` is set from the validated value, ``x-request-id`` and ``x-forwarded-for`` by the gateway.
+FORWARD_HEADERS = frozenset({b"accept", b"user-agent", b"traceparent", b"tracestate"})
 
 
 class Gateway:
@@ -71,6 +77,8 @@ class Gateway:
         self.instance = settings.instance_id
         self._request_ids = itertools.count(1)
         self._rng = np.random.default_rng()  # noise policy: must not be predictable by clients
+        self.forward_headers = FORWARD_HEADERS | {h.strip().lower().encode("latin-1")
+                                                  for h in settings.gateway_forward_extra_headers}
         self.session: aiohttp.ClientSession | None = None
         self.redis: aioredis.Redis | None = None
         self.querylog: QueryLogWriter | None = None
@@ -97,6 +105,7 @@ class Gateway:
             flush_interval_s=s.gateway_log_flush_interval_s,
             retry_s=s.gateway_redis_retry_s,
             fail_open=s.gateway_log_fail_open,
+            stream_maxlen=s.queries_stream_maxlen,  # approximate: a memory ceiling the archiver stays far below
         )
         await self.querylog.start()
         # Pool sized above any sane client concurrency; keep-alive avoids a TCP handshake per call.
@@ -194,6 +203,7 @@ class Gateway:
         headers = scope["headers"]
         api_key = content_type = request_id = None
         content_length = -1
+        connection_named: set[bytes] = set()
         for name, value in headers:
             if name == b"authorization":
                 if value[:7].lower() == b"bearer ":
@@ -204,15 +214,14 @@ class Gateway:
                 content_type = value
             elif name == b"x-request-id":
                 request_id = value.decode("latin-1")[:128]
+            elif name == b"connection":  # RFC 9110 §7.6.1: the headers it names are for this hop only
+                connection_named.update(t.strip().lower() for t in value.split(b","))
             elif name == b"content-length":
                 try:
                     content_length = int(value)
                 except ValueError:
                     return await _error(send, 400, "invalid Content-Length")
         if content_length > s.gateway_max_body_bytes:
-            return await _error(send, 413, f"request body over the limit of {s.gateway_max_body_bytes} bytes")
-        body = await _read_body(receive, s.gateway_max_body_bytes)
-        if body is None:
             return await _error(send, 413, f"request body over the limit of {s.gateway_max_body_bytes} bytes")
         if not api_key:
             return await _error(send, 401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
@@ -221,6 +230,9 @@ class Gateway:
             return await _error(send, 401, "unknown or revoked API key")
         if content_type is None or not content_type.split(b";")[0].strip().lower().endswith(b"json"):
             return await _error(send, 415, "Content-Type must be application/json")
+        body = await _read_body(receive, s.gateway_max_body_bytes)
+        if body is None:
+            return await _error(send, 413, f"request body over the limit of {s.gateway_max_body_bytes} bytes")
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -247,12 +259,13 @@ class Gateway:
 
         if request_id is None:
             request_id = f"{self.instance}-{next(self._request_ids)}"
-        fwd_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k not in HOP_BY_HOP}
+        allowed = self.forward_headers - connection_named
+        fwd_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in allowed}
+        fwd_headers["content-type"] = content_type.decode("latin-1")
         fwd_headers["x-request-id"] = request_id
         client_addr = scope.get("client")
-        if client_addr:
-            prior = fwd_headers.get("x-forwarded-for")
-            fwd_headers["x-forwarded-for"] = f"{prior}, {client_addr[0]}" if prior else client_addr[0]
+        if client_addr:  # the peer this gateway saw; a client's own X-Forwarded-For is never passed on
+            fwd_headers["x-forwarded-for"] = client_addr[0]
         url = self.upstream + scope["raw_path"].decode("latin-1")
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")

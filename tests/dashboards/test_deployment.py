@@ -38,6 +38,7 @@ def test_scrape_targets_match_the_metrics_ports() -> None:
     defaults = Settings(env="test")
     assert targets["detector"] == f"detector:{defaults.detector_metrics_port}"
     assert targets["worker"] == f"worker:{defaults.worker_metrics_port}"
+    assert targets["archiver"] == f"archiver:{defaults.archiver_metrics_port}"
     assert targets["gateway"] == "gateway:8080" and "8080" in COMPOSE["services"]["gateway"]["command"]
     assert targets["api"] == "api:8000" and "8000" in COMPOSE["services"]["api"]["command"]
     assert set(targets) <= set(COMPOSE["services"])

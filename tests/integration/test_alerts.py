@@ -149,3 +149,19 @@ def test_undeliverable_webhook_goes_to_the_dead_letter_list(redis_client: redis.
     assert outcomes == ["retrying", "dead_lettered"]
     dead = [orjson.loads(x) for x in redis_client.lrange(DEAD, 0, -1)]  # type: ignore[union-attr]
     assert len(dead) == 1 and dead[0]["attempts"] == 2 and dead[0]["payload"]["client_id"] == "mallory"
+
+
+def test_a_webhook_to_an_internal_address_is_refused_unless_allow_listed(redis_client: redis.Redis) -> None:
+    from services.core.egress import EgressPolicy
+
+    item = {"event": "alert.opened", "attempts": 0, "not_before": 0.0, "payload": {"id": "al_1"}}
+    flaky_listener = Listener(fail_first=0)
+    refused = WebhookSender(redis_client, flaky_listener.url, "s", egress=EgressPolicy(()))
+    assert refused.deliver_once(item) is False  # loopback, not allow-listed (as in env=prod)
+    refused.client.close()
+    assert flaky_listener.bodies == []  # nothing reached the receiver
+    allowed = WebhookSender(redis_client, flaky_listener.url, "s", egress=EgressPolicy(["127.0.0.0/8"]))
+    assert allowed.deliver_once(item) is True
+    allowed.client.close()
+    assert len(flaky_listener.bodies) == 1
+    flaky_listener.server.shutdown()

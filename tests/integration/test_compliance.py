@@ -119,7 +119,10 @@ def test_the_api_lists_and_serves_compliance_reports(
             assert http.get("/v1/reports/compliance", headers=auth).json() == [path.name]
             served = http.get(f"/v1/reports/compliance/{path.name}", headers=auth)
             assert served.status_code == 200 and served.content == path.read_bytes()
-            assert http.post("/v1/reports/verify", content=served.content).json()["valid"] is True
+            verified = http.post("/v1/reports/verify", params={"kind": "compliance"}, content=served.content).json()
+            assert verified["valid"] is True
+            # The default route verifies ownership audit reports only: a compliance report is not one.
+            assert http.post("/v1/reports/verify", content=served.content).json()["valid"] is False
             assert http.get("/v1/reports/compliance/..%2Fkeys", headers=auth).status_code in (404, 422)
             assert http.get("/v1/reports/compliance/passwd", headers=auth).status_code == 422
             missing = "compliance-20000101T000000Z.dsse.json"

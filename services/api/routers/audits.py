@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 from services.api.deps import AdminDep, CeleryDep, RedisDep, SettingsDep
 from services.api.uploads import (
     StoredFile,
+    discard_refused,
     form_file,
     form_json,
     form_text,
@@ -121,8 +122,7 @@ async def _file_submission(request: Request, settings: Any, r: Any) -> tuple[str
     try:
         fmt = await run_in_threadpool(validate_suspect_file, stored, declared, architecture, config, settings)
     except SuspectError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            stored.path.unlink()  # refused content is not kept
+        await run_in_threadpool(discard_refused, stored, r)  # unless an audit or registration still needs it
         raise HTTPException(422, f"model file refused: {exc}") from None
     identity = {"kind": "file", "sha256": stored.sha256, "format": fmt, "architecture": architecture,
                 "config": config}
@@ -143,7 +143,9 @@ async def _endpoint_submission(request: Request, r: Any) -> tuple[str, str, dict
     from services.core.model_client import HttpSuspect
 
     try:
-        HttpSuspect(**spec).close()  # validates url, protocol and options; no request is sent
+        suspect = HttpSuspect(**spec)  # validates url, protocol and options; no request is sent
+        with suspect:
+            await run_in_threadpool(suspect.check_destination)  # egress policy (resolves: off the event loop)
     except ValueError as exc:
         raise HTTPException(422, f"endpoint refused: {exc}") from None
     token = spec.pop("token", None)

@@ -32,12 +32,17 @@ router = APIRouter(prefix="/v1/protected-models", tags=["protected-models"])
 MAX_NULL_MODELS = 64  # WRT calibrates on 20-30 null models; twice that is plenty
 
 
-def _check_model(path: Path, fmt: str, architecture: str | None, config: dict[str, Any] | None) -> None:
-    from audit.suspects.loader import SAFE_FORMATS, load_suspect_file
+def _check_model(
+    path: Path, fmt: str, architecture: str | None, config: dict[str, Any] | None, settings: Settings
+) -> None:
+    from audit.suspects.isolated import check_in_child
+    from audit.suspects.loader import SAFE_FORMATS
 
     if fmt not in SAFE_FORMATS:
         raise ValueError(f"a protected model must be one of {SAFE_FORMATS}")
-    load_suspect_file(path, fmt, architecture=architecture, config=config, allow_unsafe=False)
+    # In a resource-limited child, like suspect uploads (services/api/uploads.py): the API keeps its memory.
+    check_in_child(path, fmt, architecture=architecture, config=config, max_bytes=settings.audit_max_upload_bytes,
+                   memory_bytes=settings.audit_validate_memory_bytes, cpu_s=settings.audit_validate_cpu_s)
 
 
 def _check_key(path: Path) -> None:
@@ -95,13 +100,16 @@ async def register_protected_model(
     files: dict[str, dict[str, Any]] = {}
     model = form_file(form, "model")
     if model is not None:
-        stored = await _store_checked(model, settings, lambda p: _check_model(p, fmt, architecture, config), "model")
+        stored = await _store_checked(
+            model, settings, lambda p: _check_model(p, fmt, architecture, config, settings), "model"
+        )
         files["model"] = stored.to_dict()
     if endpoint is not None:
         from services.core.model_client import HttpSuspect
 
         try:
-            HttpSuspect(**endpoint).close()
+            with HttpSuspect(**endpoint) as suspect:
+                await run_in_threadpool(suspect.check_destination)  # egress policy, as audits
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, f"endpoint refused: {exc}") from None
     checks = {"watermark_key": _check_key, "reference_data": _check_reference, "di_data": _check_di}
@@ -115,7 +123,7 @@ async def register_protected_model(
         raise HTTPException(422, f"at most {MAX_NULL_MODELS} null models")
     for i, upload in enumerate(nulls):
         stored = await _store_checked(
-            upload, settings, lambda p: _check_model(p, "safetensors", None, None), f"null model {i}"
+            upload, settings, lambda p: _check_model(p, "safetensors", None, None, settings), f"null model {i}"
         )
         files[f"null_model_{i}"] = stored.to_dict()
     spec = {"model_format": fmt, "architecture": architecture, "config": config, "endpoint": endpoint,

@@ -11,14 +11,25 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from services.api.deps import AdminDep, RedisDep, SettingsDep
+from services.api.ratelimit import TokenBucket
 from services.api.routers.audits import get_record
 from services.api.routers.keys import public_key_bytes
 from services.api.uploads import read_body
+from services.core.settings import Settings
 from services.core.storage import reports_dir
 
 router = APIRouter(tags=["reports"])
 
-MAX_ENVELOPE_BYTES = 16 * 1024 * 1024  # reports are kilobytes; trajectories of long audits stay far below
+
+
+def _predicate_type(kind: str) -> str:
+    """The one predicate type ``kind`` verifies as: a signed registration or compliance record is never
+    taken for an ownership audit's report (the CLI pins the type too)."""
+    from audit.protected import REGISTRATION_PREDICATE
+    from audit.signing import COMPLIANCE_PREDICATE, OWNERSHIP_AUDIT_PREDICATE
+
+    return {"audit": OWNERSHIP_AUDIT_PREDICATE, "compliance": COMPLIANCE_PREDICATE,
+            "registration": REGISTRATION_PREDICATE}[kind]
 
 
 @router.get("/v1/audits/{audit_id}/report")
@@ -41,23 +52,49 @@ def read_report(
     return Response(path.read_bytes(), media_type=media, headers=headers)
 
 
+def _verify_limiter(request: Request, settings: Settings) -> TokenBucket:
+    limiter: TokenBucket | None = getattr(request.app.state, "verify_limiter", None)
+    if limiter is None:  # built on first use from this app's settings (no state at import, design.md habit 6)
+        limiter = TokenBucket(settings.api_verify_rate_per_s, settings.api_verify_burst)
+        request.app.state.verify_limiter = limiter
+    return limiter
+
+
 @router.post("/v1/reports/verify")
-async def verify_report(request: Request, settings: SettingsDep) -> dict[str, Any]:
-    """Verify a report envelope (the request body) against this service's public key.
+async def verify_report(
+    request: Request, settings: SettingsDep, kind: Literal["audit", "compliance", "registration"] = "audit"
+) -> dict[str, Any]:
+    """Verify a signed statement (the request body, a DSSE envelope) against this service's public key.
 
-    Unauthenticated like ``/v1/keys/public``: it reveals nothing a holder of the public key could not compute.
+    ``kind`` pins the predicate type: ``audit`` (default) answers valid only for an ownership audit's report,
+    ``compliance`` for a compliance report, ``registration`` for a protected-model registration record.
+    Unauthenticated like ``/v1/keys/public``: it reveals nothing a holder of the public key could not
+    compute. So it is bounded: rate-limited per source address (429), body ≤
+    ``api_verify_max_body_bytes`` (413), at most ``api_verify_max_signatures`` signatures (422), and the
+    verification runs in the threadpool, never on the event loop.
     """
-    from audit.signing import VerificationError, key_id, verify_envelope
+    from audit.signing import TooManySignatures, VerificationError, key_id, verify_envelope
 
-    body = await read_body(request, MAX_ENVELOPE_BYTES)
+    source = request.client.host if request.client else "unknown"
+    wait = _verify_limiter(request, settings).take(source)
+    if wait > 0:
+        raise HTTPException(429, "too many verification requests from this address; retry later",
+                            headers={"Retry-After": TokenBucket.retry_after(wait)})
+    body = await read_body(request, settings.api_verify_max_body_bytes)
     pem = await run_in_threadpool(public_key_bytes, settings)
     try:
-        statement = verify_envelope(body, pem)
+        statement = await run_in_threadpool(
+            verify_envelope, body, pem, predicate_type=_predicate_type(kind),
+            max_signatures=settings.api_verify_max_signatures,
+        )
+    except TooManySignatures as exc:
+        raise HTTPException(422, str(exc)) from None
     except VerificationError as exc:
-        return {"valid": False, "error": str(exc), "keyid": key_id(pem)}
+        return {"valid": False, "error": str(exc), "keyid": key_id(pem), "kind": kind}
     predicate = statement.get("predicate") or {}
     return {
         "valid": True,
+        "kind": kind,
         "keyid": key_id(pem),
         "predicate_type": statement["predicateType"],
         "subject": statement["subject"],

@@ -17,6 +17,7 @@ import redis
 from prometheus_client import CollectorRegistry, start_http_server
 
 from services.core.alerts import AlertStore
+from services.core.egress import EgressPolicy
 from services.core.settings import Settings, get_settings
 from services.detector.service.consumer import DetectorConfig, DetectorWorker
 from services.detector.service.metrics import DetectorMetrics
@@ -72,6 +73,7 @@ def run_detector(
             settings.webhook_secret,
             instance=worker.consumer,
             on_result=lambda outcome: metrics.webhooks.labels(outcome).inc(),
+            egress=EgressPolicy.from_settings(settings),
         )
         sender.start()
     if settings.detector_metrics_port:

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Every label value a series can take, created at start with value 0: an increase()-based alert rule needs the
+# series to exist before its first increment, or the first alert after a restart goes unseen.
+SIGNALS = ("boundary", "prada", "ood", "sweep")  # services.detector.engine's registry (a test keeps them equal)
+SEVERITIES = ("medium", "high")
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "dead_lettered")
+CACHE_OUTCOMES = ("hit", "miss")
+
 
 class DetectorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -72,3 +79,11 @@ class DetectorMetrics:
             "Stale pending entries taken over from a detector that stopped.",
             registry=registry,
         )
+        for severity in SEVERITIES:
+            self.alerts_opened.labels(severity)
+            for signal in SIGNALS:
+                self.alerts.labels(signal, severity)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhooks.labels(outcome)
+        for outcome in CACHE_OUTCOMES:
+            self.state_cache.labels(outcome)

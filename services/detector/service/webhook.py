@@ -5,6 +5,10 @@ and rejects a ``X-ModelCustody-Timestamp`` older than a few minutes (replay prot
 Stripe and GitHub webhooks use. An alert is pushed to the outbox in the same step that records it, so
 a crash of the detector never loses a notification; deliveries that fail ``max_attempts`` times go to
 a dead-letter list an operator can inspect and re-queue.
+
+Each delivery passes the egress policy (``services.core.egress``: a webhook URL that resolves to an
+internal address is refused unless the operator allow-listed its network, and the connection is pinned
+to the address that was checked), and the receiver's answer body is never read: only its status counts.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import orjson
 import redis
 
 from services.core.alerts import WEBHOOK_OUTBOX
+from services.core.egress import EgressPolicy, EgressRefused
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ class WebhookSender:
         timeout_s: float = 5.0,
         on_result: object = None,
         instance: str = "detector",
+        egress: EgressPolicy | None = None,  # None: the deployment's (settings)
     ) -> None:
         if max_attempts < 1 or base_backoff_s <= 0:
             raise ValueError("max_attempts must be >= 1 and base_backoff_s > 0")
@@ -62,7 +68,13 @@ class WebhookSender:
         self.secret = secret
         self.max_attempts = max_attempts
         self.base_backoff_s = base_backoff_s
-        self.client = httpx.Client(timeout=timeout_s)
+        if egress is None:
+            from services.core.settings import get_settings
+
+            egress = EgressPolicy.from_settings(get_settings())
+        self.egress = egress
+        # No redirects: a 30x to an internal address would bypass the egress check.
+        self.client = httpx.Client(timeout=timeout_s, follow_redirects=False)
         self.on_result = on_result
         # An item being delivered sits in this instance's processing list, so a crash mid-delivery
         # leaves it there to be re-queued by the next start instead of losing it.
@@ -92,7 +104,17 @@ class WebhookSender:
             "X-ModelCustody-Signature": sign(self.secret, ts, body),
         }
         try:
-            resp = self.client.post(self.url, content=body, headers=headers)
+            target = self.egress.pin(self.url)
+        except EgressRefused as exc:
+            log.warning("webhook delivery refused by the egress policy: %s", exc)
+            return False
+        headers["Host"] = target.host_header
+        try:
+            request = self.client.build_request(
+                "POST", target.url, content=body, headers=headers, extensions=target.extensions
+            )
+            resp = self.client.send(request, stream=True)  # the status is all we need: the body is never read
+            resp.close()
         except httpx.HTTPError as exc:
             log.warning("webhook delivery failed: %s", type(exc).__name__)
             return False

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from audit.suspects.base import SuspectError
+from services.core.egress import EgressPolicy
 from services.core.model_client import HttpSuspect
 from services.core.protocols import get_path, set_path
 
@@ -63,7 +64,17 @@ def _app(state: _State) -> FastAPI:
         if name == "slow":
             await asyncio.sleep(2)
         if name == "broken":
-            return JSONResponse({"error": "boom"}, 500)
+            return JSONResponse({"error": "boom: internal detail"}, 500)
+        if name == "huge":
+            return JSONResponse({"outputs": [{"name": "p", "data": [0.5] * 100_000}]})
+        if name == "trickle":
+            async def drip() -> Any:
+                for _ in range(20):
+                    yield b" "
+                    await asyncio.sleep(0.05)
+                yield b"{}"
+
+            return StreamingResponse(drip(), media_type="application/json")  # type: ignore[return-value]
         p = _proba(x)
         label = {"name": "label", "datatype": "INT64", "shape": [len(x)], "data": p.argmax(axis=1).tolist()}
         proba = {"name": "probabilities", "datatype": "FP32", "shape": list(p.shape), "data": p.reshape(-1).tolist()}
@@ -162,8 +173,9 @@ def test_failures_are_suspect_errors(server: tuple[str, _State]) -> None:
     url, state = server
     with HttpSuspect(url, model="proba", token="wrong") as suspect, pytest.raises(SuspectError, match="401"):
         suspect.labels(X)
-    with HttpSuspect(url, model="broken", token=TOKEN) as suspect, pytest.raises(SuspectError, match="500"):
+    with HttpSuspect(url, model="broken", token=TOKEN) as suspect, pytest.raises(SuspectError, match="500") as err:
         suspect.labels(X)
+    assert "boom" not in str(err.value)  # an error body is never echoed into the audit's error
     slow = HttpSuspect(url, model="slow", token=TOKEN, read_timeout_s=0.3)
     with slow, pytest.raises(SuspectError, match="ReadTimeout"):
         slow.labels(X)
@@ -192,3 +204,22 @@ def test_configuration_is_validated() -> None:
         get_path({"a": []}, "a.0")
     with pytest.raises(ValueError, match="malformed"):
         get_path({"a": 1}, "a..b")
+
+
+def test_egress_policy_caps_and_deadline(server: tuple[str, _State]) -> None:
+    url, state = server
+    state.batch_sizes.clear()
+    # Loopback is internal: refused as in env=prod, before any request is sent.
+    strict = HttpSuspect(url, model="proba", token=TOKEN, egress=EgressPolicy(()))
+    with strict, pytest.raises(SuspectError, match="loopback"):
+        strict.labels(X)
+    with pytest.raises(ValueError, match="loopback"):
+        strict.check_destination()
+    assert state.batch_sizes == []
+    capped = HttpSuspect(url, model="huge", token=TOKEN, max_response_bytes=10_000)
+    with capped, pytest.raises(SuspectError, match="10000-byte cap|more than 10000 bytes"):
+        capped.labels(X)
+    # Each chunk arrives well within the read timeout; the total deadline still ends the request.
+    slow = HttpSuspect(url, model="trickle", token=TOKEN, read_timeout_s=5, total_timeout_s=0.3)
+    with slow, pytest.raises(SuspectError, match="longer than 0.3 s"):
+        slow.labels(X)
