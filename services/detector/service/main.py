@@ -17,6 +17,7 @@ import redis
 from prometheus_client import CollectorRegistry, start_http_server
 
 from services.core.alerts import AlertStore
+from services.core.response import ResponseConfig
 from services.core.settings import Settings, get_settings
 from services.detector.service.consumer import DetectorConfig, DetectorWorker
 from services.detector.service.metrics import DetectorMetrics
@@ -48,7 +49,8 @@ def build_worker(
         consumer=settings.detector_consumer or f"{socket.gethostname()}-{os.getpid()}",
         batch_max=settings.detector_batch_max,
         reclaim_idle_s=settings.detector_reclaim_idle_s,
-        tighten_on=settings.detector_tighten_on,
+        response=ResponseConfig.from_settings(settings),
+        max_models_per_client=settings.detector_max_models_per_client,
         state_cache_clients=settings.detector_state_cache_clients,
     )
     return DetectorWorker(r, engines, alerts, metrics, config)
