@@ -211,7 +211,9 @@ def apply_enforcement(
                 raw_policy = pipe.hget(POLICIES_KEY, alert.client_id)
                 before = OutputPolicy.from_dict(orjson.loads(raw_policy)) if raw_policy else OutputPolicy()  # type: ignore[arg-type]
                 after = before.tightened(OutputPolicy(**{**target.to_dict(), "reason": f"alert {alert.id}"}))
-                if after == before:
+                # In shadow mode the policy never changes, so record what would have happened once per actor.
+                shadowed = shadow and any(c["shadow"] and c["by"] == by for c in alert.policy_changes)
+                if after == before or shadowed:
                     pipe.unwatch()
                     return alert, None
                 now = time.time()
