@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import redis
 from fastapi import FastAPI
 
-from services.api.routers import alerts, audits, clients, health, keys, protected_models, reports
+from services.api.routers import alerts, audits, clients, enforcement, health, keys, protected_models, reports
 from services.core.settings import Settings, get_settings
 from services.core.tasks import task_client
 from services.core.version import __version__
@@ -35,4 +35,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reports.router)
     app.include_router(keys.router)
     app.include_router(protected_models.router)
+    app.include_router(enforcement.router)
     return app

@@ -53,6 +53,10 @@ class Alert:
     queries_at_open: int = 0  # the client's queries analysed when the alert opened (detection latency)
     model: str = ""  # the model whose queries raised it
     risk_threshold: float = 0.0  # the risk score from which the detector alerts (benign FPR budget)
+    # The detector's latest response (services/core/response.py): level observe/notify/enforce and why.
+    response: dict[str, Any] = field(default_factory=dict)
+    # Every policy change made for this alert (automatic or confirmed), with reason; reversible via the API.
+    policy_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -73,8 +77,16 @@ class AlertStore:
         self.stream = stream
         self.window_s = window_s
 
-    def _key(self, alert_id: str) -> str:
+    def key(self, alert_id: str) -> str:
         return f"mc:alert:{alert_id}"
+
+    def current(self, client_id: str) -> Alert | None:
+        """The client's open (or acknowledged, still absorbing) alert, if any."""
+        current_id = self.r.get(f"mc:alert:open:{client_id}")
+        if not current_id:
+            return None
+        alert = self.get(current_id.decode())  # type: ignore[union-attr]
+        return None if alert is None or alert.status == "resolved" else alert
 
     def raise_or_update(
         self,
@@ -90,9 +102,16 @@ class AlertStore:
         model: str = "",
         risk_threshold: float = 0.0,
         queries_at_test: int | None = None,  # the client's query count at the test that fired
+        response: dict[str, Any] | None = None,  # the response decided for this detection
     ) -> tuple[Alert, bool]:
-        """Open an alert for the client, or fold this detection into its open one. Returns (alert, is_new)."""
+        """Open an alert for the client, or fold this detection into its open one. Returns (alert, is_new).
+
+        A webhook is queued for an opened or escalated alert when the store notifies and the response is
+        not ``observe``; an alert whose response rises from ``observe`` counts as escalated.
+        """
         now = time.time()
+        level = (response or {}).get("level", "notify")
+        notify = self.notify and level != "observe"
         open_key = f"mc:alert:open:{client_id}"
         for _ in range(10):  # optimistic concurrency: detectors in other processes may race on a client
             with self.r.pipeline() as pipe:
@@ -101,7 +120,7 @@ class AlertStore:
                     current_id = pipe.get(open_key)
                     current = None
                     if current_id:
-                        raw = pipe.get(self._key(current_id.decode()))  # type: ignore[union-attr]
+                        raw = pipe.get(self.key(current_id.decode()))  # type: ignore[union-attr]
                         current = Alert.from_json(raw) if raw else None
                         if current is not None and current.status == "resolved":
                             current = None
@@ -122,6 +141,7 @@ class AlertStore:
                             queries_at_open=queries_seen if queries_at_test is None else queries_at_test,
                             model=model,
                             risk_threshold=risk_threshold,
+                            response=dict(response or {}),
                         )
                         event = "opened"
                     else:
@@ -137,13 +157,17 @@ class AlertStore:
                         if severity == "high" and alert.severity != "high":
                             alert.severity = "high"
                             event = "escalated"
+                        if response is not None:
+                            if alert.response.get("level") == "observe" and level != "observe":
+                                event = "escalated"
+                            alert.response = dict(response)
                     pipe.multi()
-                    pipe.set(self._key(alert.id), alert.to_json())
+                    pipe.set(self.key(alert.id), alert.to_json())
                     pipe.zadd("mc:alerts:index", {alert.id: alert.opened_at})
                     if event == "opened":
                         pipe.set(open_key, alert.id, ex=int(self.window_s))
                     pipe.xadd(self.stream, {"event": event, "alert": alert.to_json()}, maxlen=100_000, approximate=True)
-                    if self.notify and event in ("opened", "escalated"):
+                    if notify and event in ("opened", "escalated"):
                         item = {"event": f"alert.{event}", "attempts": 0, "not_before": 0.0, "payload": asdict(alert)}
                         pipe.lpush(WEBHOOK_OUTBOX, orjson.dumps(item))
                     pipe.execute()
@@ -154,10 +178,10 @@ class AlertStore:
 
     def record_policy(self, alert_id: str, policy: dict[str, Any]) -> Alert:
         """Note on the alert the output policy the detector applied to its client (shown to the SOC)."""
-        return update_record(self.r, self._key(alert_id), Alert.from_json, {"policy_applied": policy})
+        return update_record(self.r, self.key(alert_id), Alert.from_json, {"policy_applied": policy})
 
     def get(self, alert_id: str) -> Alert | None:
-        raw = self.r.get(self._key(alert_id))
+        raw = self.r.get(self.key(alert_id))
         return Alert.from_json(raw) if raw else None  # type: ignore[arg-type]
 
     def list(self, *, status: str | None = None, client_id: str | None = None, limit: int = 100) -> list[Alert]:
@@ -165,7 +189,7 @@ class AlertStore:
         out: list[Alert] = []
         for chunk_start in range(0, len(ids), 200):  # type: ignore[arg-type]
             chunk = ids[chunk_start : chunk_start + 200]  # type: ignore[index]
-            for raw in self.r.mget([self._key(i.decode()) for i in chunk]):  # type: ignore[union-attr]
+            for raw in self.r.mget([self.key(i.decode()) for i in chunk]):  # type: ignore[union-attr]
                 if raw is None:
                     continue
                 alert = Alert.from_json(raw)
@@ -177,7 +201,7 @@ class AlertStore:
 
     def transition(self, alert_id: str, to: AlertStatus, *, actor: str, note: str = "") -> Alert:
         allowed = {"open": {"acknowledged", "resolved"}, "acknowledged": {"resolved"}, "resolved": set()}
-        key = self._key(alert_id)
+        key = self.key(alert_id)
         first = self.get(alert_id)
         if first is None:
             raise KeyError(alert_id)

@@ -24,6 +24,11 @@ Protocol = Literal["oip-v2", "kserve-v1", "generic"]
 PROTOCOLS: tuple[Protocol, ...] = ("oip-v2", "kserve-v1", "generic")
 
 
+# The largest float32. Models run in float32 (Triton, MLServer, ONNX): a larger value becomes infinity in
+# the model and in the detector's float32 state, so the gateway refuses it instead of logging it.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class BadRequest(ValueError):
     """The client's request cannot be forwarded; the message is returned to the client as the reason."""
 
@@ -49,7 +54,17 @@ def _as_rows(data: Any, what: str) -> np.ndarray:
         arr = arr.reshape(arr.shape[0], -1)
     if not np.isfinite(arr).all():
         raise BadRequest(f"{what} contains NaN, infinity or null")
+    if float(np.abs(arr).max()) > FLOAT32_MAX:
+        raise BadRequest(f"{what} has values outside the float32 range (|x| <= {FLOAT32_MAX:.6g})")
     return arr
+
+
+def check_range(rows: np.ndarray, low: float, high: float, model: str) -> None:
+    """``BadRequest`` when a value lies outside the range declared for ``model`` (settings)."""
+    lo, hi = float(rows.min()), float(rows.max())
+    if lo < low or hi > high:
+        bad = lo if lo < low else hi
+        raise BadRequest(f"inputs of model '{model}' must lie in [{low:g}, {high:g}]; got {bad:g}")
 
 
 def _check_dim(rows: np.ndarray, input_dim: int | None) -> None:

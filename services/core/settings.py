@@ -8,13 +8,16 @@ environments.
 
 from __future__ import annotations
 
+import math
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.core.policy import OutputPolicy
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "admin"}
 
@@ -40,6 +43,10 @@ class Settings(BaseSettings):
     # Request headers forwarded upstream besides the built-in allow-list (accept, content-type, user-agent,
     # traceparent, tracestate; x-request-id and x-forwarded-for are set by the gateway). Lower case.
     gateway_forward_extra_headers: list[str] = Field(default_factory=list)
+    # Declared input range per model, JSON {"model": [low, high]} ("*": every model without its own); a
+    # value outside gets 400. Unset: only the float32 range is enforced. Bounds what one row can do to a
+    # client's detector state (docs/detector.md, "Evasion").
+    gateway_input_ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
     gateway_generic_route: str = "/predict"
     gateway_generic_input_path: str = "inputs"
     gateway_generic_output_path: str = "outputs"
@@ -105,7 +112,31 @@ class Settings(BaseSettings):
     detector_state_cache_clients: int = 1000  # decoded client states kept per process (~100 kB each)
     # Entries unacknowledged this long belong to a dead detector and are taken over (XAUTOCLAIM).
     detector_reclaim_idle_s: float = 30.0
-    detector_tighten_on: Literal["high", "medium", ""] = "high"  # alert level that tightens a client's policy
+    # A client's state holds one engine state (~100 kB at 64 features) per model it queried. Clients query
+    # one or a few models; past this many, records of further models are counted and not analysed, so
+    # made-up model names cannot grow a client's state without bound.
+    detector_max_models_per_client: int = Field(default=8, ge=1)
+    # --- detector response (docs/detector.md, "Response levels") ---------------------------------
+    # The highest response the detector takes by itself: observe (record the alert, no webhook), notify
+    # (alert + webhook), enforce (also tighten the client's output policy, when the evidence persists).
+    detector_response: Literal["observe", "notify", "enforce"] = "enforce"
+    # Shadow mode: nothing is enforced and no client sees a change; what would have happened is recorded
+    # on the alert. For trying the detector on live traffic before trusting it.
+    detector_shadow_mode: bool = False
+    # Automatic enforcement needs the client at level high AND either this many consecutive tests over
+    # the alert threshold (3 tests span 100 queries at the 20/50/100 schedule: a benign client's one
+    # unlucky window does not persist) or two independent signal families firing in the same test.
+    detector_enforce_after_tests: int = Field(default=3, ge=1)
+    # Signal → family. Under benign shift (off-centre, noisy captures) boundary and ood fire together, so
+    # they count as one family; a signal not listed is its own family.
+    detector_signal_families: dict[str, str] = Field(
+        default_factory=lambda: {"boundary": "shift", "ood": "shift", "prada": "sequence", "sweep": "sequence"}
+    )
+    # The policy enforcement applies (tightened field by field into the client's current policy): labels
+    # only removes what equation solving and boundary attacks learn from; 1,000 rows a day is ~6x the
+    # median benign client's daily volume in the benchmark (150), so an honest client keeps working.
+    detector_tightened_policy: dict[str, Any] = Field(default_factory=lambda: {"label_only": True, "daily_quota": 1000})
+    detector_tighten_on: Literal["high", "medium", ""] = "high"  # alert level from which enforcement may apply
     alert_window_s: float = 3600.0  # detections of one client within this window fold into one alert
     alerts_stream: str = "mc:alerts"
 
@@ -150,6 +181,19 @@ class Settings(BaseSettings):
                 if relaxed and value == "":
                     # A per-process random secret keeps dev/demo usable without a published default.
                     setattr(self, name, secrets.token_urlsafe(24))
+        return self
+
+    @model_validator(mode="after")
+    def _check_ranges_and_policy(self) -> Settings:
+        for model, (low, high) in self.gateway_input_ranges.items():
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(
+                    f"MODELCUSTODY_GATEWAY_INPUT_RANGES[{model!r}] must be finite [low, high] with low < high"
+                )
+        try:
+            OutputPolicy.from_dict(self.detector_tightened_policy)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"MODELCUSTODY_DETECTOR_TIGHTENED_POLICY is not a valid output policy: {exc}") from None
         return self
 
     @property

@@ -36,6 +36,13 @@ from audit.validation import positive_int
 Scalar = int | float
 Evidence = dict[str, Scalar]
 
+# Inputs are clipped to +-INPUT_ABS_MAX before any signal sees them. The signals store queries and
+# distances as float32 and square them (PRADA's Shapiro-Wilk sums squared deviations): one row at 3e38,
+# finite in float32, made every later distance NaN and PRADA's p-value 1 for the client's whole life.
+# 1e15 keeps 4 * B^2 * d * w (the sum of w squared distances between clipped rows of d features) below
+# float32's 3.4e38 for d <= 10^4 features and windows w <= 10^3, far above any real input scale.
+INPUT_ABS_MAX = 1e15
+
 _MAGIC = b"MCD1"  # Model Custody Detector state, codec version 1
 _HEADER = struct.Struct("<4sI")
 
@@ -228,12 +235,15 @@ class Signal(ABC, Generic[S]):
 def check_batch(
     X: np.ndarray, outputs: np.ndarray | None, labels: np.ndarray, n_features: int, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Shapes checked, dtypes fixed, non-finite inputs zeroed (a client must not crash the detector)."""
+    """Shapes checked, dtypes fixed, non-finite inputs zeroed and extreme ones clipped to ``INPUT_ABS_MAX``
+    (a client must neither crash the detector nor push a signal's state to NaN or infinity)."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != n_features:
         raise ValueError(f"X must be [n, {n_features}], got shape {X.shape}")
     if not np.all(np.isfinite(X)):
         X = np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
+    if X.size and float(np.abs(X).max()) > INPUT_ABS_MAX:
+        X = np.clip(X, -INPUT_ABS_MAX, INPUT_ABS_MAX)
     labels = np.asarray(labels).reshape(-1).astype(np.int64, copy=False)
     if labels.shape[0] != X.shape[0]:
         raise ValueError(f"labels has {labels.shape[0]} rows, X has {X.shape[0]}")

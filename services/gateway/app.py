@@ -32,6 +32,7 @@ from services.core import protocols
 from services.core.policy import apply_policy
 from services.core.records import OutputKind, Protocol
 from services.core.settings import Settings
+from services.gateway import routing
 from services.gateway.clientcache import ClientCache
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.querylog import AnsweredRequest, QueryLogWriter
@@ -141,38 +142,24 @@ class Gateway:
             return
         path: str = scope["path"]
         method: str = scope["method"]
-        if method == "POST":
-            if path.startswith("/v2/models/") and path.endswith("/infer"):
-                await self._proxy(scope, receive, send, "oip-v2", path[len("/v2/models/") :].split("/")[0])
-                return
-            if path.startswith("/v1/models/") and path.endswith(":predict"):
-                await self._proxy(scope, receive, send, "kserve-v1", path[len("/v1/models/") : -len(":predict")])
-                return
-            if path == self.settings.gateway_generic_route:
-                await self._proxy(scope, receive, send, "generic", "default")
-                return
-        elif method == "GET":
-            if path == "/metrics":
-                await _respond(
-                    send, 200, generate_latest(self.registry), [(b"content-type", CONTENT_TYPE_LATEST.encode())]
-                )
-                return
-            if path == "/healthz":
-                ql = self.querylog
-                body = {
-                    "status": "ok",
-                    "instance": self.instance,
-                    "querylog_buffer_rows": ql.buffered_rows if ql else None,
-                }
-                await _respond(send, 200, orjson.dumps(body), JSON_HEADERS)
-                return
-            if path.startswith("/v2/health/") or path == "/v2":
-                await self._passthrough(scope, send, path, authenticate=False)
-                return
-            if path.startswith("/v2/models/"):
-                await self._passthrough(scope, send, path, authenticate=True)
-                return
-        await _error(send, 404, f"no route for {method} {path}")
+        try:
+            found = routing.route(method, path, scope.get("raw_path"), self.settings.gateway_generic_route)
+        except routing.BadPath as exc:
+            await _error(send, 400, str(exc))
+            return
+        if found is None:
+            await _error(send, 404, f"no route for {method} {path}")
+            return
+        if found.kind in ("oip-v2", "kserve-v1", "generic"):
+            await self._proxy(scope, receive, send, found.kind, found.model, found.upstream_path)  # type: ignore[arg-type]
+        elif found.kind == "metrics":
+            await _respond(send, 200, generate_latest(self.registry), [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+        elif found.kind == "healthz":
+            ql = self.querylog
+            body = {"status": "ok", "instance": self.instance, "querylog_buffer_rows": ql.buffered_rows if ql else None}
+            await _respond(send, 200, orjson.dumps(body), JSON_HEADERS)
+        else:
+            await self._passthrough(scope, send, found.upstream_path, authenticate=found.kind == "passthrough")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -191,13 +178,17 @@ class Gateway:
                 return
 
     # ------------------------------------------------------------------ the proxy path
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, model: str) -> None:
+    async def _proxy(
+        self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, model: str, upstream_path: str
+    ) -> None:
         t0 = time.perf_counter()
-        status = await self._proxy_inner(scope, receive, send, protocol, model)
+        status = await self._proxy_inner(scope, receive, send, protocol, model, upstream_path)
         self.metrics.requests.labels(protocol, f"{status // 100}xx").inc()
         self.metrics.request_duration.labels(protocol).observe(time.perf_counter() - t0)
 
-    async def _proxy_inner(self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, model: str) -> int:
+    async def _proxy_inner(
+        self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, model: str, upstream_path: str
+    ) -> int:
         assert self.session is not None and self.clients is not None and self.querylog is not None
         s = self.settings
         headers = scope["headers"]
@@ -244,6 +235,9 @@ class Gateway:
                 rows = protocols.kserve_rows(parsed, s.gateway_input_dim)
             else:
                 rows = protocols.generic_rows(parsed, s.gateway_generic_input_path, s.gateway_input_dim)
+            input_range = s.gateway_input_ranges.get(model) or s.gateway_input_ranges.get("*")
+            if input_range is not None:
+                protocols.check_range(rows, input_range[0], input_range[1], model)
         except protocols.BadRequest as exc:
             return await _error(send, 400, str(exc))
         n = len(rows)
@@ -266,7 +260,8 @@ class Gateway:
         client_addr = scope.get("client")
         if client_addr:  # the peer this gateway saw; a client's own X-Forwarded-For is never passed on
             fwd_headers["x-forwarded-for"] = client_addr[0]
-        url = self.upstream + scope["raw_path"].decode("latin-1")
+        # Written from the parsed route, never the client's raw path (services/gateway/routing.py).
+        url = self.upstream + upstream_path
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
         t_up = time.perf_counter()

@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,9 +41,10 @@ import orjson
 import redis
 
 from services.core.alerts import AlertStore
-from services.core.clients import ClientRegistry
-from services.core.policy import OutputPolicy
+from services.core.protocols import FLOAT32_MAX
 from services.core.records import QueryRecord
+from services.core.response import ResponseConfig, TierStore, apply_enforcement, decide, enforcement_reverted
+from services.core.settings import Settings
 from services.detector.engine import Assessment, ClientState
 from services.detector.service.metrics import DetectorMetrics
 from services.detector.service.runtime import EngineSet
@@ -67,12 +68,18 @@ class DetectorConfig:
     block_ms: int = 500
     # An entry unacknowledged this long belongs to a detector that died or hangs: take it over.
     reclaim_idle_s: float = 10.0
-    # Tighten a client's policy when an alert reaches this severity ("high", "medium" or "" for never).
-    tighten_on: str = "high"
-    tightened_policy: OutputPolicy = OutputPolicy(label_only=True, daily_quota=1000, reason="extraction alert")
+    # How the detector responds to a detection (services/core/response.py); defaults from the settings.
+    response: ResponseConfig = field(default_factory=lambda: ResponseConfig.from_settings(Settings.model_construct()))
+    # Overrides ``response.enforce_on`` when set: "" never enforces (benchmarks), "medium" or "high".
+    tighten_on: str | None = None
+    max_models_per_client: int = 8  # see Settings.detector_max_models_per_client
     # Decoded client states kept between batches (~100 kB each for 64 features): a hit skips reading and
     # decoding the state, when no other detector changed it since (checked by a version token).
     state_cache_clients: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.tighten_on is not None:
+            self.response = replace(self.response, enforce_on=self.tighten_on)
 
 
 @dataclass
@@ -85,6 +92,7 @@ class _ClientEntry:
     blobs: dict[str, bytes] = field(default_factory=dict)  # per model, not yet decoded
     states: dict[str, ClientState] = field(default_factory=dict)  # per model, decoded
     per_model: dict[str, Any] = field(default_factory=dict)  # the last assessment per model
+    streaks: dict[str, int] = field(default_factory=dict)  # per model: consecutive tests over the alert threshold
 
 
 class DetectorWorker:
@@ -184,21 +192,23 @@ class DetectorWorker:
             engine = self.engines.for_model(rec.model)
             if engine is None:
                 skipped += 1  # a model this detector has no baseline for
-            elif len(rec.input) != engine.n_features or not all(map(math.isfinite, rec.input)):
+            elif len(rec.input) != engine.n_features or not all(map(_finite32, rec.input)):
                 malformed.append((entry_id, fields))
             else:
                 by_client[rec.client_id].append(rec)
         for attempt in range(20):
             try:
-                self._analyse_and_commit(by_client, ids, malformed)
+                over_cap = self._analyse_and_commit(by_client, ids, malformed)
                 break
             except redis.WatchError:
                 self.metrics.commit_conflicts.inc()
                 time.sleep(0.001 * (attempt + 1))
         else:
             raise RuntimeError("could not commit a batch after 20 attempts (heavy contention on one client)")
-        n_records = sum(len(v) for v in by_client.values())
+        n_records = sum(len(v) for v in by_client.values()) - over_cap
         self.metrics.queries.inc(n_records)
+        if over_cap:
+            self.metrics.over_model_cap.inc(over_cap)
         if malformed:
             self.metrics.malformed.inc(len(malformed))
         if skipped:
@@ -211,7 +221,8 @@ class DetectorWorker:
         by_client: dict[str, list[QueryRecord]],
         ids: list[bytes],
         malformed: list[tuple[bytes, dict[bytes, bytes]]],
-    ) -> None:
+    ) -> int:
+        """Analyse and commit; returns the records not analysed because of the per-client model cap."""
         clients = sorted(by_client)
         keys = [STATE_PREFIX + c for c in clients]
         with self.r.pipeline() as pipe:
@@ -222,10 +233,12 @@ class DetectorWorker:
                 updates: dict[str, dict[str, bytes | str | float | int]] = {}
                 risks: dict[str, bytes] = {}
                 levels: dict[str, str] = {}
+                over_cap = 0
                 for client in clients:
-                    updates[client], risks[client], levels[client] = self._analyse(
+                    updates[client], risks[client], levels[client], over = self._analyse(
                         client, entries[client], by_client[client]
                     )
+                    over_cap += over
                 pipe.multi()
                 for client, mapping in updates.items():
                     pipe.hset(STATE_PREFIX + client, mapping=mapping)  # type: ignore[arg-type]
@@ -249,6 +262,7 @@ class DetectorWorker:
             self._cache.move_to_end(client)
         while len(self._cache) > self.config.state_cache_clients:
             self._cache.popitem(last=False)
+        return over_cap
 
     def _load(self, clients: list[str]) -> dict[str, _ClientEntry]:
         """Every client's state: from the local cache when its version is still the one in Redis.
@@ -285,21 +299,31 @@ class DetectorWorker:
                     first_ts=float(raw[b"first_ts"]) if b"first_ts" in raw else None,
                     blobs={k.decode()[len("engine:") :]: v for k, v in raw.items() if k.startswith(b"engine:")},
                     per_model=orjson.loads(prev).get("models", {}) if prev else {},
+                    streaks={k.decode()[len("streak:") :]: int(v) for k, v in raw.items() if k.startswith(b"streak:")},
                 )
         return entries
 
     def _analyse(
         self, client: str, entry: _ClientEntry, records: list[QueryRecord]
-    ) -> tuple[dict[str, bytes | str | float | int], bytes, str]:
-        """Fold one client's records into its entry (in place); the hash fields, risk summary and level."""
-        entry.queries += len(records)
-        if entry.first_ts is None:
-            entry.first_ts = min(r.ts for r in records)
+    ) -> tuple[dict[str, bytes | str | float | int], bytes, str, int]:
+        """Fold one client's records into its entry (in place); the hash fields, risk summary, level and the
+        number of records left out by the per-client model cap."""
         now = max(r.ts for r in records)
+        known = set(entry.states) | set(entry.blobs)
+        kept: list[QueryRecord] = []
+        for rec in records:
+            if rec.model not in known and len(known) < self.config.max_models_per_client:
+                known.add(rec.model)
+            if rec.model in known:
+                kept.append(rec)
+        over_cap = len(records) - len(kept)
+        records = kept
+        entry.queries += len(records)
+        if entry.first_ts is None and records:
+            entry.first_ts = min(r.ts for r in records)
         # A random token, not a counter: a state deleted and recreated can never match a stale cache entry.
         mapping: dict[str, bytes | str | float | int] = {
             "queries": entry.queries,
-            "first_ts": entry.first_ts,
             "version": secrets.token_hex(8),
         }
         by_model: dict[str, list[QueryRecord]] = defaultdict(list)
@@ -314,11 +338,24 @@ class DetectorWorker:
                 state = engine.state_from_bytes(blob) if blob else engine.new_client_state()
                 entry.states[model] = state
             x, outputs, labels = _arrays(recs, engine.n_classes)
+            tests_before, alerts_before = state.evaluations, state.alerts
             assessment = engine.observe(state, x, outputs, labels, now=now)
+            entry.streaks[model] = _streak(
+                entry.streaks.get(model, 0),
+                state.evaluations - tests_before,
+                state.alerts - alerts_before,
+                last_alerted=state.last_score >= assessment.threshold,
+            )
             mapping[f"engine:{model}"] = engine.state_to_bytes(state)
+            mapping[f"streak:{model}"] = entry.streaks[model]
             entry.per_model[model] = assessment.to_dict()
             if assessment.alert:
-                self._raise(client, model, assessment, entry.first_ts, now, entry.queries)
+                assert entry.first_ts is not None
+                self._raise(client, model, assessment, entry.first_ts, now, entry.queries, entry.streaks[model])
+        if entry.first_ts is not None:
+            mapping["first_ts"] = entry.first_ts
+        if not entry.per_model:  # every record was over the model cap and nothing was analysed before
+            return mapping, orjson.dumps({"client_id": client, "risk_score": 0.0, "level": "low"}), "low", over_cap
         worst = max(entry.per_model.values(), key=lambda a: a["risk_score"])
         level = max((a["level"] for a in entry.per_model.values()), key=LEVEL_ORDER.index)
         risk = orjson.dumps(
@@ -333,17 +370,36 @@ class DetectorWorker:
                 "models": entry.per_model,
             }
         )
-        return mapping, risk, level
+        return mapping, risk, level, over_cap
 
     def _raise(
-        self, client: str, model: str, assessment: Assessment, first_ts: float, now: float, queries: int
+        self, client: str, model: str, assessment: Assessment, first_ts: float, now: float, queries: int, streak: int
     ) -> None:
         severity = assessment.level if assessment.level in ("medium", "high") else "medium"
+        signals = [s.to_dict() for s in assessment.signals]
+        config = self.config.response
+        current = self.alerts.current(client)
+        decision = decide(
+            severity=severity,
+            fired=assessment.fired,
+            signals=signals,
+            streak=streak,
+            tier=TierStore(self.r).get(client),
+            config=config,
+            enforcement_reverted=current is not None and enforcement_reverted(current),
+        )
+        response = {
+            "level": decision.level,
+            "reason": decision.reason,
+            "streak": streak,
+            "shadow": config.shadow,
+            "at": now,
+        }
         alert, is_new = self.alerts.raise_or_update(
             client_id=client,
             severity=severity,
             risk_score=float(assessment.risk_score),
-            signals=[s.to_dict() for s in assessment.signals],
+            signals=signals,
             fired=list(assessment.fired),
             window_start=first_ts,
             window_end=now,
@@ -352,7 +408,9 @@ class DetectorWorker:
             risk_threshold=float(assessment.threshold),
             # The test that fired may lie inside the batch: count the client's queries up to it.
             queries_at_test=queries - assessment.queries_seen + (assessment.first_alert_at or assessment.queries_seen),
+            response=response,
         )
+        self.metrics.responses.labels(decision.level).inc()
         for signal in assessment.fired:
             self.metrics.alerts.labels(signal, severity).inc()
         if is_new:
@@ -360,15 +418,20 @@ class DetectorWorker:
             log.warning(
                 "extraction alert %s on client %s, model %s (risk %.3f)", alert.id, client, model, assessment.risk_score
             )
-        tighten = self.config.tighten_on
-        if tighten and (severity == "high" or tighten == "medium"):
-            reg = ClientRegistry(self.r)
-            current = reg.get_policy(client)
-            target = self.config.tightened_policy
-            new = current.tightened(OutputPolicy(**{**target.to_dict(), "reason": f"alert {alert.id}"}))
-            if new != current:
-                reg.set_policy(client, new)
-                self.alerts.record_policy(alert.id, new.to_dict())
+        if decision.would_enforce:
+            persistent = streak >= config.enforce_after_tests
+            _, change = apply_enforcement(
+                self.r,
+                self.alerts,
+                alert.id,
+                config.tightened_policy,
+                by="detector",
+                trigger="persistence" if persistent else "signal families",
+                reason=decision.reason,
+                shadow=config.shadow,
+            )
+            if change is not None:
+                self.metrics.policy_changes.labels("shadow" if config.shadow else "applied").inc()
 
     def _update_gauges(self) -> None:
         try:
@@ -401,6 +464,23 @@ def _arrays(records: list[QueryRecord], n_classes: int) -> tuple[np.ndarray, np.
     else:
         outputs = None  # label-only (or mixed) answers: the engine uses its reference model's margins
     return x, outputs, labels
+
+
+def _finite32(value: float) -> bool:
+    """A value the signals can hold: finite and inside the float32 range the gateway enforces."""
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+
+
+def _streak(previous: int, tests: int, alerted: int, *, last_alerted: bool) -> int:
+    """Consecutive tests over the alert threshold, from the engine's counters before and after a batch.
+
+    When only some of a batch's tests alerted, their order is unknown: count only the last (conservative).
+    """
+    if tests == 0:
+        return previous
+    if not last_alerted:
+        return 0
+    return previous + tests if alerted == tests else 1
 
 
 def _label(record: QueryRecord) -> int:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from services.core.alerts import AlertStore
 from services.core.egress import EgressPolicy
+from services.core.response import ResponseConfig
 from services.core.settings import Settings, get_settings
 from services.detector.service.consumer import DetectorConfig, DetectorWorker
 from services.detector.service.metrics import DetectorMetrics
@@ -49,7 +50,8 @@ def build_worker(
         consumer=settings.detector_consumer or f"{socket.gethostname()}-{os.getpid()}",
         batch_max=settings.detector_batch_max,
         reclaim_idle_s=settings.detector_reclaim_idle_s,
-        tighten_on=settings.detector_tighten_on,
+        response=ResponseConfig.from_settings(settings),
+        max_models_per_client=settings.detector_max_models_per_client,
         state_cache_clients=settings.detector_state_cache_clients,
     )
     return DetectorWorker(r, engines, alerts, metrics, config)

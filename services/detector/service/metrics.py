@@ -28,6 +28,27 @@ class DetectorMetrics:
             "Records of a model this detector has no baseline for (acknowledged, not analysed).",
             registry=registry,
         )
+        self.over_model_cap = Counter(
+            "modelcustody_detector_records_over_model_cap_total",
+            "Records of a model beyond a client's cap of distinct models (acknowledged, not analysed).",
+            registry=registry,
+        )
+        self.responses = Counter(
+            "modelcustody_detector_responses_total",
+            "Responses to detections by level (observe, notify, enforce).",
+            ["level"],
+            registry=registry,
+        )
+        for level in ("observe", "notify", "enforce"):
+            self.responses.labels(level)
+        self.policy_changes = Counter(
+            "modelcustody_detector_policy_changes_total",
+            "Automatic policy tightenings: applied, or only recorded in shadow mode.",
+            ["mode"],
+            registry=registry,
+        )
+        for mode in ("applied", "shadow"):
+            self.policy_changes.labels(mode)
         self.alerts = Counter(
             "modelcustody_detector_alerts_total",
             "Detections by signal and severity (a detection folded into an open alert counts too).",
