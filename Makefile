@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine that has Python >= 3.11:
 #   make demo   — create .venv, install, run the demo on embedded defaults
-#   make test   — create .venv, install with test extras, lint, type-check, run the whole suite
+#   make test   — create .venv, install with every extra, lint, type-check, run the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU wheel on disk; installing it first keeps pip from resolving a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[all,test]'  # every extra: detector, audit, demo
 	touch $@
 
 install: $(BIN)/.installed
