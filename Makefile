@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest bench clean lock
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ pytest: install
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# requirements.lock: the exact versions of a full install, which the Docker image installs against.
+lock: install
+	{ echo "# Every package of a full install (make install: all extras + test tools), pinned: the Docker image installs"; \
+	  echo "# with these as constraints, so two builds of one commit get the same versions. Refresh with \`make lock\`."; \
+	  $(BIN)/pip freeze --exclude-editable; } > requirements.lock
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from services.core.buildinfo import register_build_info
+
 
 class AuditMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        register_build_info(registry, "worker")  # process metrics come with the default registry workers use
         self.audits = Counter(
             "modelcustody_audits_total",
             "Audits finished by method and final status (done or failed); a redelivered audit counts once.",

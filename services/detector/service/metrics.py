@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from services.core.buildinfo import register_build_info
 
 
 class DetectorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        register_build_info(registry, "detector")
+        if registry is not REGISTRY:  # the default registry has the process collectors already
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
         self.queries = Counter(
             "modelcustody_detector_queries_analysed_total", "Query records analysed.", registry=registry
         )
@@ -22,8 +36,10 @@ class DetectorMetrics:
             registry=registry,
         )
         self.alerts = Counter(
-            "modelcustody_detector_alerts_total",
-            "Detections by signal and severity (a detection folded into an open alert counts too).",
+            # Detections, not alerts: a detection folded into an open alert counts here too. New alerts are
+            # modelcustody_detector_alerts_opened_total.
+            "modelcustody_detector_detections_total",
+            "Detections by fired signal and severity (each firing test, also those folded into an open alert).",
             ["signal", "severity"],
             registry=registry,
         )
