@@ -1,4 +1,7 @@
-"""The ``modelcustody`` command line: clients, servers, and the demo."""
+"""The ``modelcustody`` command line: servers, the demo, detector baselines; operator actions through the admin
+API (``services.cli_ops``: clients, alerts, audits, webhooks; ``tokens`` bootstraps through Redis) and the
+owner's audit side (``services.cli_audit``). Heavy modules (torch, scikit-learn, Celery) are imported inside
+the commands that need them, so a gateway-only install runs ``modelcustody serve gateway``."""
 
 from __future__ import annotations
 
@@ -7,19 +10,33 @@ import os
 import sys
 from pathlib import Path
 
-import orjson
-import redis
 import typer
 
-from services import cli_audit
-from services.core.clients import ClientRegistry
-from services.core.policy import OutputPolicy
+from services import cli_audit, cli_ops
 from services.core.settings import get_settings
+from services.core.version import __version__
 
 app = typer.Typer(help="Model Custody: guard a model's prediction API against extraction.", no_args_is_help=True)
-clients_app = typer.Typer(help="API clients of the gateway.", no_args_is_help=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"modelcustody {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+) -> None:
+    """Model Custody: guard a model's prediction API against extraction."""
+
+
 serve_app = typer.Typer(help="Run a component in the foreground.", no_args_is_help=True)
-app.add_typer(clients_app, name="clients")
+app.add_typer(cli_ops.clients_app, name="clients")
+app.add_typer(cli_ops.alerts_app, name="alerts")
+app.add_typer(cli_ops.webhooks_app, name="webhooks")
+app.add_typer(cli_ops.tokens_app, name="tokens")
 app.add_typer(serve_app, name="serve")
 detector_app = typer.Typer(help="The extraction detector's baselines.", no_args_is_help=True)
 app.add_typer(detector_app, name="detector")
@@ -27,79 +44,10 @@ app.add_typer(cli_audit.watermark_app, name="watermark")
 app.add_typer(cli_audit.protect_app, name="protect")
 app.add_typer(cli_audit.audit_app, name="audit")
 app.add_typer(cli_audit.report_app, name="report")
+cli_audit.audit_app.command("list")(cli_ops.audit_list)
+cli_audit.audit_app.command("cancel")(cli_ops.audit_cancel)
 serve_app.command("api")(cli_audit.serve_api)
 serve_app.command("worker")(cli_audit.serve_worker)
-
-
-def _registry() -> ClientRegistry:
-    return ClientRegistry(redis.Redis.from_url(get_settings().redis_url))
-
-
-@clients_app.command("add")
-def clients_add(name: str) -> None:
-    """Create a client and print its API key (shown once, stored only as a hash)."""
-    try:
-        info, key = _registry().add(name)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"client: {info.id}")
-    typer.echo(f"api key (shown once, store it now): {key}")
-
-
-@clients_app.command("list")
-def clients_list() -> None:
-    """List clients with their status and policy (never their keys)."""
-    reg = _registry()
-    for info in reg.list():
-        policy = reg.get_policy(info.id)
-        status = "revoked" if info.revoked else "active"
-        typer.echo(f"{info.id}\t{status}\t{info.key_hint}…\tpolicy={policy.name}{' blocked' if policy.blocked else ''}")
-
-
-@clients_app.command("revoke")
-def clients_revoke(name: str) -> None:
-    """Revoke a client's key; the gateway refuses it within one refresh interval."""
-    try:
-        _registry().revoke(name)
-    except KeyError as exc:
-        typer.echo(f"error: {exc.args[0]}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"revoked {name}")
-
-
-@clients_app.command("policy")
-def clients_policy(
-    name: str,
-    label_only: bool = typer.Option(False, help="answer with the class label only"),
-    round_decimals: int | None = typer.Option(None, help="round probabilities to k decimals"),
-    top_k: int | None = typer.Option(None, help="only the k largest probabilities"),
-    noise_sigma: float = typer.Option(0.0, help="Gaussian noise on probabilities"),
-    daily_quota: int | None = typer.Option(None, help="rows per UTC day"),
-    rate_per_s: float | None = typer.Option(None, help="rows per second"),
-    blocked: bool = typer.Option(False, help="refuse every request"),
-) -> None:
-    """Set a client's output policy (replaces the current one)."""
-    try:
-        policy = OutputPolicy(
-            label_only=label_only,
-            round_decimals=round_decimals,
-            top_k=top_k,
-            noise_sigma=noise_sigma,
-            daily_quota=daily_quota,
-            rate_per_s=rate_per_s,
-            blocked=blocked,
-            reason="set by operator",
-        )
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    reg = _registry()
-    if reg.get(name) is None:
-        typer.echo(f"error: no client '{name}'", err=True)
-        raise typer.Exit(2)
-    reg.set_policy(name, policy)
-    typer.echo(orjson.dumps(policy.to_dict()).decode())
 
 
 def _run_uvicorn(factory: str, host: str, port: int) -> None:
@@ -138,6 +86,8 @@ def archive_verify(
     expect_head: str | None = typer.Option(None, help="the head hash published earlier (mc:archive:head)"),
 ) -> None:
     """Recompute the hash chain of every segment: exit 0 intact, 1 on any altered, missing or reordered record."""
+    import orjson
+
     from services.core.archive import verify_archive
 
     result = verify_archive(directory or get_settings().archive_path, expect_head=expect_head)

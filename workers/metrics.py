@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from audit.methods import METHODS
+from services.core.buildinfo import register_build_info
 
 AUDIT_STATUSES = ("done", "failed")
 REGISTRATION_STATUSES = ("ready", "failed")
@@ -49,6 +50,7 @@ def count_hard_limit_failure(r: Any, task: str) -> None:
 class AuditMetrics:
     def __init__(self, registry: CollectorRegistry, r: Any = None) -> None:
         self.registry = registry
+        register_build_info(registry, "worker")  # process metrics come with the default registry workers use
         self.audits = Counter(
             "modelcustody_audits_total",
             "Audits finished by method and final status (done or failed); a redelivered audit counts once.",

@@ -6,6 +6,10 @@ redelivered after its worker died (acks_late, see ``workers.celery_app``) finds 
 "running" and runs it again from the start (attempt n+1); one redelivered after the audit finished finds it
 done and only acknowledges. An audit whose worker died ``MAX_ATTEMPTS`` times is failed rather than retried
 forever: a suspect that kills its worker (out of memory, say) would otherwise kill every worker in turn.
+
+Cancelling (``POST /v1/audits/{id}/cancel``): a queued audit is marked cancelled by the API and skipped here;
+a running one carries ``cancel_requested_by`` and stops at its next progress update (at most
+``PROGRESS_INTERVAL_S`` after the method reports progress), ending cancelled rather than failed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from celery import Task, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from prometheus_client import REGISTRY, start_http_server
 
-from services.core.audits import AuditStore
+from services.core.audits import FINISHED, AuditStore
 from services.core.protected import ProtectedIndex
 from services.core.settings import Settings, get_settings
 from services.core.tasks import REGISTER_PROTECTED_TASK, RUN_AUDIT_TASK
@@ -35,6 +39,10 @@ PROGRESS_INTERVAL_S = 0.25  # at most four record writes a second per audit; a p
 
 class AuditFailed(RuntimeError):
     """Raised after the record is marked failed, so the Celery task state is FAILURE too."""
+
+
+class AuditCancelled(Exception):
+    """Raised from a progress update once an operator asked for the audit to stop."""
 
 
 @dataclass
@@ -79,7 +87,10 @@ class _Progress:
             return
         self.last = now
         fraction = round(min(1.0, max(0.0, fraction)), 4)
-        self.update(progress=fraction, message=message)
+        record = self.update(progress=fraction, message=message)
+        cancelled_by = getattr(record, "cancel_requested_by", None)
+        if cancelled_by:
+            raise AuditCancelled(f"cancelled by {cancelled_by}")
         if self.task.request.id:  # absent when called directly (tests)
             self.task.update_state(state="PROGRESS", meta={"id": self.ident, "progress": fraction, "message": message})
 
@@ -93,7 +104,7 @@ def run_audit(self: Task, audit_id: str) -> dict[str, Any]:
     if record is None:
         log.warning("audit %s does not exist; dropping its message", audit_id)
         return {"id": audit_id, "status": "missing"}
-    if record.status in ("done", "failed"):
+    if record.status in FINISHED:
         return {"id": audit_id, "status": record.status, "duplicate_delivery": True}
     attempts = record.attempts + 1
     if attempts > MAX_ATTEMPTS:
@@ -119,6 +130,10 @@ def run_audit(self: Task, audit_id: str) -> dict[str, Any]:
             outcome = execute_audit(record, rt.settings, progress, Deadline(rt.settings.audit_soft_time_limit_s))
     except (SoftTimeLimitExceeded, TimeoutError) as exc:
         error = f"time limit: {exc}" if str(exc) else "time limit exceeded"
+    except AuditCancelled as exc:
+        rt.audits.update(audit_id, status="cancelled", message=str(exc), finished_at=time.time())
+        rt.metrics.audits.labels(record.method, "cancelled").inc()
+        return {"id": audit_id, "status": "cancelled"}
     except Exception as exc:  # noqa: BLE001 - any failure ends the audit as failed, with the reason
         log.exception("audit %s failed", audit_id)
         error = f"{type(exc).__name__}: {exc}"

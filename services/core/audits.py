@@ -17,7 +17,8 @@ import redis
 
 from services.core.jsonrecords import list_records, update_record
 
-AuditStatus = Literal["queued", "running", "done", "failed"]
+AuditStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+FINISHED: tuple[str, ...] = ("done", "failed", "cancelled")
 
 
 def canonical(obj: Any) -> bytes:
@@ -43,6 +44,8 @@ class AuditRecord:
     error: str | None = None
     attempts: int = 0
     dedupe_key: str = ""
+    # Set by ``POST /v1/audits/{id}/cancel`` on a running audit: the worker stops at its next progress update.
+    cancel_requested_by: str | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -100,7 +103,7 @@ class AuditStore:
                     existing_id = pipe.get(dkey)
                     if existing_id:
                         existing = self.get(existing_id.decode())  # type: ignore[union-attr]
-                        if existing is not None and existing.status != "failed":
+                        if existing is not None and existing.status not in ("failed", "cancelled"):
                             return existing, False
                     pipe.multi()
                     pipe.set(self._key(record.id), record.to_json())

@@ -8,10 +8,13 @@ Redis layout (all hashes, small enough to load whole):
 - ``mc:clients``          client id → JSON {id, created_at, revoked, key_hint}
 - ``mc:clients:by_key``   sha256(key) → client id
 - ``mc:policies``         client id → JSON output policy (written by operators and the detector)
+- ``mc:policy:history:<client>``  list of JSON {at, by, policy}, newest first: the operators' changes
+- ``mc:usage:<YYYYMMDD>`` client id → rows admitted that UTC day (the gateways' shared quota counter)
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 import secrets
@@ -28,7 +31,17 @@ CLIENTS_KEY = "mc:clients"
 BY_KEY_KEY = "mc:clients:by_key"
 POLICIES_KEY = "mc:policies"
 KEY_PREFIX = "mck_"
+POLICY_HISTORY_MAX = 100  # changes kept per client: months of operator edits, a few kB
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def utc_day(ts: float) -> str:
+    """The quota day a timestamp counts against (UTC), as named in ``mc:usage:<day>``."""
+    return time.strftime("%Y%m%d", time.gmtime(ts))
+
+
+def usage_key(day: str) -> str:
+    return f"mc:usage:{day}"
 
 
 def hash_key(api_key: str) -> str:
@@ -92,8 +105,47 @@ class ClientRegistry:
             self.r.hdel(BY_KEY_KEY, *stale)
         return info
 
-    def set_policy(self, name: str, policy: OutputPolicy) -> None:
-        self.r.hset(POLICIES_KEY, name, orjson.dumps(policy.to_dict()))
+    def rotate_key(self, name: str) -> tuple[ClientInfo, str]:
+        """A new key for an active client; the old one stops resolving at the gateways' next refresh."""
+        info = self.get(name)
+        if info is None:
+            raise KeyError(f"no client '{name}'")
+        if info.revoked:
+            raise ValueError(f"client '{name}' is revoked; create a new client instead")
+        api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+        info.key_hint = api_key[: len(KEY_PREFIX) + 4]
+        by_key: dict[bytes, bytes] = self.r.hgetall(BY_KEY_KEY)  # type: ignore[assignment]
+        stale = [h for h, cid in by_key.items() if cid.decode() == name]
+        with self.r.pipeline() as pipe:  # MULTI/EXEC: never a moment with both keys or with none
+            if stale:
+                pipe.hdel(BY_KEY_KEY, *stale)
+            pipe.hset(BY_KEY_KEY, hash_key(api_key), name)
+            pipe.hset(CLIENTS_KEY, name, info.to_json())
+            pipe.execute()
+        return info, api_key
+
+    def set_policy(self, name: str, policy: OutputPolicy, *, actor: str | None = None) -> None:
+        """Replace the client's policy; with an ``actor``, also record the change in the client's history."""
+        if actor is None:
+            self.r.hset(POLICIES_KEY, name, orjson.dumps(policy.to_dict()))
+            return
+        entry = orjson.dumps({"at": time.time(), "by": actor, "policy": policy.to_dict()})
+        history = f"mc:policy:history:{name}"
+        with self.r.pipeline() as pipe:
+            pipe.hset(POLICIES_KEY, name, orjson.dumps(policy.to_dict()))
+            pipe.lpush(history, entry)
+            pipe.ltrim(history, 0, POLICY_HISTORY_MAX - 1)
+            pipe.execute()
+
+    def policy_history(self, name: str, limit: int = POLICY_HISTORY_MAX) -> builtins.list[dict[str, Any]]:
+        raws: Any = self.r.lrange(f"mc:policy:history:{name}", 0, limit - 1)
+        return [orjson.loads(raw) for raw in raws]
+
+    def usage_today(self, name: str, now: float | None = None) -> tuple[str, int]:
+        """(day, rows admitted so far): what the gateways pushed, at most one refresh interval behind."""
+        day = utc_day(time.time() if now is None else now)
+        raw = self.r.hget(usage_key(day), name)
+        return day, int(raw) if raw else 0  # type: ignore[arg-type]
 
     def get_policy(self, name: str) -> OutputPolicy:
         raw = self.r.hget(POLICIES_KEY, name)

@@ -4,22 +4,48 @@ Every component (gateway, detector, admin API, workers, CLI) reads this class; f
 component as a prefix so one flat namespace stays greppable: ``MODELCUSTODY_GATEWAY_UPSTREAM_URL`` etc.
 Validation fails fast at start: placeholder secrets are refused outside the ``dev``/``demo``/``test``
 environments.
+
+Secrets may come from files: ``MODELCUSTODY_ADMIN_TOKEN_FILE=/run/secrets/admin_token`` (Docker and
+Kubernetes secrets) sets ``admin_token`` to the file's content without its trailing newline. The variable
+itself wins when both are set; a ``*_FILE`` naming a missing file fails the start.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from services.core.policy import OutputPolicy
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "admin"}
+# Fields that may be read from MODELCUSTODY_<NAME>_FILE: the secrets, and the URLs that may embed credentials.
+FILE_FIELDS = ("admin_token", "webhook_secret", "webhook_url", "redis_url", "celery_broker_url")
+
+
+class FileSecretsSource(PydanticBaseSettingsSource):
+    """``MODELCUSTODY_<FIELD>_FILE`` → the file's content, for the fields in ``FILE_FIELDS``."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in FILE_FIELDS:
+            path = os.environ.get(f"MODELCUSTODY_{name.upper()}_FILE")
+            if path:
+                try:
+                    values[name] = Path(path).read_text().rstrip("\r\n")
+                except OSError as exc:
+                    raise ValueError(f"MODELCUSTODY_{name.upper()}_FILE: cannot read {path}: {exc.strerror}") from None
+        return values
 
 
 class Settings(BaseSettings):
@@ -169,6 +195,17 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"MODELCUSTODY_EGRESS_ALLOW_NETWORKS: {exc}") from None
         return value
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: arguments, then variables, then *_FILE, then .env.
+        return init_settings, env_settings, FileSecretsSource(settings_cls), dotenv_settings, file_secret_settings
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

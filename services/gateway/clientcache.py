@@ -18,14 +18,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from services.core.clients import BY_KEY_KEY, CLIENTS_KEY, POLICIES_KEY, hash_key, parse_snapshot
+from services.core.clients import BY_KEY_KEY, CLIENTS_KEY, POLICIES_KEY, hash_key, parse_snapshot, usage_key, utc_day
 from services.core.policy import NO_POLICY, OutputPolicy
 
 log = logging.getLogger(__name__)
-
-
-def utc_day(ts: float) -> str:
-    return time.strftime("%Y%m%d", time.gmtime(ts))
 
 
 @dataclass(slots=True)
@@ -80,15 +76,15 @@ class ClientCache:
 
     async def _push_usage(self) -> None:
         day = utc_day(time.time())
-        usage_key = f"mc:usage:{day}"
+        key = usage_key(day)  # shared with the admin API's usage view
         pending, self._pending_usage = self._pending_usage, {}
         try:
             pipe = self.redis.pipeline(transaction=False)
             for cid, n in pending.items():
-                pipe.hincrby(usage_key, cid, n)
+                pipe.hincrby(key, cid, n)
             # Two days: long enough for any reader of "today" across a UTC midnight.
-            pipe.expire(usage_key, 2 * 86400)
-            pipe.hgetall(usage_key)
+            pipe.expire(key, 2 * 86400)
+            pipe.hgetall(key)
             results = await pipe.execute()
         except BaseException:
             for cid, n in pending.items():  # keep the counts for the next push

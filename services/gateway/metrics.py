@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from services.core.buildinfo import register_build_info
 
 # Proxy hops on loopback take ~0.3-3 ms; model calls up to seconds: buckets span 0.25 ms .. 10 s.
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -11,23 +21,27 @@ LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        register_build_info(registry, "gateway")
+        if registry is not REGISTRY:  # the default registry has the process collectors already
+            ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+            PlatformCollector(registry=registry)
         self.requests = Counter(
             "modelcustody_gateway_requests_total",
-            "Requests answered by the gateway, by route and HTTP status class.",
-            ["route", "code"],
+            "Requests answered by the gateway, by protocol (oip-v2, kserve-v1, generic) and HTTP status class.",
+            ["protocol", "code"],
             registry=registry,
         )
         self.request_duration = Histogram(
             "modelcustody_gateway_request_duration_seconds",
             "Time from the request's arrival to the answer, including the upstream call.",
-            ["route"],
+            ["protocol"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.upstream_duration = Histogram(
             "modelcustody_gateway_upstream_duration_seconds",
             "Time the upstream model API took to answer.",
-            ["route"],
+            ["protocol"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )

@@ -43,3 +43,27 @@ def test_dashboard_and_rules_only_use_metrics_the_code_exports() -> None:
 
     missing = {m for m in used if not is_exported(m)}
     assert not missing, f"dashboards use metrics no component exports: {sorted(missing)}"
+
+
+RULES = [rule for group in __import__("yaml").safe_load((DASH / "alerts.rules.yml").read_text())["groups"]
+         for rule in group["rules"]]
+
+
+def test_every_rule_has_a_runbook_anchor_in_operations_md() -> None:
+    operations = (DASH.parent / "docs/operations.md").read_text()
+    # GitHub's anchors: headings lower-cased, spaces to '-', punctuation dropped.
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", operations, flags=re.M)}
+    for rule in RULES:
+        url = rule["annotations"].get("runbook_url", "")
+        assert url.startswith("docs/operations.md#"), f"{rule['alert']}: no runbook_url"
+        assert url.split("#", 1)[1] in anchors, f"{rule['alert']}: {url} names no heading of docs/operations.md"
+
+
+def test_every_rule_has_a_promtool_test_that_sees_it_fire() -> None:
+    import yaml
+
+    tests = yaml.safe_load((DASH / "tests" / "alerts.test.yml").read_text())["tests"]
+    fired = {case["alertname"] for t in tests for case in t.get("alert_rule_test", []) if case.get("exp_alerts")}
+    missing = {rule["alert"] for rule in RULES} - fired
+    assert not missing, f"rules no promtool test sees firing: {sorted(missing)}"

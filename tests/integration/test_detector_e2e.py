@@ -225,7 +225,7 @@ def test_detector_alerts_on_the_attacker_only_and_survives_a_kill(
         headers = {"Authorization": f"Bearer {ADMIN}"}
         with httpx.Client(base_url=api.url, timeout=10) as admin:
             assert admin.get("/v1/alerts").status_code == 401
-            alerts = admin.get("/v1/alerts", headers=headers).json()
+            alerts = admin.get("/v1/alerts", headers=headers).json()["items"]
             assert [a["client_id"] for a in alerts] == ["attacker"]  # none on the benign clients
             alert = alerts[0]
             assert alert["status"] == "open" and alert["model"] == "digits-mlp"

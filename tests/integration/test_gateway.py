@@ -213,8 +213,8 @@ def test_metrics_count_requests_and_records(start_gateway: Any, add_client: Any,
         httpx.post(gw.url + "/v2/models/digits-mlp/infer", json=oip_body(np.zeros((2, 64))), headers={"X-API-Key": key})
     httpx.post(gw.url + "/v2/models/digits-mlp/infer", json=oip_body(np.zeros((2, 64))))
     time.sleep(0.2)
-    assert gw.metric("modelcustody_gateway_requests_total", {"route": "oip-v2", "code": "2xx"}) == 3
-    assert gw.metric("modelcustody_gateway_requests_total", {"route": "oip-v2", "code": "4xx"}) == 1
+    assert gw.metric("modelcustody_gateway_requests_total", {"protocol": "oip-v2", "code": "2xx"}) == 3
+    assert gw.metric("modelcustody_gateway_requests_total", {"protocol": "oip-v2", "code": "4xx"}) == 1
     assert gw.metric("modelcustody_querylog_records_total", {"outcome": "written"}) == 6
     assert gw.metric("modelcustody_querylog_records_total", {"outcome": "dropped"}) == 0
     text = httpx.get(gw.url + path).text

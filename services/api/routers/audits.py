@@ -4,20 +4,27 @@
 ``protected_model``, ``format``, optional ``params``/``config`` JSON and ``architecture``) or JSON naming an
 endpoint (``{"method", "protected_model", "params", "suspect": {"url", "protocol", "model", ...}}``).
 A new audit answers 202; the same suspect + method + parameters + protected model again answers 200 with
-the existing audit (unless that one failed). ``dataset_inference_mingd`` (white-box) takes only a safetensors
+the existing audit (unless that one failed or was cancelled), and a 202 carries ``Location`` (the audit's URL,
+to poll). ``dataset_inference_mingd`` (white-box) takes only a safetensors
 file: any other format or an endpoint answers 422 before anything is stored.
+
+``POST /v1/audits/{id}/cancel`` (auditor or operator): a queued audit ends cancelled at once and its task is
+revoked; a running one is asked to stop and ends cancelled at its next progress update (``workers.tasks``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 
-from services.api.deps import AdminDep, CeleryDep, RedisDep, SettingsDep
+from services.api.deps import AuditorDep, CeleryDep, ReaderDep, RedisDep, SettingsDep
+from services.api.problems import Problem, errors
+from services.api.schemas import Audit
 from services.api.uploads import (
     StoredFile,
     discard_refused,
@@ -29,7 +36,7 @@ from services.api.uploads import (
     store_upload,
     validate_suspect_file,
 )
-from services.core.audits import AuditRecord, AuditStore
+from services.core.audits import FINISHED, AuditRecord, AuditStore
 from services.core.protected import ProtectedIndex
 from services.core.storage import uploads_dir
 from services.core.tasks import RUN_AUDIT_TASK
@@ -77,11 +84,13 @@ def _check_protected(r: Any, protected_id: str | None, method: str) -> None:
         raise HTTPException(422, "missing 'protected_model' (the id of a registered protected model)")
     record = ProtectedIndex(r).get(protected_id)
     if record is None:
-        raise HTTPException(404, f"no protected model '{protected_id}'")
+        raise Problem(404, "protected-model-not-found", f"no protected model '{protected_id}'")
     if record.status != "ready":
-        raise HTTPException(409, f"protected model '{protected_id}' is {record.status}, not ready")
+        raise Problem(409, "protected-model-not-ready",
+                      f"protected model '{protected_id}' is {record.status}, not ready")
     if method not in record.methods:
-        raise HTTPException(409, f"protected model '{protected_id}' supports {record.methods}, not {method}")
+        raise Problem(409, "method-not-supported",
+                      f"protected model '{protected_id}' supports {record.methods}, not {method}")
 
 
 def _check_white_box(method: str, declared_format: str | None) -> None:
@@ -123,7 +132,7 @@ async def _file_submission(request: Request, settings: Any, r: Any) -> tuple[str
         fmt = await run_in_threadpool(validate_suspect_file, stored, declared, architecture, config, settings)
     except SuspectError as exc:
         await run_in_threadpool(discard_refused, stored, r)  # unless an audit or registration still needs it
-        raise HTTPException(422, f"model file refused: {exc}") from None
+        raise Problem(422, "suspect-refused", f"model file refused: {exc}") from None
     identity = {"kind": "file", "sha256": stored.sha256, "format": fmt, "architecture": architecture,
                 "config": config}
     suspect = {"path": str(stored.path), "size": stored.size}
@@ -147,15 +156,53 @@ async def _endpoint_submission(request: Request, r: Any) -> tuple[str, str, dict
         with suspect:
             await run_in_threadpool(suspect.check_destination)  # egress policy (resolves: off the event loop)
     except ValueError as exc:
-        raise HTTPException(422, f"endpoint refused: {exc}") from None
+        raise Problem(422, "suspect-refused", f"endpoint refused: {exc}") from None
     token = spec.pop("token", None)
     identity = {"kind": "endpoint", **spec}
     return body.method, body.protected_model, params, ({"token": token} if token else {}), identity
 
 
-@router.post("", status_code=202)
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    """A JSON schema with its local ``$ref``s replaced by their definitions (valid anywhere in a document)."""
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inline(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs) for v in schema]
+    return schema
+
+
+_ENDPOINT_SCHEMA = EndpointAudit.model_json_schema()
+# The request body is read by hand (multipart or JSON), so the OpenAPI description states both shapes here.
+_SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inline(_ENDPOINT_SCHEMA, _ENDPOINT_SCHEMA.get("$defs", {}))},
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "required": ["file", "method", "protected_model", "format"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "method": {"type": "string"},
+                    "protected_model": {"type": "string"},
+                    "format": {"type": "string", "description": "onnx, safetensors, skops, ..."},
+                    "params": {"type": "string", "description": "JSON object"},
+                    "config": {"type": "string", "description": "JSON object"},
+                    "architecture": {"type": "string"},
+                },
+            }},
+        },
+    }
+}
+
+
+@router.post("", status_code=202, response_model=Audit, openapi_extra=_SUBMIT_BODY,
+             responses={200: {"model": Audit, "description": "the existing audit of the same request"},
+                        **errors(404, 409, 413, 415, 422, 503)})
 async def submit_audit(
-    request: Request, response: Response, r: RedisDep, settings: SettingsDep, celery: CeleryDep, _: AdminDep
+    request: Request, response: Response, r: RedisDep, settings: SettingsDep, celery: CeleryDep, _: AuditorDep
 ) -> dict[str, Any]:
     """Queue an audit (202), or return the existing one for the same request (200)."""
     ctype = request.headers.get("content-type", "").lower()
@@ -176,25 +223,49 @@ async def submit_audit(
         result = await run_in_threadpool(celery.send_task, RUN_AUDIT_TASK, args=[record.id])
     except Exception as exc:  # noqa: BLE001 - the broker is down: fail the record so a retry creates a new one
         store.update(record.id, status="failed", error=f"could not queue: {exc}", message="could not queue")
-        raise HTTPException(503, "the task broker is unavailable; try again") from None
+        raise Problem(503, "broker-unavailable", "the task broker is unavailable; try again") from None
     record = store.update(record.id, task_id=result.id)
+    response.headers["Location"] = f"/v1/audits/{record.id}"
     return record.public()
 
 
-@router.get("")
-def list_audits(r: RedisDep, _: AdminDep, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
-    """Audits, newest first."""
-    return [a.public() for a in AuditStore(r).list(limit)]
+@router.get("", response_model=list[Audit], responses=errors())
+def list_audits(
+    r: RedisDep,
+    _: ReaderDep,
+    status: Literal["queued", "running", "done", "failed", "cancelled"] | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+) -> list[dict[str, Any]]:
+    """Audits, newest first (the newest ``limit``, then filtered by ``status``)."""
+    return [a.public() for a in AuditStore(r).list(limit) if status is None or a.status == status]
 
 
 def get_record(r: Any, audit_id: str) -> AuditRecord:
     record = AuditStore(r).get(audit_id)
     if record is None:
-        raise HTTPException(404, f"no audit '{audit_id}'")
+        raise Problem(404, "audit-not-found", f"no audit '{audit_id}'")
     return record
 
 
-@router.get("/{audit_id}")
-def read_audit(audit_id: str, r: RedisDep, _: AdminDep) -> dict[str, Any]:
-    """Status (queued, running, done, failed), progress in [0, 1], attempts, decision when done."""
+@router.get("/{audit_id}", response_model=Audit, responses=errors(404))
+def read_audit(audit_id: str, r: RedisDep, _: ReaderDep) -> dict[str, Any]:
+    """Status (queued, running, done, failed, cancelled), progress in [0, 1], attempts, decision when done."""
     return get_record(r, audit_id).public()
+
+
+@router.post("/{audit_id}/cancel", response_model=Audit, responses=errors(404, 409))
+async def cancel_audit(audit_id: str, r: RedisDep, celery: CeleryDep, who: AuditorDep) -> dict[str, Any]:
+    """Cancel a queued audit now, or ask a running one to stop at its next progress update."""
+    record = get_record(r, audit_id)
+    store = AuditStore(r)
+    if record.status in FINISHED:
+        raise Problem(409, "audit-finished", f"audit '{audit_id}' is {record.status}; nothing to cancel")
+    if record.status == "queued":
+        record = store.update(audit_id, status="cancelled", cancel_requested_by=who.name,
+                              message=f"cancelled by {who.name}", finished_at=time.time())
+        if record.task_id:
+            with contextlib.suppress(Exception):  # best effort: the worker also skips a cancelled record
+                await run_in_threadpool(celery.control.revoke, record.task_id)
+    else:
+        record = store.update(audit_id, cancel_requested_by=who.name, message=f"cancel requested by {who.name}")
+    return record.public()

@@ -6,12 +6,13 @@ The key pair is created on first use (``audit.signing.load_or_create_signing_key
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
 from services.api.deps import SettingsDep
+from services.api.schemas import PublicKey
 from services.core.settings import Settings
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -26,11 +27,13 @@ def public_key_bytes(settings: Settings) -> bytes:
     return path.read_bytes()
 
 
-@router.get("/public", response_model=None)
-def read_public_key(settings: SettingsDep, format: Literal["json", "pem"] = "json") -> dict[str, Any] | Response:
+@router.get("/public", response_model=PublicKey,
+            responses={200: {"content": {"application/x-pem-file": {"schema": {"type": "string"}}},
+                             "description": "the key as JSON, or as PEM with format=pem"}})
+def read_public_key(settings: SettingsDep, format: Literal["json", "pem"] = "json") -> PublicKey | Response:
     from audit.signing import key_id
 
     pem = public_key_bytes(settings)
     if format == "pem":
         return Response(pem, media_type="application/x-pem-file")
-    return {"algorithm": "ed25519", "keyid": key_id(pem), "public_key_pem": pem.decode("ascii")}
+    return PublicKey(algorithm="ed25519", keyid=key_id(pem), public_key_pem=pem.decode("ascii"))

