@@ -341,6 +341,33 @@ def report_verify(
                    f"audit started {predicate['started_at']}")
 
 
+@report_app.command("pdf")
+def report_pdf(
+    report: Path = typer.Argument(..., help="the report's DSSE envelope (.dsse.json)"),
+    public_key: Path = typer.Option(..., "--public-key", help="the signer's Ed25519 public key (PEM)"),
+    out: Path = typer.Option(..., "--out", help="where to write the PDF"),
+) -> None:
+    """Render a signed audit report as a PDF for filing, after verifying its signature (exit 1 if invalid)."""
+    import hashlib
+
+    from audit.report_pdf import render_pdf
+    from audit.signing import OWNERSHIP_AUDIT_PREDICATE, VerificationError, key_id, verify_envelope
+
+    try:
+        envelope, pem = report.read_bytes(), public_key.read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {exc.filename}: {exc.strerror}") from None
+    try:
+        statement = verify_envelope(envelope, pem, predicate_type=OWNERSHIP_AUDIT_PREDICATE)
+    except VerificationError as exc:
+        typer.echo(f"INVALID: {exc}", err=True)
+        raise typer.Exit(1) from None
+    signature = {"keyid": key_id(pem), "envelope_sha256": hashlib.sha256(envelope).hexdigest(),
+                 "verify with": f"modelcustody report verify {report.name} --public-key <the signer's public key>"}
+    out.write_bytes(render_pdf(statement["predicate"], signature=signature))
+    typer.echo(f"wrote {out} (verdict: {statement['predicate'].get('decision')})", err=True)
+
+
 @report_app.command("compliance")
 def report_compliance(
     hours: float = typer.Option(24.0, help="the period: this many hours up to now"),

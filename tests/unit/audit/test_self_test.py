@@ -99,3 +99,31 @@ def test_a_method_without_power_answers_inconclusive_with_the_self_test_in_the_r
     assert "self_test" not in report["statistics"]
     page = render_html(report)
     assert "protected model not claimed" in page and "low-power" in page
+
+
+def test_the_report_reads_in_plain_words_and_renders_as_a_pdf(
+    unmarked_owner: dict[str, Path], tmp_path: Path
+) -> None:
+    from audit.report_pdf import render_pdf
+
+    out = unmarked_owner["dir"]
+    pm = register_protected_model(
+        RegistrationInputs(name="unmarked", model_path=out / "owner.safetensors", watermark_key_path=out / "key.json",
+                           reference_data_path=out / "reference.npz"),
+        tmp_path, Ed25519PrivateKey.generate(), registration_id="pm_pdf",
+        config=RegistrationConfig(n_null_models=3, reference_epochs=4, self_test_copies={"epochs": 5, "max_rows": 300}),
+    )
+    suspect = load_suspect_file(out / "independent.safetensors", "safetensors")
+    evidence = run_audit("watermark", suspect, pm, {"max_queries": 60})
+    now = datetime.now(UTC)
+    report = build_audit_report(audit_id="au_pdf", method="watermark", evidence=evidence,
+                                suspect_identity=suspect.identity, protected=pm, started_at=now, finished_at=now)
+    page = render_html(report)
+    # reading order: the verdict in words, what was tested, the power, the evidence figure, then the raw numbers
+    order = [page.index(s) for s in ("Verdict: inconclusive", "<h2>What was tested", "<h2>Power of the method",
+                                     "<h2>The evidence", "<svg", "<h2>Details for an expert")]
+    assert order == sorted(order) and "must not be read as evidence of independence" in page
+    plain = render_pdf(report, font=None, compress=False)  # core font: the text is searchable in the bytes
+    assert plain.startswith(b"%PDF-") and plain.rstrip().endswith(b"%%EOF")
+    assert b"Verdict: inconclusive" in plain and b"Power of the method" in plain
+    assert render_pdf(report).startswith(b"%PDF-")  # the default font (DejaVu when installed) renders too
