@@ -36,13 +36,16 @@ docs/research.md
   ``p_cal = (1 + #{null models with t >= the suspect's t}) / (1 + n_null)``. Every model (the suspect and each
   null) is normalised by the *other* n models (for a null model, the other nulls and the suspect), so under H0
   (the suspect is one more independent model, exchangeable with the nulls) the n + 1 statistics are
-  exchangeable and P(p_cal <= α) <= α exactly. A Gaussian prediction-interval p-value against the nulls'
-  t-statistics is reported beside it (descriptive; it assumes normality and is not used to decide).
+  exchangeable and P(p_rank <= α) <= α exactly. That rank has a floor of 1/(1 + n_null) (0.048 with 20 nulls), so
+  with 10 or more null models the decision uses a **parametric null** instead: a normal fitted to the null models'
+  t-statistics, checked by a Shapiro-Wilk test that is reported (``null_fit``), and the suspect's one-sided
+  Student prediction-interval p-value under it (``audit.di_statistics.parametric_null``). When Shapiro-Wilk
+  rejects the fit, or there are fewer than 10 nulls, the rank is used (``calibration`` says which).
 - **Decision.** ``claimed`` when the Welch t-test AND the calibration both give p < α; ``not claimed`` when
-  both give p >= α; ``inconclusive`` when the calibration cannot reach α at all (1/(n_null + 1) >= α: at α = 0.05
-  that is fewer than 20 null models) or when the two tests disagree (borderline: the naive test says "stolen"
-  but null models produce such statistics too, or the reverse). ``p_value`` = max(t-test p, calibrated p), which
-  is a valid p-value whenever either one is.
+  both give p >= α; ``inconclusive`` when the rank calibration cannot reach α at all (1/(n_null + 1) >= α: at
+  α = 0.05 that is fewer than 20 null models, and no accepted parametric fit) or when the two tests disagree
+  (borderline: the naive test says "stolen" but null models produce such statistics too, or the reverse).
+  ``p_value`` = max(t-test p, calibrated p), which is a valid p-value whenever either one is.
 - **One test at one m**, not the harmonic mean of 100 subsampled p-values: the audit reveals the first m samples
   of a fixed, seeded order recorded in the artifacts.
 
@@ -86,6 +89,7 @@ from audit.di_statistics import (
     CLAIMED,
     INCONCLUSIVE,
     NOT_CLAIMED,
+    PARAMETRIC_NAME,
     TTEST_NAME,
     Regressor,
     auc,
@@ -95,6 +99,7 @@ from audit.di_statistics import (
     statistic,
 )
 from audit.mingd import WHITE_BOX_NEEDED, MinGDConfig, MinGDEmbedding
+from audit.null_models import train_null_models
 from audit.suspects.base import BudgetExceeded, Suspect
 
 __all__ = [
@@ -474,7 +479,12 @@ def prepare_owner(
         "p_value_null_parametric": owner_stat.p_parametric,
         "delta_mu": owner_stat.delta_mu,
         "m": n_rev,
-        "decision_at_0.05": decide(owner_stat.p_ttest, owner_stat.p_calibrated, len(nulls), 0.05)[0],
+        "p_value_rank": owner_stat.p_rank,
+        "calibration": owner_stat.calibration,
+        "null_fit": owner_stat.null_fit,
+        "decision_at_0.05": decide(
+            owner_stat.p_ttest, owner_stat.p_calibrated, len(nulls), 0.05, owner_stat.calibration
+        )[0],
         "regressor_train_auc": auc(train_scores[:n_reg], train_scores[n_reg:]),
         "revealed_auc": auc(owner_stat.private_scores, owner_stat.public_scores),
         "null_t_statistics": owner_stat.null_t.tolist(),
@@ -551,6 +561,9 @@ class DatasetInferenceEvidence:
     gradient_evaluations: int = 0  # MinGD: (sample, target) rows through a forward + backward pass
     private_scores: list[float] = field(default_factory=list)  # the suspect's regressor scores, for the report
     public_scores: list[float] = field(default_factory=list)
+    p_value_rank: float | None = None  # the conformal rank p-value (floor 1/(1 + n_null))
+    calibration: str = "rank"  # which p-value p_value_calibrated is: "parametric" or "rank"
+    null_fit: dict[str, Any] | None = None  # the normal fitted to the null t-statistics and its Shapiro-Wilk check
 
     @property
     def claimed(self) -> bool:
@@ -567,12 +580,16 @@ class DatasetInferenceEvidence:
             "p_value_ttest": self.p_value_ttest,
             "p_value_calibrated": self.p_value_calibrated,
             "p_value_null_parametric": self.p_value_null_parametric,
-            "test": f"{TTEST_NAME}; {CALIBRATION_NAME}",
+            "p_value_rank": self.p_value_rank,
+            "calibration": self.calibration,
+            "null_fit": self.null_fit,
+            "test": f"{TTEST_NAME}; {PARAMETRIC_NAME if self.calibration == 'parametric' else CALIBRATION_NAME}",
             "tests": {
                 "ttest": TTEST_NAME + f" (m = {self.m} per side, df = {self.degrees_of_freedom:.4g})",
-                "calibrated": CALIBRATION_NAME + f": (1 + #null t >= t) / (1 + {self.n_null_models})",
-                "null_parametric": "one-sided Student prediction-interval test of the suspect's t against the "
-                "null models' t-statistics (assumes they are normal; descriptive, not used to decide)",
+                "calibrated": (PARAMETRIC_NAME if self.calibration == "parametric" else CALIBRATION_NAME)
+                + f" ({self.n_null_models} null models)",
+                "rank": CALIBRATION_NAME + f": (1 + #null t >= t) / (1 + {self.n_null_models})",
+                "null_parametric": PARAMETRIC_NAME,
             },
             "null_hypothesis": "the suspect did not learn from the owner's private samples: it is exchangeable with "
             "independent models trained on other data of the same distribution",
@@ -699,7 +716,7 @@ def run_dataset_inference(
         m,
     )
     n_null = artifacts.n_null
-    decision, reason = decide(stat.p_ttest, stat.p_calibrated, n_null, alpha)
+    decision, reason = decide(stat.p_ttest, stat.p_calibrated, n_null, alpha, stat.calibration)
     if artifacts.owner.get("decision_at_0.05") not in (None, CLAIMED):
         notes.append(
             f"the owner's own model was '{artifacts.owner.get('decision_at_0.05')}' at preparation "
@@ -730,7 +747,10 @@ def run_dataset_inference(
         null_t_statistics=stat.null_t.tolist(),
         private_scores=[round(float(v), 6) for v in stat.private_scores],
         public_scores=[round(float(v), 6) for v in stat.public_scores],
-        calibration_reachable=1.0 / (n_null + 1.0) < alpha,
+        calibration_reachable=stat.calibration == "parametric" or 1.0 / (n_null + 1.0) < alpha,
+        p_value_rank=stat.p_rank,
+        calibration=stat.calibration,
+        null_fit=stat.null_fit,
         censored_share=emb.censored_share,
         accuracy={"private": float(emb.correct[:m].mean()), "public": float(emb.correct[m:].mean())},
         owner_reference={
@@ -749,57 +769,3 @@ def run_dataset_inference(
         embedding=artifacts.embedding,
         gradient_evaluations=int(getattr(emb, "gradient_evaluations", 0)),
     )
-
-
-# -- null models --------------------------------------------------------------------------------------------
-
-
-def train_null_models(
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    n: int,
-    seed: int,
-    subsample: float = 0.75,
-    widths: Sequence[Sequence[int]] = ((128, 64), (64,), (128,)),
-    image_shape: tuple[int, int] | None = None,
-    num_classes: int | None = None,
-    epochs: int = 40,
-) -> list[Suspect]:
-    """``n`` independent MLPs on random ``subsample`` fractions of ``x, y`` (data disjoint from the private and
-    public samples!), each with its own seed and a width from ``widths`` in turn, trained by the owner's recipe
-    (``WatermarkEmbedder.fit_clean``: the victim's recipe without the watermark). Returned as in-process
-    suspects whose identity carries a description.
-
-    Widths default to the registered digits architecture (128, 64) and two one-layer variants: an independent
-    party need not use the owner's width, and null models that all share one architecture understate the spread.
-    """
-    from audit.suspects.safetensors_loader import TorchModuleSuspect
-    from audit.watermark_embed import WatermarkEmbedder
-
-    x, y = _check_samples("null", x, y)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if not 0.0 < subsample <= 1.0 or not widths:
-        raise ValueError("need subsample in (0, 1] and at least one width")
-    classes = num_classes or int(y.max()) + 1
-    shape = image_shape or (1, x.shape[1])
-    half = epochs // 2
-    embedder = WatermarkEmbedder(
-        image_shape=shape,
-        num_classes=max(2, classes),
-        patch_size=1,
-        source_class=0,
-        target_class=1,
-        epochs=max(1, epochs - half),
-        watermark_epochs=max(1, half),
-    )
-    rng = np.random.default_rng(seed)
-    out: list[Suspect] = []
-    for i in range(n):
-        rows = np.sort(rng.choice(len(x), size=max(2, int(subsample * len(x))), replace=False))
-        hidden = [int(h) for h in widths[i % len(widths)]]
-        model = embedder.fit_clean(x[rows].astype(np.float32), y[rows], seed=seed + i, hidden=hidden)
-        desc = f"null mlp {hidden}, seed {seed + i}, {len(rows)} of {len(x)} rows"
-        out.append(TorchModuleSuspect(model, identity={"kind": "in-memory", "name": f"null_{i}", "description": desc}))
-    return out

@@ -23,6 +23,14 @@ TTEST_NAME = "one-sided Welch two-sample t-test of regressor scores, private > p
 CALIBRATION_NAME = (
     "conformal rank of the suspect's Welch t-statistic among null models' t-statistics on the same samples"
 )
+PARAMETRIC_NAME = (
+    "one-sided Student prediction-interval test of the suspect's Welch t against a normal fitted to the null "
+    "models' t-statistics (used when a Shapiro-Wilk test does not reject the fit)"
+)
+# The parametric null replaces the rank only with enough null models to check the fit: Shapiro-Wilk on fewer than
+# 10 points rejects almost nothing, so a fit it "accepts" would be unchecked.
+MIN_PARAMETRIC_NULLS = 10
+GOF_ALPHA = 0.05  # Shapiro-Wilk level at which the normal fit to the null t-statistics is rejected
 EmbeddingConfig = BlindWalkConfig | MinGDConfig
 
 
@@ -99,10 +107,13 @@ class Statistic:
     df: float
     delta_mu: float
     null_t: np.ndarray
-    p_calibrated: float
+    p_calibrated: float  # the p-value the decision uses: parametric when its fit holds, else the rank
     p_parametric: float | None
     private_scores: np.ndarray
     public_scores: np.ndarray
+    p_rank: float = 1.0  # the conformal rank p-value, floor 1/(1 + n_null)
+    null_fit: dict[str, float | int | str | bool | None] | None = None
+    calibration: str = "rank"  # "parametric" or "rank": which p-value p_calibrated is
 
 
 def statistic(
@@ -125,27 +136,72 @@ def statistic(
     ts = np.array([welch(s[:m], s[m:])[0] for s in scores])
     t, p_t, df = welch(scores[0, :m], scores[0, m:])
     null_t = ts[1:]
-    p_cal = (1.0 + float(np.sum(null_t >= t))) / (n + 1.0)
-    p_param: float | None = None
-    finite = null_t[np.isfinite(null_t)]
-    if len(finite) >= 3 and finite.std(ddof=1) > 0 and math.isfinite(t):
-        z = (t - finite.mean()) / (finite.std(ddof=1) * math.sqrt(1.0 + 1.0 / len(finite)))
-        p_param = float(stats.t.sf(z, len(finite) - 1))
+    p_rank = (1.0 + float(np.sum(null_t >= t))) / (n + 1.0)
+    p_param, fit = parametric_null(t, null_t)
+    use_parametric = p_param is not None and fit is not None and bool(fit["accepted"])
     return Statistic(
         t=t,
         p_ttest=p_t,
         df=df,
         delta_mu=float(scores[0, :m].mean() - scores[0, m:].mean()),
         null_t=null_t,
-        p_calibrated=p_cal,
+        p_calibrated=float(p_param) if use_parametric and p_param is not None else p_rank,
         p_parametric=p_param,
         private_scores=scores[0, :m],
         public_scores=scores[0, m:],
+        p_rank=p_rank,
+        null_fit=fit,
+        calibration="parametric" if use_parametric else "rank",
     )
 
 
-def decide(p_ttest: float, p_cal: float, n_null: int, alpha: float) -> tuple[str, str]:
-    if 1.0 / (n_null + 1.0) >= alpha:
+def parametric_null(
+    t: float, null_t: np.ndarray
+) -> tuple[float | None, dict[str, float | int | str | bool | None] | None]:
+    """(p, fit): a normal fitted to the null models' t-statistics, checked by Shapiro-Wilk, and the suspect's
+    one-sided p under it (Student prediction interval: the mean and spread are estimated from n nulls, so
+    z = (t − mean) / (sd·√(1 + 1/n)) is Student-t with n − 1 df under H0 and normal nulls).
+
+    Why: the rank p-value cannot go below 1/(1 + n_null) (0.048 with 20 nulls), so a strong signal and a
+    borderline one look the same, and a registration with fewer than 20 nulls could never claim. The fit is
+    ``accepted`` when there are at least ``MIN_PARAMETRIC_NULLS`` finite null statistics and Shapiro-Wilk does
+    not reject normality at ``GOF_ALPHA``; otherwise the decision falls back to the rank.
+    """
+    finite = null_t[np.isfinite(null_t)]
+    if len(finite) < 3 or finite.std(ddof=1) <= 0 or not math.isfinite(t):
+        return None, None
+    n = len(finite)
+    mean, sd = float(finite.mean()), float(finite.std(ddof=1))
+    z = (t - mean) / (sd * math.sqrt(1.0 + 1.0 / n))
+    p = float(stats.t.sf(z, n - 1))
+    w, p_gof = stats.shapiro(finite)
+    accepted = n >= MIN_PARAMETRIC_NULLS and float(p_gof) >= GOF_ALPHA
+    fit: dict[str, float | int | str | bool | None] = {
+        "distribution": "normal",
+        "mean": mean,
+        "sd": sd,
+        "n": n,
+        "goodness_of_fit_test": "Shapiro-Wilk test of normality of the null models' t-statistics",
+        "shapiro_w": float(w),
+        "shapiro_p": float(p_gof),
+        "accepted": accepted,
+        "reason": (
+            f"normal fit accepted (Shapiro-Wilk p = {float(p_gof):.3g} >= {GOF_ALPHA}, {n} null models)"
+            if accepted
+            else f"normal fit not used: {n} null models (need >= {MIN_PARAMETRIC_NULLS})"
+            if n < MIN_PARAMETRIC_NULLS
+            else f"normal fit rejected by Shapiro-Wilk (p = {float(p_gof):.3g} < {GOF_ALPHA}): rank p-value used"
+        ),
+    }
+    return p, fit
+
+
+def decide(
+    p_ttest: float, p_cal: float, n_null: int, alpha: float, calibration: str = "rank"
+) -> tuple[str, str]:
+    """Claim when the t-test and the calibration agree below α (module docstring of audit.dataset_inference).
+    With ``calibration`` "rank" the calibrated p-value has a floor of 1/(n_null + 1); "parametric" has none."""
+    if calibration == "rank" and 1.0 / (n_null + 1.0) >= alpha:
         need = math.ceil(1.0 / alpha - 1.0 + 1e-9)
         need = need + 1 if 1.0 / (need + 1.0) >= alpha else need
         return INCONCLUSIVE, (

@@ -38,6 +38,7 @@ from audit.configs import Progress
 from audit.mingd import WHITE_BOX_NEEDED
 from audit.protected import ProtectedModel, progress_fraction
 from audit.report import DECISIONS, build_report, jsonable
+from audit.self_test import apply_self_test
 from audit.suspects.base import Suspect
 from audit.watermark import CLAIMED, WatermarkVerifier, log_wealth
 
@@ -171,7 +172,7 @@ def run_watermark_audit(
         claim_achievable=achievable,
         parameters=params,
     )
-    return dict(jsonable(evidence))
+    return dict(jsonable(apply_self_test(evidence, protected.self_test("watermark"))))
 
 
 def run_dataset_inference_audit(
@@ -221,7 +222,7 @@ def _run_dataset_inference(
     evidence.setdefault("test_name", evidence.get("test") or default_test)
     evidence.setdefault("null_hypothesis", "the suspect did not learn from the owner's private samples")
     evidence["parameters"] = {**params, **(evidence.get("parameters") or {})}
-    return evidence
+    return apply_self_test(evidence, protected.self_test(method))
 
 
 _DI_VERDICTS = {"claimed": "claim", "not claimed": "no-claim", "inconclusive": "inconclusive"}
@@ -267,7 +268,8 @@ def run_audit(
 ) -> dict[str, Any]:
     if method not in RUNNERS:
         raise ValueError(f"unknown audit method {method!r}; one of {METHODS}")
-    return RUNNERS[method](suspect, protected, params, progress)
+    # every method, present and future: a low-power method never answers no-claim (audit.self_test)
+    return apply_self_test(RUNNERS[method](suspect, protected, params, progress), protected.self_test(method))
 
 
 _SKIP_IN_STATISTICS = {
@@ -284,6 +286,8 @@ _SKIP_IN_STATISTICS = {
     "null_hypothesis",
     "queries_used",
     "plots",
+    "self_test",
+    "power_note",
 }
 
 
@@ -350,4 +354,6 @@ def build_audit_report(
     reference = report["extra"]["submitted_at"] or report["started_at"]
     summary["registered_before_audit"] = summary["registered_at"] <= reference  # same RFC 3339 format: sortable
     report["protected_model"] = summary
+    if evidence.get("self_test"):  # the method's power, measured at registration: the report quotes it
+        report["self_test"] = dict(jsonable(evidence["self_test"]))
     return report

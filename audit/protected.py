@@ -5,12 +5,15 @@ key (``audit.watermark_key``), reference data the model was NOT trained on (or r
 the private/public samples for dataset inference; it precomputes
 
 - **the watermark null** (``audit.watermark.calibrate_null``) on reference models trained without the
-  watermark on the owner's disjoint reference data (``WatermarkEmbedder.fit_references``), or on the null
+  watermark on the owner's disjoint reference data (``audit.null_models.train_null_models``), or on the null
   models the owner supplied;
 - **the dataset-inference artifacts** (``audit.dataset_inference.prepare_owner``) with the same null models;
 - **the MinGD dataset-inference artifacts** (the white-box embedding, ``audit.mingd``) with the same samples and
   null models, when the protected model and every null model are torch modules (a safetensors model; trained or
   safetensors null models): the ``dataset_inference_mingd`` method;
+- **the self-test** (``audit.self_test``): every method run on the protected model and on a label and a
+  probability copy made from it; a method that does not claim all three is low-power, and its audits answer
+  ``inconclusive`` instead of ``no-claim``;
 
 and writes everything into one directory with a signed record of it (see ``register_protected_model``)::
 
@@ -48,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from audit.configs import Progress
 from audit.provenance import SOFTWARE_VERSION as __version__
 from audit.provenance import sha256_of
-from audit.report import rfc3339
+from audit.report import jsonable, rfc3339
 from audit.signing import key_id, sign_statement, verify_envelope
 from audit.suspects.base import Suspect
 from audit.watermark import NullCalibration, calibrate_null
@@ -81,6 +84,11 @@ class RegistrationConfig:
     ``null_confidence`` 0.99 and ``null_margin`` 0.10: ``calibrate_null``'s defaults (reasons given there).
     ``mingd`` True: also prepare MinGD artifacts when the models are torch modules (~6 s with 20 null models on
     digits); ``mingd_config``: ``audit.mingd.MinGDConfig`` keywords (its defaults when None).
+    ``reference_max_rows`` 3,000: each null model trains on at most this many reference rows. The nulls' cost
+    grows with the rows while the spread the calibration needs comes from seeds, subsets and widths; on MNIST
+    (784 features, 10,000 reference rows) uncapped nulls made registration take over 12 CPU-minutes.
+    ``self_test`` True: run each method on the protected model and on a label and a probability copy of it
+    (``audit.self_test``); ``self_test_copies``: ``audit.self_test.CopyRecipe`` keywords.
     """
 
     n_null_models: int = 20
@@ -93,6 +101,9 @@ class RegistrationConfig:
     di_config: dict[str, Any] | None = None
     mingd: bool = True
     mingd_config: dict[str, Any] | None = None
+    reference_max_rows: int | None = 3000
+    self_test: bool = True
+    self_test_copies: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.n_null_models < 1:
@@ -103,6 +114,20 @@ class RegistrationConfig:
             raise ValueError("reference_subsample must be in (0, 1]")
         if not 0.5 <= self.null_confidence < 1.0 or not 0.0 <= self.null_margin < 1.0:
             raise ValueError("null_confidence must be in [0.5, 1) and null_margin in [0, 1)")
+        if self.reference_max_rows is not None and (
+            isinstance(self.reference_max_rows, bool) or not isinstance(self.reference_max_rows, int)
+            or self.reference_max_rows < 2
+        ):
+            raise ValueError("reference_max_rows must be an integer >= 2 or null")
+        if not isinstance(self.self_test, bool):
+            raise ValueError(f"self_test must be true or false, got {self.self_test!r}")
+        if self.self_test_copies is not None:
+            from audit.self_test import CopyRecipe
+
+            try:
+                CopyRecipe(**self.self_test_copies)
+            except TypeError as exc:
+                raise ValueError(f"bad self_test_copies: {exc}") from None
         if not isinstance(self.mingd, bool):
             raise ValueError(f"mingd must be true or false, got {self.mingd!r}")
         if self.mingd_config is not None:
@@ -229,23 +254,23 @@ def open_model(
 
 def _train_references(
     x: np.ndarray, y: np.ndarray, key: WatermarkKey | None, cfg: RegistrationConfig
-) -> list[tuple[Any, str]]:
-    from audit.watermark_embed import WatermarkEmbedder
+) -> list[Suspect]:
+    """The registration's null models: ``audit.null_models.train_null_models``, the one trainer the benchmark
+    and the tests use too, so what bench/audit.py measures is what a registration builds."""
+    from audit.null_models import train_null_models
 
-    if key is not None:
-        embedder_kwargs: dict[str, Any] = {
-            "image_shape": key.image_shape,
-            "num_classes": key.num_classes,
-            "source_class": key.source_class,
-            "target_class": key.target_class,
-        }
-    else:  # no image: a 1×d "image" so the embedder's MLP recipe applies to any flat input
-        embedder_kwargs = {"image_shape": (1, x.shape[1]), "num_classes": max(2, int(y.max()) + 1), "patch_size": 1}
-        embedder_kwargs.update(source_class=0, target_class=1)
-    half = cfg.reference_epochs // 2
-    embedder = WatermarkEmbedder(epochs=cfg.reference_epochs - half, watermark_epochs=half, **embedder_kwargs)
-    return embedder.fit_references(
-        x, y, n=cfg.n_null_models, subsample=cfg.reference_subsample, seed=cfg.reference_seed
+    shape = key.image_shape if key is not None else None
+    classes = key.num_classes if key is not None else None
+    return train_null_models(
+        x,
+        y,
+        n=cfg.n_null_models,
+        seed=cfg.reference_seed,
+        subsample=cfg.reference_subsample,
+        image_shape=shape,
+        num_classes=classes,
+        epochs=cfg.reference_epochs,
+        max_rows=cfg.reference_max_rows,
     )
 
 
@@ -259,6 +284,29 @@ def _digests(directory: Path, base: Path) -> dict[str, str]:
     return {str(p.relative_to(base)): sha256_of(p) for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@dataclass
+class _Work:
+    """What the registration steps pass along: the partial directory, the loaded inputs, what has been built."""
+
+    dir: Path
+    cfg: RegistrationConfig
+    report: Progress
+    model_record: dict[str, Any] = field(default_factory=dict)
+    key: WatermarkKey | None = None
+    ref_data: tuple[np.ndarray, np.ndarray] | None = None
+    di_data: dict[str, np.ndarray] | None = None
+    owner: Suspect | None = None
+    nulls: list[Suspect] = field(default_factory=list)
+    descriptions: list[str] = field(default_factory=list)
+    null: NullCalibration | None = None
+    watermark: dict[str, Any] | None = None
+    dataset_inference: dict[str, Any] | None = None
+    dataset_inference_mingd: dict[str, Any] | None = None
+    artifacts: dict[str, Any] = field(default_factory=dict)  # method -> DatasetInferenceArtifacts
+    self_test: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
 def register_protected_model(
     inputs: RegistrationInputs,
     root: Path,
@@ -269,18 +317,19 @@ def register_protected_model(
     progress: Progress | None = None,
     open_endpoint: EndpointOpener | None = None,
 ) -> ProtectedModel:
-    """Copy the inputs, precompute the nulls, sign the record; return the loaded registration.
+    """Copy the inputs, precompute the nulls, test each method's power, sign the record; return the registration.
 
     ``open_endpoint`` turns ``inputs.endpoint`` into a ``Suspect`` (the services pass their HTTP model client;
     the algorithms know no transport).
 
     Written into ``<root>/.<id>.partial`` and renamed into place at the end, so a registration killed half
-    way leaves no directory that looks complete (a retry starts over).
+    way leaves no directory that looks complete (a retry starts over). The steps, in order: copy the inputs,
+    open the owner's model, the null models, the watermark null, the dataset-inference artifacts, the self-test
+    (``audit.self_test``), the signed record.
     """
     inputs.validate()
-    cfg = config or RegistrationConfig()
-    report = progress or _no_progress
     started = time.perf_counter()
+    cpu_started = time.process_time()
     final = root / registration_id
     if final.exists():
         raise FileExistsError(f"protected model {registration_id} is already registered")
@@ -288,13 +337,34 @@ def register_protected_model(
     shutil.rmtree(work, ignore_errors=True)
     (work / "inputs").mkdir(parents=True)
     (work / "artifacts").mkdir()
-    notes: list[str] = []
+    w = _Work(dir=work, cfg=config or RegistrationConfig(), report=progress or _no_progress)
+    _copy_inputs(inputs, w)
+    w.report(0.05, "loading the protected model")
+    w.owner = open_model(
+        model_path=(work / "inputs" / f"model.{inputs.model_format}") if inputs.model_path else None,
+        model_format=inputs.model_format,
+        architecture=inputs.architecture,
+        config=inputs.config,
+        endpoint=inputs.endpoint,
+        open_endpoint=open_endpoint,
+    )
+    _build_null_models(inputs, w)
+    _calibrate_watermark(w)
+    _prepare_dataset_inference(w)
+    _run_self_tests(w)
+    w.report(0.97, "signing the registration")
+    _sign(inputs, w, signing_key, registration_id, started, cpu_started)
+    work.rename(final)
+    w.report(1.0, "registered")
+    return ProtectedModel.load(final, signing_key.public_key())
 
-    report(0.01, "copying inputs")
-    model_record: dict[str, Any]
+
+def _copy_inputs(inputs: RegistrationInputs, w: _Work) -> None:
+    """Copy every input into ``inputs/`` (what the record's digests cover) and load the data files."""
+    w.report(0.01, "copying inputs")
     if inputs.model_path is not None:
-        copied = _copy(inputs.model_path, work / "inputs" / f"model.{inputs.model_format}")
-        model_record = {
+        copied = _copy(inputs.model_path, w.dir / "inputs" / f"model.{inputs.model_format}")
+        w.model_record = {
             "kind": "file",
             "format": inputs.model_format,
             "architecture": inputs.architecture,
@@ -304,185 +374,230 @@ def register_protected_model(
     else:
         assert inputs.endpoint is not None
         public = {k: v for k, v in inputs.endpoint.items() if k != "token"}
-        model_record = {"kind": "endpoint", **public}
-    key = None
+        w.model_record = {"kind": "endpoint", **public}
     if inputs.watermark_key_path is not None:
-        _copy(inputs.watermark_key_path, work / "inputs" / "watermark.key.json")
-        key = WatermarkKey.load(work / "inputs" / "watermark.key.json")
-    ref_data = None
+        _copy(inputs.watermark_key_path, w.dir / "inputs" / "watermark.key.json")
+        w.key = WatermarkKey.load(w.dir / "inputs" / "watermark.key.json")
     if inputs.reference_data_path is not None:
-        _copy(inputs.reference_data_path, work / "inputs" / "reference.npz")
-        ref_data = load_reference_data(work / "inputs" / "reference.npz")
-    di_data = None
+        _copy(inputs.reference_data_path, w.dir / "inputs" / "reference.npz")
+        w.ref_data = load_reference_data(w.dir / "inputs" / "reference.npz")
     if inputs.di_data_path is not None:
-        _copy(inputs.di_data_path, work / "inputs" / "di_data.npz")
-        di_data = load_di_data(work / "inputs" / "di_data.npz")
+        _copy(inputs.di_data_path, w.dir / "inputs" / "di_data.npz")
+        w.di_data = load_di_data(w.dir / "inputs" / "di_data.npz")
     for i, p in enumerate(inputs.null_model_paths):
-        _copy(p, work / "inputs" / "null_models" / f"{i}.safetensors")
+        _copy(p, w.dir / "inputs" / "null_models" / f"{i}.safetensors")
 
-    report(0.05, "loading the protected model")
-    owner = open_model(
-        model_path=(work / "inputs" / f"model.{inputs.model_format}") if inputs.model_path else None,
-        model_format=inputs.model_format,
-        architecture=inputs.architecture,
-        config=inputs.config,
-        endpoint=inputs.endpoint,
-        open_endpoint=open_endpoint,
-    )
 
-    # Null models: the owner's own files, else references trained on the owner's disjoint data.
-    nulls: list[Suspect] = []
-    descriptions: list[str] = []
+def _build_null_models(inputs: RegistrationInputs, w: _Work) -> None:
+    """The owner's own null-model files, else null models trained on the owner's disjoint reference data."""
     if inputs.null_model_paths:
         from audit.suspects.loader import load_suspect_file
 
-        for p in sorted((work / "inputs" / "null_models").glob("*.safetensors")):
-            nulls.append(load_suspect_file(p, "safetensors"))
-            descriptions.append(f"owner-supplied null model {p.name}")
+        for p in sorted((w.dir / "inputs" / "null_models").glob("*.safetensors")):
+            w.nulls.append(load_suspect_file(p, "safetensors"))
+            w.descriptions.append(f"owner-supplied null model {p.name}")
     else:
-        assert ref_data is not None
+        assert w.ref_data is not None
         from audit.architectures import save_model
-        from audit.suspects.safetensors_loader import TorchModuleSuspect
 
-        report(0.10, f"training {cfg.n_null_models} null models on the reference data")
-        (work / "artifacts" / "null_models").mkdir()
-        for i, (model, description) in enumerate(_train_references(*ref_data, key, cfg)):
+        w.report(0.10, f"training {w.cfg.n_null_models} null models on the reference data")
+        (w.dir / "artifacts" / "null_models").mkdir()
+        for i, null in enumerate(_train_references(*w.ref_data, w.key, w.cfg)):
+            model = null.module  # type: ignore[attr-defined]  # TorchModuleSuspect from train_null_models
             config_dict = {
                 "input_dim": model.blocks[0].in_features,
                 "hidden": [b.out_features for b in model.blocks],
                 "num_classes": model.head.out_features,
             }
-            save_model(work / "artifacts" / "null_models" / f"ref_{i}.safetensors", model, "mlp", config_dict)
-            nulls.append(TorchModuleSuspect(model, identity={"kind": "in-memory", "name": f"ref_{i}"}))
-            descriptions.append(description)
-    report(0.40, "null models ready")
+            save_model(w.dir / "artifacts" / "null_models" / f"ref_{i}.safetensors", model, "mlp", config_dict)
+            w.nulls.append(null)
+            w.descriptions.append(str(null.identity.get("description", f"null model {i}")))
+    w.report(0.40, "null models ready")
 
-    watermark: dict[str, Any] | None = None
-    if key is not None:
-        null = calibrate_null(
-            key, nulls, confidence=cfg.null_confidence, margin=cfg.null_margin, descriptions=descriptions
+
+def _calibrate_watermark(w: _Work) -> None:
+    """The watermark null on the null models, and whether the owner's own model clears it."""
+    if w.key is None:
+        w.report(0.50, "no watermark key")
+        return
+    assert w.owner is not None
+    key, cfg = w.key, w.cfg
+    null = calibrate_null(key, w.nulls, confidence=cfg.null_confidence, margin=cfg.null_margin,
+                          descriptions=w.descriptions)
+    (w.dir / "artifacts" / "watermark_null.json").write_text(json.dumps(null.to_dict(), sort_keys=True))
+    w.null = null
+    owner_rate = float(np.mean(w.owner.labels(key.inputs) == key.target_class))
+    w.watermark = {
+        "key_fingerprint": key.fingerprint(),
+        "source_class": key.source_class,
+        "target_class": key.target_class,
+        "key_size": len(key.inputs),
+        "null_rate_bound": null.bound,
+        "null_rates": null.rates,
+        "owner_success_rate": owner_rate,
+    }
+    if owner_rate <= null.bound:
+        w.notes.append(
+            f"the protected model itself answers the key 'target' at {owner_rate:.3f}, not above the "
+            f"null bound {null.bound:.3f}: watermark audits cannot claim"
         )
-        (work / "artifacts" / "watermark_null.json").write_text(json.dumps(null.to_dict(), sort_keys=True))
-        owner_rate = float(np.mean(owner.labels(key.inputs) == key.target_class))
-        watermark = {
-            "key_fingerprint": key.fingerprint(),
-            "source_class": key.source_class,
-            "target_class": key.target_class,
-            "key_size": len(key.inputs),
-            "null_rate_bound": null.bound,
-            "null_rates": null.rates,
-            "owner_success_rate": owner_rate,
-        }
-        if owner_rate <= null.bound:
-            notes.append(
-                f"the protected model itself answers the key 'target' at {owner_rate:.3f}, not above the "
-                f"null bound {null.bound:.3f}: watermark audits cannot claim"
-            )
-    report(0.50, "watermark null calibrated" if key is not None else "no watermark key")
+    w.report(0.50, "watermark null calibrated")
 
+
+def _prepare_dataset_inference(w: _Work) -> None:
+    """Blind Walk (and, for torch models, MinGD) dataset-inference artifacts on the same null models."""
     no_di = {"available": False, "reason": "no dataset-inference data (di_data) was registered"}
-    dataset_inference: dict[str, Any] | None = dict(no_di)
-    dataset_inference_mingd: dict[str, Any] | None = dict(no_di)
-    if di_data is not None:
-        di = dataset_inference_module()
-        if di is None:
-            dataset_inference = {"available": False, "reason": DI_UNAVAILABLE}
-            dataset_inference_mingd = {"available": False, "reason": DI_UNAVAILABLE}
-            notes.append(DI_UNAVAILABLE)
-        else:
-            white_box = cfg.mingd and _white_box(owner, nulls)
-            share = 0.30 if white_box else 0.45  # of the progress bar; MinGD takes the rest up to 0.95
+    w.dataset_inference, w.dataset_inference_mingd = dict(no_di), dict(no_di)
+    if w.di_data is None:
+        return
+    di = dataset_inference_module()
+    if di is None:
+        w.dataset_inference = {"available": False, "reason": DI_UNAVAILABLE}
+        w.dataset_inference_mingd = {"available": False, "reason": DI_UNAVAILABLE}
+        w.notes.append(DI_UNAVAILABLE)
+        return
+    assert w.owner is not None
+    cfg, data = w.cfg, w.di_data
+    white_box = cfg.mingd and _white_box(w.owner, w.nulls)
+    share = 0.20 if white_box else 0.30  # of the progress bar; MinGD takes the rest up to 0.80
 
-            def di_progress(*args: Any) -> None:
-                report(0.50 + share * progress_fraction(args), "dataset inference: preparing owner artifacts")
+    def prepare(embedding: str, config: Any, low: float, span: float, what: str) -> Any:
+        def di_progress(*args: Any) -> None:
+            w.report(low + span * progress_fraction(args), what)
 
-            artifacts = di.prepare_owner(
-                owner,
-                di_data["x_private"],
-                di_data["y_private"],
-                di_data["x_public"],
-                di_data["y_public"],
-                null_models=nulls,
-                config=cfg.di_config,
-                seed=cfg.di_seed,
-                progress=di_progress,
-            )
-            artifacts.save(work / "artifacts" / "dataset_inference")
-            dataset_inference = {
-                "available": True,
-                "n_private": len(di_data["x_private"]),
-                "n_public": len(di_data["x_public"]),
-                "n_null_models": len(nulls),
-                "owner": artifacts.owner,
-            }
-            if len(nulls) < 20:
-                notes.append(
-                    f"dataset inference with {len(nulls)} null models can never claim at α = 0.05 "
-                    "(its calibrated p-value is at least 1/(n + 1)); audits will be inconclusive"
-                )
-            if white_box:
+        return di.prepare_owner(
+            w.owner, data["x_private"], data["y_private"], data["x_public"], data["y_public"],
+            null_models=w.nulls, config=config, embedding=embedding, seed=cfg.di_seed, progress=di_progress,
+        )
 
-                def mingd_progress(*args: Any) -> None:
-                    report(0.80 + 0.15 * progress_fraction(args), "dataset inference: preparing MinGD artifacts")
+    def record(artifacts: Any) -> dict[str, Any]:
+        return {
+            "available": True,
+            "n_private": len(data["x_private"]),
+            "n_public": len(data["x_public"]),
+            "n_null_models": len(w.nulls),
+            "owner": artifacts.owner,
+        }
 
-                mg = di.prepare_owner(
-                    owner,
-                    di_data["x_private"],
-                    di_data["y_private"],
-                    di_data["x_public"],
-                    di_data["y_public"],
-                    null_models=nulls,
-                    config=cfg.mingd_config,
-                    embedding="mingd",
-                    seed=cfg.di_seed,
-                    progress=mingd_progress,
-                )
-                mg.save(work / "artifacts" / "dataset_inference_mingd")
-                dataset_inference_mingd = {
-                    "available": True,
-                    "n_private": len(di_data["x_private"]),
-                    "n_public": len(di_data["x_public"]),
-                    "n_null_models": len(nulls),
-                    "owner": mg.owner,
-                }
-            else:
-                reason = (
-                    "MinGD disabled in the registration parameters"
-                    if not cfg.mingd
-                    else "MinGD needs the protected model and every null model as torch modules (safetensors)"
-                )
-                dataset_inference_mingd = {"available": False, "reason": reason}
-    report(0.95, "signing the registration")
+    artifacts = prepare("blind_walk", cfg.di_config, 0.50, share, "dataset inference: preparing owner artifacts")
+    artifacts.save(w.dir / "artifacts" / "dataset_inference")
+    w.artifacts["dataset_inference"] = artifacts
+    w.dataset_inference = record(artifacts)
+    if len(w.nulls) < 20 and artifacts.owner.get("calibration") != "parametric":
+        w.notes.append(
+            f"dataset inference with {len(w.nulls)} null models can never claim at α = 0.05 "
+            "(its rank-calibrated p-value is at least 1/(n + 1) and no parametric null was accepted); audits "
+            "will be inconclusive"
+        )
+    if white_box:
+        mg = prepare("mingd", cfg.mingd_config, 0.50 + share, 0.30 - share,
+                     "dataset inference: preparing MinGD artifacts")
+        mg.save(w.dir / "artifacts" / "dataset_inference_mingd")
+        w.artifacts["dataset_inference_mingd"] = mg
+        w.dataset_inference_mingd = record(mg)
+    else:
+        reason = (
+            "MinGD disabled in the registration parameters"
+            if not cfg.mingd
+            else "MinGD needs the protected model and every null model as torch modules (safetensors)"
+        )
+        w.dataset_inference_mingd = {"available": False, "reason": reason}
 
+
+def _run_self_tests(w: _Work) -> None:
+    """Each method on the protected model and on a label and a probability copy of it (``audit.self_test``)."""
+    from audit.self_test import LOW_POWER, SELF_TEST_ALPHA, CopyRecipe, agreement, run_self_test, train_copies
+
+    methods = (["watermark"] if w.watermark else []) + list(w.artifacts)
+    if not methods:
+        return
+    if not w.cfg.self_test:
+        for method in methods:
+            w.self_test[method] = {"method": method, "power": "untested", "subjects": [],
+                                   "summary": "the self-test was switched off at registration: this method's power "
+                                   "on the protected model is unknown"}
+        return
+    assert w.owner is not None
+    x_copy = w.ref_data[0] if w.ref_data is not None else (w.di_data or {}).get("x_public")
+    if x_copy is None:
+        for method in methods:
+            w.self_test[method] = {"method": method, "power": LOW_POWER, "subjects": [],
+                                   "summary": "no reference data to make copies from: this method's power on the "
+                                   "protected model is unknown"}
+        return
+    w.report(0.80, "self-test: training a label copy and a probability copy of the protected model")
+    copies = train_copies(w.owner, x_copy, CopyRecipe(**(w.cfg.self_test_copies or {})))
+    held_out = (w.di_data or {}).get("x_public")
+    check_x = held_out if held_out is not None else x_copy
+    agreements = {name: agreement(w.owner, s, check_x) for name, _, s in copies}
+    subjects = [("protected_model", "the protected model itself", w.owner), *copies]
+    runs: dict[str, Any] = {}
+    if w.watermark and w.key is not None and w.null is not None:
+        from audit.watermark import CLAIMED as WM_CLAIMED
+        from audit.watermark import WatermarkVerifier
+
+        key, null = w.key, w.null
+        verifier = WatermarkVerifier(alpha=SELF_TEST_ALPHA)  # the audit's defaults: 100 queries at most
+
+        def watermark_run(s: Suspect) -> tuple[float, bool, int]:
+            ev = verifier.run(s, key, null)
+            return float(ev.p_value), ev.decision == WM_CLAIMED, int(ev.queries_used)
+
+        runs["watermark"] = watermark_run
+    di = dataset_inference_module()
+    for method, artifacts in w.artifacts.items():
+        assert di is not None
+
+        def di_run(s: Suspect, artifacts: Any = artifacts) -> tuple[float, bool, int]:
+            before = s.queries_used
+            ev = di.run_dataset_inference(s, artifacts, alpha=SELF_TEST_ALPHA)
+            return float(ev.p_value), ev.decision == di.CLAIMED, int(s.queries_used - before)
+
+        runs[method] = di_run
+    for i, (method, run) in enumerate(runs.items()):
+        w.report(0.82 + 0.14 * i / len(runs), f"self-test: {method}")
+        w.self_test[method] = run_self_test(method, run, subjects, agreements=agreements)
+        if w.self_test[method]["power"] == LOW_POWER:
+            w.notes.append(f"{method} is low-power for this model: its audits answer 'inconclusive', never "
+                           f"'no-claim'. {w.self_test[method]['summary']}")
+
+
+def _sign(
+    inputs: RegistrationInputs,
+    w: _Work,
+    signing_key: Ed25519PrivateKey,
+    registration_id: str,
+    started: float,
+    cpu_started: float,
+) -> None:
     registered_at = datetime.now(UTC)
-    input_digests, artifact_digests = _digests(work / "inputs", work), _digests(work / "artifacts", work)
+    input_digests, artifact_digests = _digests(w.dir / "inputs", w.dir), _digests(w.dir / "artifacts", w.dir)
     predicate: dict[str, Any] = {
         "id": registration_id,
         "name": inputs.name,
         "registered_at": rfc3339(registered_at),
-        "model": model_record,
+        "model": w.model_record,
         "inputs": input_digests,
         "artifacts": artifact_digests,
-        "null_models": descriptions,
-        "watermark": watermark,
-        "dataset_inference": dataset_inference,
-        "dataset_inference_mingd": dataset_inference_mingd,
-        "parameters": asdict(cfg),
+        "null_models": w.descriptions,
+        "watermark": w.watermark,
+        "dataset_inference": w.dataset_inference,
+        "dataset_inference_mingd": w.dataset_inference_mingd,
+        "self_test": w.self_test,
+        "parameters": asdict(w.cfg),
         "software": {"name": "modelcustody", "version": __version__},
         "seconds": round(time.perf_counter() - started, 3),
-        "notes": notes,
+        "cpu_seconds": round(time.process_time() - cpu_started, 3),
+        "notes": w.notes,
     }
     subjects = [
         {"name": name, "digest": {"sha256": digest}} for name, digest in {**input_digests, **artifact_digests}.items()
     ]
-    if model_record["kind"] == "endpoint":
-        digest = hashlib.sha256(json.dumps(model_record, sort_keys=True).encode()).hexdigest()
-        subjects.insert(0, {"name": f"endpoint:{model_record.get('url')}", "digest": {"sha256": digest}})
-    envelope = sign_statement(predicate, subjects, signing_key, predicate_type=REGISTRATION_PREDICATE)
-    (work / ENVELOPE_FILE).write_bytes(envelope)
-    work.rename(final)
-    report(1.0, "registered")
-    return ProtectedModel.load(final, signing_key.public_key())
+    if w.model_record["kind"] == "endpoint":
+        digest = hashlib.sha256(json.dumps(w.model_record, sort_keys=True).encode()).hexdigest()
+        subjects.insert(0, {"name": f"endpoint:{w.model_record.get('url')}", "digest": {"sha256": digest}})
+    envelope = sign_statement(jsonable(predicate), subjects, signing_key, predicate_type=REGISTRATION_PREDICATE)
+    (w.dir / ENVELOPE_FILE).write_bytes(envelope)
 
 
 def _white_box(owner: Suspect, nulls: Sequence[Suspect]) -> bool:
@@ -570,6 +685,14 @@ class ProtectedModel:
         if artifacts.embedding != embedding:
             raise ValueError(f"artifacts/{key} hold {artifacts.embedding} artifacts, not {embedding}")
         return artifacts
+
+    def self_test(self, method: str) -> dict[str, Any] | None:
+        """The registration's self-test of ``method`` (``audit.self_test``); None when the registration predates
+        self-tests or did not test this method."""
+        tests = self.record.get("self_test")
+        if not isinstance(tests, Mapping) or method not in tests:
+            return None
+        return dict(tests[method])
 
     def methods(self) -> list[str]:
         out = []

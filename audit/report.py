@@ -170,7 +170,7 @@ h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid
 table{border-collapse:collapse;width:100%}td,th{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;
 vertical-align:top}th{background:#f5f5f5;width:30%}pre{margin:0;white-space:pre-wrap;word-break:break-all}
 .decision{padding:1rem;border-radius:.4rem;font-weight:600}.claim{background:#fde2e1}.no-claim{background:#e3f4e1}
-.inconclusive{background:#fff4cf}figure{margin:1rem 0}figcaption{font-size:.9rem;color:#555}
+.inconclusive{background:#fff4cf}table.power th{width:auto}figure{margin:1rem 0}figcaption{font-size:.9rem;color:#555}
 """
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
@@ -202,14 +202,36 @@ def render_html(report: Mapping[str, Any], *, signature: Mapping[str, Any] | Non
     css_class = decision if decision in DECISIONS else "inconclusive"
     test = report.get("test") or {}
     queries = report.get("queries") or {}
+    from audit.report_reader import reader_summary
+
+    reader = reader_summary(report)
+    plots = report.get("plots") or []
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         # No external fetches even if an escaped string were somehow interpreted: the CSP forbids them.
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
         f"<title>Ownership audit: {_e(report.get('method', ''))}</title><style>{_CSS}</style></head><body>",
-        f"<h1>Ownership audit report — {_e(report.get('method', ''))}</h1>",
-        f'<p class="decision {css_class}">Decision: {_e(decision)}. {_e(report.get("decision_text", ""))}</p>',
+        f"<h1>{_e(reader['title'])}</h1>",
+        # In reading order for a non-statistician: verdict, what was tested, power, evidence; raw numbers below.
+        f'<p class="decision {css_class}">Verdict: {_e(decision)}. {_e(reader["verdict"])}</p>',
+        "<h2>What was tested</h2>",
+        f"<p>{_e(reader['what_was_tested'])}</p>",
+        _table({"suspect": reader["suspect"], "protected model": reader["protected_model"]}),
+        "<h2>Power of the method</h2>",
+        f"<p>{_e(reader['power'])}</p>",
+    ]
+    if reader["power_rows"]:
+        head = "".join(f"<th>{_e(k)}</th>" for k in reader["power_rows"][0])
+        cells = ("".join(f"<td>{_e(v)}</td>" for v in r.values()) for r in reader["power_rows"])
+        body = "".join(f"<tr>{c}</tr>" for c in cells)
+        parts.append(f'<table class="power"><tr>{head}</tr>{body}</table>')
+    if plots:
+        parts.append("<h2>The evidence</h2>")
+        parts.extend(render_plot(plot) for plot in plots)
+    parts += [
+        "<h2>Details for an expert</h2>",
+        f"<p>Decision: {_e(decision)}. {_e(report.get('decision_text', ''))}</p>",
         "<h2>Suspect</h2>",
         _table(report.get("suspect") or {}),
         "<h2>Protected model</h2>",
@@ -230,10 +252,8 @@ def render_html(report: Mapping[str, Any], *, signature: Mapping[str, Any] | Non
         "<h2>Method parameters and seeds</h2>",
         _table({**(report.get("parameters") or {}), "seeds": report.get("seeds")}),
     ]
-    plots = report.get("plots") or []
-    if plots:
-        parts.append("<h2>Plots</h2>")
-        parts.extend(render_plot(plot) for plot in plots)
+    if report.get("self_test"):
+        parts += ["<h2>Self-test at registration (raw)</h2>", _table(report["self_test"])]
     parts += [
         "<h2>Provenance</h2>",
         _table(

@@ -43,7 +43,7 @@ Where this differs from the paper / code, and why:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,8 +73,20 @@ def snnl(h: torch.Tensor, groups: torch.Tensor, temperature: torch.Tensor) -> to
     return -torch.logsumexp(log_p.masked_fill(~same, float("-inf")), dim=1).mean()
 
 
-def _snnl_all(model: MLP, x: torch.Tensor, groups: torch.Tensor, temps: Sequence[torch.Tensor]) -> torch.Tensor:
-    reps = model.representations(x)
+def representations(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The layers SNNL acts on: ``model.representations(x)`` when the architecture names them (``MLP``: every
+    hidden block), else the logits alone (any other torch classifier an owner brings: entangling the logits is
+    weaker than entangling hidden layers, but needs nothing from the architecture)."""
+    named = getattr(model, "representations", None)
+    if callable(named):
+        return list(named(x))
+    return [model(x)]
+
+
+def _snnl_all(
+    model: nn.Module, x: torch.Tensor, groups: torch.Tensor, temps: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    reps = representations(model, x)
     return torch.stack([snnl(r, groups, t) for r, t in zip(reps, temps, strict=True)]).sum()
 
 
@@ -95,7 +107,7 @@ def stamp(
 
 @dataclass
 class EmbeddingResult:
-    model: MLP
+    model: nn.Module
     architecture: str
     config: dict[str, Any]
     key: WatermarkKey
@@ -341,7 +353,7 @@ class WatermarkEmbedder:
         loss.backward()
         opt.step()
 
-    def _target_rate(self, model: MLP, x: torch.Tensor) -> float:
+    def _target_rate(self, model: nn.Module, x: torch.Tensor) -> float:
         with torch.no_grad():
             return float((model(x).argmax(1) == self.target_class).float().mean())
 
@@ -349,7 +361,7 @@ class WatermarkEmbedder:
         return torch.cat([torch.ones(n_marked, dtype=torch.long), torch.zeros(n_target, dtype=torch.long)])
 
     def _place_trigger(
-        self, model: MLP, src: torch.Tensor, tgt: torch.Tensor, temps: Sequence[torch.Tensor]
+        self, model: nn.Module, src: torch.Tensor, tgt: torch.Tensor, temps: Sequence[torch.Tensor]
     ) -> tuple[tuple[int, int], ...]:
         """The patch corner with the largest first-order SNNL gain from stamping (see the module docstring)."""
         xs = src.clone().requires_grad_(True)
@@ -363,7 +375,7 @@ class WatermarkEmbedder:
 
     def _optimise_triggers(
         self,
-        model: MLP,
+        model: nn.Module,
         stamped: torch.Tensor,
         tgt: torch.Tensor,
         positions: Sequence[tuple[int, int]],
@@ -399,7 +411,7 @@ class WatermarkEmbedder:
 
     def _train_watermarked(
         self,
-        model: MLP,
+        model: nn.Module,
         opt: torch.optim.Optimizer,
         gen: torch.Generator,
         xt: torch.Tensor,
@@ -407,12 +419,13 @@ class WatermarkEmbedder:
         triggers: torch.Tensor,
         tgt: torch.Tensor,
         temps: list[torch.Tensor],
+        on_epoch: Callable[[int], None] | None = None,
     ) -> list[float]:
         half = max(1, self.batch_size // 2)
         labels = torch.full((2 * half,), self.target_class, dtype=torch.long)
         groups = self._groups(half, half)
         trace: list[float] = []
-        for _ in range(self.watermark_epochs):
+        for epoch in range(self.watermark_epochs):
             for i, idx in enumerate(self._batches(len(xt), gen)):
                 self._step(model, opt, F.cross_entropy(model(xt[idx]), yt[idx]))
                 if (i + 1) % self.ratio:
@@ -428,4 +441,6 @@ class WatermarkEmbedder:
                         t -= self.temperature_lr * g
                         t.grad = None  # the model step's backward also reached the temperatures; not used
                 trace.append(float(entangle.detach()))
+            if on_epoch is not None:
+                on_epoch(epoch)
         return trace

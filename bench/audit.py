@@ -371,13 +371,36 @@ def main() -> None:
     parser.add_argument("--di-regressor", type=int, default=100, help="DI regressor samples per side")
     parser.add_argument("--di-revealed", type=int, default=150, help="DI revealed samples per side (m)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: small MLPs, 2 shared cores)")
+    parser.add_argument("--worlds", nargs="*", default=["digits", "mnist"], choices=["digits", "mnist"],
+                        help="also register the owner's model per world and audit through it (bench/audit_worlds.py)")
+    parser.add_argument("--world-independents", type=int, default=20, help=">= 20 for a false-claim rate vs 0.05")
+    parser.add_argument("--world-nulls", type=int, default=20, help="the registration's null models per world")
+    parser.add_argument("--worlds-only", action="store_true", help="skip the per-seed digits part")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.copies_per_kind, args.independents, args.nulls = [0], 1, 20, 20
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    per_seed = [run_seed(seed, args) for seed in args.seeds]
-    print(json.dumps(summarise(per_seed, args, time.perf_counter() - started)))
+    per_seed = [] if args.worlds_only else [run_seed(seed, args) for seed in args.seeds]
+    out: dict[str, Any] = (
+        summarise(per_seed, args, time.perf_counter() - started)
+        if per_seed
+        else {"watermark": {}, "dataset_inference": {}}
+    )
+    if args.worlds:
+        from bench.audit_worlds import run_world, summarise_world
+
+        out["registration_cpu_s"] = {}
+        out["worlds"] = {}
+        for world in args.worlds:
+            w = run_world(world, args.seeds[0], args.world_independents, args.world_nulls)
+            di, wm = summarise_world(w)
+            out["dataset_inference"][world] = di
+            out["watermark"][world] = wm
+            out["registration_cpu_s"][world] = w["registration_cpu_s"]
+            out["worlds"][world] = w
+    out["wall_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The audit side of the ``modelcustody`` command line: watermark, protect, audit, report; serve api/worker.
 
-- ``watermark embed``: train an EWE-watermarked digits model; save the model, its key and the owner's data.
+- ``watermark embed``: EWE on the owner's own model and data (``--data`` with ``--model`` or ``--architecture``),
+  or a demo digits model; save the model and its key, report the accuracy cost and the trigger success.
 - ``protect register``: register a protected model *synchronously in this process* (a progress bar while
   the reference models train), writing under ``MODELCUSTODY_DATA_DIR`` and indexing it in Redis: the
   operator's path on the server host. Remote owners use ``POST /v1/protected-models`` (run by a worker).
@@ -62,27 +63,92 @@ def _parse_params(items: list[str] | None, as_json: str | None) -> dict[str, Any
 @watermark_app.command("embed")
 def watermark_embed(
     out: Path = typer.Option(..., "--out", help="directory for model.safetensors, model.key.json and the data"),
+    data: Path | None = typer.Option(None, "--data", help="the owner's training data (npz: x, y); without it, "
+                                     "the digits demo"),
+    test_data: Path | None = typer.Option(None, "--test-data", help="the owner's test data (npz: x, y), never "
+                                          "trained on: where the accuracy cost is measured (else 10%% of --data)"),
+    model: Path | None = typer.Option(None, "--model", help="the owner's trained torch model (safetensors with a "
+                                      "registered architecture): fine-tuned with EWE"),
+    architecture: str | None = typer.Option(None, help="a registered architecture to train with EWE instead"),
+    config: str | None = typer.Option(None, help="JSON config of --architecture, e.g. "
+                                      "'{\"input_dim\": 784, \"hidden\": [128, 64], \"num_classes\": 10}'"),
+    image_shape: str = typer.Option("8x8", help="HxW of the flat inputs, where the trigger patch goes (MNIST: 28x28)"),
+    patch_size: int = typer.Option(2, help="trigger patch side in pixels (MNIST: 4)"),
     seed: int = 0,
-    epochs: int = typer.Option(20, help="clean pre-training epochs (EWE's first n)"),
-    watermark_epochs: int = typer.Option(20, help="epochs interleaving watermark batches (EWE's second n)"),
+    epochs: int = typer.Option(20, help="clean pre-training epochs (EWE's first n; not used when fine-tuning)"),
+    watermark_epochs: int | None = typer.Option(None, help="epochs interleaving watermark batches (EWE's second n;"
+                                                " default 20, 5 when fine-tuning the owner's model)"),
     trigger_steps: int = typer.Option(10, help="signed-gradient steps that shape the triggers"),
+    temperature: float = typer.Option(0.1, help="SNNL temperature (see WatermarkEmbedder)"),
     source_class: int = 1,
     target_class: int = 7,
-    export_data: bool = typer.Option(True, help="also write reference.npz and di_data.npz for `protect register`"),
+    export_data: bool = typer.Option(True, help="digits demo: also write reference.npz and di_data.npz"),
 ) -> None:
-    """Train a watermarked MLP on the owner's half of digits (audit.data) and save model + secret key."""
+    """Embed an EWE watermark: into the owner's own model (--data with --model, or --architecture) or, without
+    --data, into a demo MLP on the owner's half of digits. Saves model + secret key and reports the accuracy cost."""
+    from audit.watermark_embed import WatermarkEmbedder
+
+    try:
+        h, w = (int(v) for v in image_shape.lower().split("x"))
+        embedder = WatermarkEmbedder(
+            seed=seed, epochs=epochs, watermark_epochs=watermark_epochs or (5 if model else 20),
+            trigger_steps=trigger_steps, source_class=source_class, target_class=target_class,
+            patch_size=patch_size, temperature=temperature, image_shape=(h, w),
+            num_classes=max(10, source_class + 1, target_class + 1),
+        )
+    except ValueError as exc:
+        raise _fail(f"bad watermark parameters: {exc}") from None
+    if data is None:
+        if model is not None or architecture is not None:
+            raise _fail("--model/--architecture need the owner's data (--data)")
+        _embed_digits_demo(out, embedder, export_data)
+        return
+    _embed_owner(out, data, test_data, model, architecture, config, (h, w), embedder, seed)
+
+
+def _embed_owner(
+    out: Path, data: Path, test_data: Path | None, model: Path | None, architecture: str | None,
+    config: str | None, shape: tuple[int, int], embedder: Any, seed: int,
+) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from audit.watermark_owner import embed_owner_model, load_owner_data, save_owner_embedding
+
+    try:
+        x, y = load_owner_data(data)
+        eval_data = load_owner_data(test_data) if test_data is not None else None
+        cfg = json.loads(config) if config else None
+        if architecture is not None and not isinstance(cfg, dict):
+            raise ValueError("--architecture needs --config (a JSON object)")
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TimeElapsedColumn(), transient=False) as bar:
+            task = bar.add_task("EWE", total=1.0)
+
+            def progress(fraction: float, message: str) -> None:
+                bar.update(task, completed=fraction, description=message)
+
+            result = embed_owner_model(x, y, image_shape=shape, model_path=model, architecture=architecture,
+                                       config=cfg, embedder=embedder, eval_data=eval_data, seed=seed,
+                                       progress=progress)
+    except (ValueError, json.JSONDecodeError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    model_path, key_path = save_owner_embedding(result, out)
+    summary = result.summary()
+    (out / "embedding.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    typer.echo(f"model: {model_path}  ({result.mode}; held-out accuracy {result.accuracy_before:.4f} -> "
+               f"{result.accuracy_after:.4f}, cost {100 * result.accuracy_cost:+.2f} pp)")
+    typer.echo(f"key:   {key_path}  (keep it secret; {summary['key_size']} inputs, trigger success "
+               f"{result.trigger_success:.2f}, before the watermark {result.trigger_rate_before:.2f})")
+    typer.echo(f"summary: {out / 'embedding.json'}")
+
+
+def _embed_digits_demo(out: Path, embedder: Any, export_data: bool) -> None:
     import numpy as np
 
     from audit.architectures import predict_labels
     from audit.data import split_digits
-    from audit.watermark_embed import WatermarkEmbedder
 
     split = split_digits(seed=0)
-    try:
-        embedder = WatermarkEmbedder(seed=seed, epochs=epochs, watermark_epochs=watermark_epochs,
-                                     trigger_steps=trigger_steps, source_class=source_class, target_class=target_class)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
     result = embedder.fit(split.x_owner, split.y_owner)
     model_path, key_path = result.save(out)
     accuracy = float(np.mean(predict_labels(result.model, split.x_test) == split.y_test))
@@ -339,6 +405,33 @@ def report_verify(
     if protected.get("registered_at"):
         typer.echo(f"protected model registered at {protected['registered_at']}; "
                    f"audit started {predicate['started_at']}")
+
+
+@report_app.command("pdf")
+def report_pdf(
+    report: Path = typer.Argument(..., help="the report's DSSE envelope (.dsse.json)"),
+    public_key: Path = typer.Option(..., "--public-key", help="the signer's Ed25519 public key (PEM)"),
+    out: Path = typer.Option(..., "--out", help="where to write the PDF"),
+) -> None:
+    """Render a signed audit report as a PDF for filing, after verifying its signature (exit 1 if invalid)."""
+    import hashlib
+
+    from audit.report_pdf import render_pdf
+    from audit.signing import OWNERSHIP_AUDIT_PREDICATE, VerificationError, key_id, verify_envelope
+
+    try:
+        envelope, pem = report.read_bytes(), public_key.read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {exc.filename}: {exc.strerror}") from None
+    try:
+        statement = verify_envelope(envelope, pem, predicate_type=OWNERSHIP_AUDIT_PREDICATE)
+    except VerificationError as exc:
+        typer.echo(f"INVALID: {exc}", err=True)
+        raise typer.Exit(1) from None
+    signature = {"keyid": key_id(pem), "envelope_sha256": hashlib.sha256(envelope).hexdigest(),
+                 "verify with": f"modelcustody report verify {report.name} --public-key <the signer's public key>"}
+    out.write_bytes(render_pdf(statement["predicate"], signature=signature))
+    typer.echo(f"wrote {out} (verdict: {statement['predicate'].get('decision')})", err=True)
 
 
 @report_app.command("compliance")

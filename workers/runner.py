@@ -189,11 +189,15 @@ def execute_audit(
     report_path = write_atomic(out / f"{record.id}.dsse.json", envelope)
     from audit.signing import key_id
 
-    page = render_html(report, signature={
+    signature_info = {
         "keyid": key_id(key), "envelope_sha256": hashlib.sha256(envelope).hexdigest(),
         "verify with": f"modelcustody report verify {record.id}.dsse.json --public-key signing_ed25519.pub.pem",
-    })
+    }
+    page = render_html(report, signature=signature_info)
     html_path = write_atomic(out / f"{record.id}.html", page.encode("utf-8"))
+    from audit.report_pdf import render_pdf
+
+    write_atomic(out / f"{record.id}.pdf", render_pdf(report, signature=signature_info))  # for filing
     return AuditOutcome(report_path, html_path, report["decision"], report["p_value"], report["queries"]["used"])
 
 

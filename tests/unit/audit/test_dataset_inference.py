@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from audit.blind_walk import PRIVATE, PUBLIC, BlindWalkConfig, directions, embed
 from audit.data import split_digits
@@ -27,7 +28,7 @@ from audit.dataset_inference import (
     run_dataset_inference,
     train_null_models,
 )
-from audit.di_statistics import decide, statistic
+from audit.di_statistics import decide, parametric_null, statistic
 from audit.report import build_report, render_html
 from audit.suspects.base import BudgetExceeded, CallableSuspect, Suspect
 
@@ -223,7 +224,10 @@ def test_the_victim_itself_is_claimed(setup: Setup) -> None:
     assert ev.decision == CLAIMED, ev.reason
     assert ev.m == CONFIG.n_revealed and ev.delta_mu > 0
     assert ev.p_value == max(ev.p_value_ttest, ev.p_value_calibrated) < 0.05
-    assert ev.p_value_calibrated == pytest.approx(1 / 21)  # above every one of the 20 null models
+    assert ev.p_value_rank == pytest.approx(1 / 21)  # above every one of the 20 null models: the rank's floor
+    # the normal fitted to the nulls' t passed Shapiro-Wilk, so the calibrated p-value is not held at that floor
+    assert ev.calibration == "parametric" and ev.null_fit is not None and ev.null_fit["shapiro_p"] >= 0.05
+    assert ev.p_value_calibrated < ev.p_value_rank / 10
     assert ev.t_statistic > max(ev.null_t_statistics)
     body = json.loads(json.dumps(ev.to_dict()))
     assert body["decision"] == CLAIMED and "Welch" in body["test"] and body["n_null_models"] == 20
@@ -250,6 +254,24 @@ def test_the_victim_itself_is_claimed(setup: Setup) -> None:
         plots=body["plots"],
     )
     assert render_html(report).count("<svg") == 2
+
+
+def test_the_parametric_null_is_checked_and_falls_back_to_the_rank() -> None:
+    rng = np.random.default_rng(0)
+    normal = rng.normal(0.5, 1.0, 30)
+    p, fit = parametric_null(4.0, normal)
+    assert fit is not None and fit["accepted"] and p is not None and p < 1 / 31
+    # the p-value matches the Student prediction interval it names
+    z = (4.0 - normal.mean()) / (normal.std(ddof=1) * np.sqrt(1 + 1 / 30))
+    assert p == pytest.approx(float(stats.t.sf(z, 29)))
+    heavy = np.r_[rng.normal(0.0, 0.3, 27), [8.0, 9.0, -7.0]]  # a few outlying null models: not normal
+    _, fit = parametric_null(4.0, heavy)
+    assert fit is not None and not fit["accepted"] and "rejected" in str(fit["reason"])
+    _, fit = parametric_null(4.0, normal[:5])  # too few nulls to check a fit
+    assert fit is not None and not fit["accepted"]
+    # the decision: a parametric calibration has no 1/(n + 1) floor; the rank with 5 nulls does
+    assert decide(1e-4, 1e-3, 5, 0.05, "parametric")[0] == CLAIMED
+    assert decide(1e-4, 1 / 6, 5, 0.05, "rank")[0] == INCONCLUSIVE
 
 
 def test_an_independent_model_on_disjoint_data_is_not_claimed(setup: Setup) -> None:

@@ -41,7 +41,10 @@ from audit.suspects.base import CallableSuspect
 from audit.suspects.loader import load_suspect_file
 from audit.watermark_embed import WatermarkEmbedder
 
-SMALL = RegistrationConfig(n_null_models=3, reference_epochs=4)
+# Self-test copies: 5 epochs on 300 rows keep a registration at a second or two; their power is not what these
+# tests check (test_self_test.py does).
+SMALL_COPIES = {"epochs": 5, "max_rows": 300}
+SMALL = RegistrationConfig(n_null_models=3, reference_epochs=4, self_test_copies=SMALL_COPIES)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +199,11 @@ def test_dataset_inference_registration_and_audit(
     owner: dict[str, Any], signing_key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
     cfg = RegistrationConfig(
-        n_null_models=3, reference_epochs=4, di_config={"n_regressor": 20, "n_revealed": 20, "directions_per_family": 2}
+        n_null_models=3,
+        reference_epochs=4,
+        di_config={"n_regressor": 20, "n_revealed": 20, "directions_per_family": 2},
+        mingd_config={"n_regressor": 20, "n_revealed": 20},
+        self_test_copies=SMALL_COPIES,
     )
     pm = register_protected_model(
         inputs(owner, di_data_path=owner["dir"] / "di.npz"), tmp_path, signing_key, registration_id="pm_di", config=cfg
@@ -218,7 +225,10 @@ def test_watermark_audit_verdicts(registered: ProtectedModel, owner: dict[str, A
     assert stolen["verdict"] == "claim" and stolen["p_value"] < 0.05 and stolen["queries_used"] <= 10
     assert seen == sorted(seen) and len(seen) == stolen["queries_used"]
     independent = run_watermark_audit(load_suspect_file(owner["clean"], "safetensors"), registered, {"max_queries": 60})
-    assert independent["verdict"] == "no-claim" and independent["queries_used"] == 60
+    # no-claim only from a method that claimed the owner's own copies at registration (audit.self_test)
+    powered = (registered.self_test("watermark") or {}).get("power") == "powered"
+    assert independent["verdict"] == ("no-claim" if powered else "inconclusive") and independent["queries_used"] == 60
+    assert independent["self_test"]["subjects"][0]["name"] == "protected_model"
     # One query can never reach p < 0.05 against this null: "no claim" would overstate the audit's power.
     one = run_watermark_audit(load_suspect_file(owner["model"], "safetensors"), registered, {"max_queries": 1})
     assert one["verdict"] == "inconclusive" and one["claim_achievable"] is False and one["notes"]

@@ -69,6 +69,7 @@ def test_runner_writes_a_verifiable_report_and_page(world: dict[str, Any]) -> No
     statement = verify_envelope(outcome.report_path.read_bytes(), public_key_pem(world["key"]))
     assert statement["predicate"]["protected_model"]["registration_sha256"] == world["pm"].digest
     assert "Decision: claim" in outcome.html_path.read_text()
+    assert outcome.html_path.with_suffix(".pdf").read_bytes().startswith(b"%PDF-")  # the PDF for filing
 
 
 def test_task_counts_attempts_and_skips_duplicates(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
