@@ -526,7 +526,14 @@ def _fit_signals(
         )
     signals.append(
         PradaSignal.fit(
-            X, y, n_features=d, n_classes=n_classes, eval_every=eval_every, seed=seed, **params.get("prada", {})
+            X,
+            y,
+            n_features=d,
+            n_classes=n_classes,
+            eval_every=eval_every,
+            seed=seed,
+            variation=variation,
+            **params.get("prada", {}),
         )
     )
     signals.append(

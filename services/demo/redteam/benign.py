@@ -115,6 +115,7 @@ class BenignClient:
         picker = self._picker(rng)
         recent: list[int] = []  # pool indices recently sent
         recent_rows: list[np.ndarray] = []  # the rows as sent (after this client's variation)
+        captured: dict[int, np.ndarray] = {}  # pool index -> the row as this client's device captured it
         sent = 0
         previous: BenignBatch | None = None
         while sent < n_queries:
@@ -144,7 +145,11 @@ class BenignClient:
                         recent = [*recent[-(RECENT - 1) :], j]
                         row = self.pool[j]
                         if self.variation is not None:
-                            row = self.domain.clip(self.variation(row[None, :], rng)[0])
+                            # A document is captured once: sending it again (a bulk scorer going round its
+                            # catalogue) resends the same bytes; re-scans are the near-duplicates above.
+                            if j not in captured:
+                                captured[j] = self.domain.clip(self.variation(row[None, :], rng)[0])
+                            row = captured[j]
                         recent_rows = [*recent_rows[-(RECENT - 1) :], row]
                         rows.append(row)
                         kinds.append("fresh")
