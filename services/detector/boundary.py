@@ -36,7 +36,13 @@ import numpy as np
 
 from audit.validation import positive_float, positive_int, unit_interval
 from services.detector.base import Record, Signal, SignalResult
-from services.detector.stats import class_beta_binomial_test, class_rate_posterior, ring_push, top2_margin
+from services.detector.stats import (
+    cap_concentration,
+    class_beta_binomial_test,
+    class_rate_posterior,
+    ring_push,
+    top2_margin,
+)
 
 ReferenceModel = Callable[[np.ndarray], np.ndarray]
 
@@ -131,6 +137,20 @@ class BoundarySignal(Signal[BoundaryState]):
             benign_margin_quantiles=np.quantile(m, _EVIDENCE_QUANTILES),
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
+
+    def row_flags(self, X: np.ndarray, outputs: np.ndarray | None) -> np.ndarray | None:
+        """Which rows this signal counts (None when they cannot be scored)."""
+        m = self.margins(X, outputs)
+        return None if m is None else m < self._baseline.tau
+
+    def widen(self, concentration: float) -> None:
+        """Let benign clients differ: per-class Beta nulls capped at ``concentration`` pseudo-rows.
+
+        The engine estimates the concentration from simulated benign clients with capture variation
+        (``stats.client_concentration``); without it the null is one rate for every client.
+        """
+        b = self._baseline
+        b.rate_a, b.rate_b = cap_concentration(b.rate_a, b.rate_b, positive_float("concentration", concentration))
 
     def params(self) -> dict[str, Any]:
         return {"window": self.window, "alpha": self.alpha, "min_answers": self.min_answers}

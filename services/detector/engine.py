@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,14 @@ from typing import Any
 import numpy as np
 
 from audit.validation import positive_int, unit_interval
+from services.detector.augment import Variation
 from services.detector.base import Record, Signal, SignalResult, check_batch, pack, unpack
 from services.detector.boundary import BoundaryBaseline, BoundarySignal, ReferenceModel
 from services.detector.ood import OODBaseline, OODSignal
 from services.detector.prada import PradaBaseline, PradaSignal
 from services.detector.risk import METHODS, Level, Method, RiskThresholds, calibrate, combine
 from services.detector.simulate import BenignStream, benign_streams
-from services.detector.stats import neg_log10, top2_margin
+from services.detector.stats import client_concentration, neg_log10, top2_margin
 from services.detector.sweep import SweepBaseline, SweepSignal
 
 FORMAT = "modelcustody.detector.baseline"
@@ -182,6 +183,7 @@ class DetectionEngine:
         folds: int = 2,  # cross-fitting folds for the risk calibration; 2 keeps each fold's streams long
         seed: int = 0,
         signal_params: dict[str, dict[str, Any]] | None = None,
+        variation: Variation | None = None,
     ) -> DetectionEngine:
         """Fit every signal's baseline and the risk thresholds on benign reference data.
 
@@ -189,6 +191,11 @@ class DetectionEngine:
         if omitted); without either, the boundary signal is left out. ``labels_ref`` default to their argmax.
         ``daily_volumes_ref``: benign clients' daily query counts, enabling the volume sub-test.
         ``signal_params``: keyword parameters per signal name, e.g. ``{"prada": {"max_set_size": 64}}``.
+        ``variation``: how benign clients' inputs differ from the reference rows (e.g.
+        ``augment.ImageVariation``: one call = one client's device). With it, the OOD index, the benign
+        far and small-margin rates are fitted on the reference rows plus one varied copy of each (each row
+        its own device), and every calibration stream is one client's rows through one device, answered by
+        ``reference_model`` (required then). The thresholds are then set for a population that varies.
         """
         X = np.asarray(X_ref, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] < 40 or not np.all(np.isfinite(X)):
@@ -215,6 +222,8 @@ class DetectionEngine:
         if unknown:
             raise ValueError(f"unknown signals in signal_params: {sorted(unknown)}")
         positive_int("n_sim_clients", n_sim_clients)
+        if variation is not None and reference_model is None:
+            raise ValueError("a variation needs the reference_model to answer the varied rows")
 
         def build(rows: np.ndarray, fold_seed: int) -> DetectionEngine:
             signals = _fit_signals(
@@ -228,6 +237,7 @@ class DetectionEngine:
                 eval_every=eval_every,
                 seed=fold_seed,
                 params=params,
+                variation=variation,
             )
             return cls(
                 signals, None, n_features=d, n_classes=k, eval_every=eval_every, method=method, early_tests=early_tests
@@ -257,9 +267,13 @@ class DetectionEngine:
                     source=j,
                 )
             )
+        streams: Iterable[BenignStream] = itertools.chain(*fold_streams)
+        if variation is not None and reference_model is not None:
+            streams = list(_varied_streams(streams, variation, reference_model, seed + 13))
+            _widen_to_population(streams, fold_engines, [engine, *fold_engines])
         engine.thresholds = calibrate(
             lambda stream: fold_engines[stream.source].stream_scores(stream),
-            itertools.chain(*fold_streams),
+            streams,
             lifetime_queries=lifetime_queries,
             target_fpr=target_fpr,
             high_fpr=high_fpr,
@@ -480,17 +494,30 @@ def _fit_signals(
     eval_every: int,
     seed: int,
     params: dict[str, dict[str, Any]],
+    variation: Variation | None = None,
 ) -> list[Signal[Any]]:
     d = X.shape[1]
     perm = np.random.default_rng(seed).permutation(X.shape[0])
     n_index = int(round(index_fraction * X.shape[0]))
     idx, cal = perm[:n_index], perm[n_index:]
+    X_index, X_cal, y_cal, P_all, y_all = X[idx], X[cal], y[cal], P, y
+    if variation is not None and reference_model is not None:
+        # One varied copy per reference row, each through its own device; index and calibration rows are
+        # varied separately so a row and its copy never sit on both sides of the OOD split.
+        rng = np.random.default_rng(seed + 29)
+        Xv = np.concatenate([variation(X[i : i + 1], rng) for i in range(X.shape[0])])
+        Pv = np.asarray(reference_model(Xv), dtype=np.float64)
+        yv = Pv.argmax(axis=1)
+        X_index = np.concatenate([X_index, Xv[idx]])
+        X_cal, y_cal = np.concatenate([X_cal, Xv[cal]]), np.concatenate([y_cal, yv[cal]])
+        if P is not None:
+            P_all, y_all = np.concatenate([P, Pv]), np.concatenate([y, yv])
     signals: list[Signal[Any]] = []
-    if P is not None:
+    if P_all is not None:
         signals.append(
             BoundarySignal.fit(
-                top2_margin(P),
-                y,
+                top2_margin(P_all),
+                y_all,
                 n_features=d,
                 n_classes=n_classes,
                 reference_model=reference_model,
@@ -499,11 +526,18 @@ def _fit_signals(
         )
     signals.append(
         PradaSignal.fit(
-            X, y, n_features=d, n_classes=n_classes, eval_every=eval_every, seed=seed, **params.get("prada", {})
+            X,
+            y,
+            n_features=d,
+            n_classes=n_classes,
+            eval_every=eval_every,
+            seed=seed,
+            variation=variation,
+            **params.get("prada", {}),
         )
     )
     signals.append(
-        OODSignal.fit(X[idx], X[cal], y[cal], n_features=d, n_classes=n_classes, seed=seed, **params.get("ood", {}))
+        OODSignal.fit(X_index, X_cal, y_cal, n_features=d, n_classes=n_classes, seed=seed, **params.get("ood", {}))
     )
     signals.append(
         SweepSignal.fit(
@@ -517,3 +551,52 @@ def _fit_signals(
         )
     )
     return signals
+
+
+def _varied_streams(
+    streams: Iterable[BenignStream], variation: Variation, reference_model: ReferenceModel, seed: int
+) -> Iterator[BenignStream]:
+    """Each calibration stream sent through one client's device and answered by the reference model."""
+    rng = np.random.default_rng(seed)
+    for s in streams:
+        Xv = np.asarray(variation(s.X, rng), dtype=np.float64)
+        Pv = np.asarray(reference_model(Xv), dtype=np.float64)
+        yield BenignStream(
+            X=Xv,
+            outputs=None if s.outputs is None else Pv,
+            labels=Pv.argmax(axis=1),
+            times=s.times,
+            profile=s.profile,
+            source=s.source,
+        )
+
+
+def _widen_to_population(
+    streams: Sequence[BenignStream], fold_engines: Sequence[DetectionEngine], engines: Sequence[DetectionEngine]
+) -> None:
+    """Fit the benign between-client spread of the boundary and OOD rates on varied streams, widen every null.
+
+    Each stream is scored by the fold engine whose baselines never saw its rows; a signal's concentration
+    is ``stats.client_concentration`` over the streams' flag counts. The widened nulls are what the
+    calibration then replays, so the thresholds are set on the same nulls the service will use.
+    """
+    for name in ("boundary", "ood"):
+        counts, sizes = [], []
+        for s in streams:
+            sig = next((g for g in fold_engines[s.source].signals if g.name == name), None)
+            if sig is None:
+                break
+            flags = sig.row_flags(s.X, s.outputs)  # type: ignore[attr-defined]
+            if flags is None:
+                break
+            counts.append(int(np.count_nonzero(flags)))
+            sizes.append(int(flags.size))
+        if len(counts) < 10:
+            continue
+        kappa = client_concentration(np.asarray(counts), np.asarray(sizes))
+        if not math.isfinite(kappa):
+            continue
+        for e in engines:
+            for g in e.signals:
+                if g.name == name:
+                    g.widen(kappa)  # type: ignore[attr-defined]

@@ -35,7 +35,7 @@ import numpy as np
 
 from audit.validation import positive_float, positive_int, unit_interval
 from services.detector.base import Record, Signal, SignalResult
-from services.detector.stats import class_beta_binomial_test, class_rate_posterior, ring_push
+from services.detector.stats import cap_concentration, class_beta_binomial_test, class_rate_posterior, ring_push
 
 _CHUNK = 1024  # rows per distance block: bounds the [rows, index] temporary to ~4 MB at 512 index points
 
@@ -146,6 +146,19 @@ class OODSignal(Signal[OODState]):
             benign_ratio_quantiles=np.quantile(rho, (0.5, 0.9, 0.99)),
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
+
+    def row_flags(self, X: np.ndarray, outputs: np.ndarray | None) -> np.ndarray | None:
+        """Which rows this signal counts (None when they cannot be scored)."""
+        return self.scores(np.asarray(X, dtype=np.float64)) > 1.0
+
+    def widen(self, concentration: float) -> None:
+        """Let benign clients differ: per-class Beta nulls capped at ``concentration`` pseudo-rows.
+
+        The engine estimates the concentration from simulated benign clients with capture variation
+        (``stats.client_concentration``); without it the null is one rate for every client.
+        """
+        b = self._baseline
+        b.rate_a, b.rate_b = cap_concentration(b.rate_a, b.rate_b, positive_float("concentration", concentration))
 
     def params(self) -> dict[str, Any]:
         return {"window": self.window, "alpha": self.alpha, "min_queries": self.min_queries}

@@ -46,6 +46,7 @@ Where this differs from the paper and its code, and why:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -152,12 +153,15 @@ class PradaSignal(Signal[PradaState]):
         null_streams: int = 40,  # benign permutations of the reference data; ~8 W values each
         eval_every: int = 50,  # the engine's test schedule, so the null matches what is tested
         seed: int = 0,
+        variation: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         **params: Any,
     ) -> PradaSignal:
         """Fit the retry radius and the benign null of ln(1 - W) on benign reference data.
 
         The null is fitted by running the signal itself over ``null_streams`` random orderings of the
-        reference rows (labelled as the model answers them) and regressing ln(1 - W) on ln(n).
+        reference rows (labelled as the model answers them) and regressing ln(1 - W) on ln(n). With a
+        ``variation`` (one call = one client's device), every null stream goes through its own device, so
+        the null is that of a population of varied clients (labels stay the reference rows' labels).
         """
         X = np.asarray(X_ref, dtype=np.float64)
         y = np.asarray(labels_ref).reshape(-1).astype(np.int64)
@@ -185,10 +189,11 @@ class PradaSignal(Signal[PradaState]):
         ws: list[float] = []
         for _ in range(null_streams):
             order = rng.permutation(len(X))
+            Xs = X[order] if variation is None else np.asarray(variation(X[order], rng), dtype=np.float64)
+            ys = y[order]
             st = sig.new_state()
             for start in range(0, len(order), eval_every):
-                rows = order[start : start + eval_every]
-                sig.update(st, X[rows], None, y[rows])
+                sig.update(st, Xs[start : start + eval_every], None, ys[start : start + eval_every])
                 w, n, _ = sig.pooled_w(st)
                 if n > sig.min_distances and 0.0 < w < 1.0:
                     ns.append(n)

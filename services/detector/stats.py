@@ -196,3 +196,34 @@ def shapiro_w(x: np.ndarray) -> float:
     coef = _sw_coefficients(n)
     num = float(coef @ (xs[::-1][:half] - xs[:half]))
     return min(num * num / ssq, 1.0)
+
+
+def client_concentration(counts: np.ndarray, sizes: np.ndarray) -> float:
+    """Method-of-moments Beta concentration (a + b) of per-client flag rates; ``inf`` if clients agree.
+
+    Benign clients are not one population of exchangeable rows: a client whose camera is off-centre has a
+    higher far rate on every query. With rate r_i ~ Beta(a, b) per client and K_i ~ Binomial(n_i, r_i),
+    Var(K_i / n_i) = m(1 - m) / (a + b + 1) + E[binomial noise]; subtracting the binomial part leaves the
+    between-client variance, hence a + b = m(1 - m) / var_between - 1 (Kleinman 1973's estimator).
+    """
+    k = np.asarray(counts, dtype=np.float64)
+    n = np.asarray(sizes, dtype=np.float64)
+    keep = n > 0
+    k, n = k[keep], n[keep]
+    if k.size < 10:
+        raise ValueError(f"need >= 10 clients to estimate their dispersion, got {k.size}")
+    r = k / n
+    m = float(k.sum() / n.sum())
+    if m <= 0.0 or m >= 1.0:
+        return math.inf
+    between = float(np.var(r, ddof=1)) - float(np.mean(m * (1.0 - m) / n))
+    if between <= 0.0:
+        return math.inf
+    return max(m * (1.0 - m) / between - 1.0, 1e-3)
+
+
+def cap_concentration(a: np.ndarray, b: np.ndarray, concentration: float) -> tuple[np.ndarray, np.ndarray]:
+    """Beta parameters with the same means but a + b at most ``concentration`` (a wider benign null)."""
+    total = a + b
+    factor = np.minimum(1.0, concentration / total)
+    return a * factor, b * factor

@@ -17,7 +17,7 @@ whether to replay in real time, accelerated, or not at all. Every client is repr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -87,8 +87,14 @@ class BenignClient:
         profile: BenignProfile | None = None,
         client_id: str = "benign-0",
         seed: int = 0,
+        variation: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        family: str = "clean",
     ) -> None:
-        """``pool``/``labels``: held-out natural inputs and their true classes (not queried)."""
+        """``pool``/``labels``: held-out natural inputs and their true classes (not queried).
+
+        ``variation``: this client's capture device (e.g. ``ImageVariation.for_client``), applied to every
+        fresh row before it is sent; ``family`` names it in reports.
+        """
         self.pool = natural_points("pool", pool, domain)
         self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         if len(self.labels) != len(self.pool):
@@ -98,6 +104,8 @@ class BenignClient:
         self.client_id = client_id
         self.seed = int(seed)
         self.classes = np.unique(self.labels)
+        self.variation = variation
+        self.family = family
 
     def batches(self, n_queries: int) -> Iterator[BenignBatch]:
         """Yield batches until ``n_queries`` rows were sent (retries count: they are real queries)."""
@@ -106,6 +114,8 @@ class BenignClient:
         rng = np.random.default_rng(self.seed)
         picker = self._picker(rng)
         recent: list[int] = []  # pool indices recently sent
+        recent_rows: list[np.ndarray] = []  # the rows as sent (after this client's variation)
+        captured: dict[int, np.ndarray] = {}  # pool index -> the row as this client's device captured it
         sent = 0
         previous: BenignBatch | None = None
         while sent < n_queries:
@@ -125,14 +135,23 @@ class BenignClient:
                 rows, labels, kinds = [], [], []
                 for _ in range(n):
                     if recent and rng.random() < p.near_duplicate_rate:
-                        j = recent[int(rng.integers(len(recent)))]
+                        pick = int(rng.integers(len(recent)))
+                        j = recent[pick]
                         noise = rng.normal(0.0, p.noise_scale * self.domain.width)
-                        rows.append(self.domain.clip(self.pool[j] + noise))
+                        rows.append(self.domain.clip(recent_rows[pick] + noise))
                         kinds.append("near_duplicate")
                     else:
                         j = next(picker)
                         recent = [*recent[-(RECENT - 1) :], j]
-                        rows.append(self.pool[j])
+                        row = self.pool[j]
+                        if self.variation is not None:
+                            # A document is captured once: sending it again (a bulk scorer going round its
+                            # catalogue) resends the same bytes; re-scans are the near-duplicates above.
+                            if j not in captured:
+                                captured[j] = self.domain.clip(self.variation(row[None, :], rng)[0])
+                            row = captured[j]
+                        recent_rows = [*recent_rows[-(RECENT - 1) :], row]
+                        rows.append(row)
                         kinds.append("fresh")
                     labels.append(self.labels[j])
                 batch = BenignBatch(self.client_id, np.array(rows), np.array(labels), np.array(kinds), self._delay(rng))

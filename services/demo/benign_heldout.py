@@ -1,0 +1,120 @@
+"""HELD-OUT benign variation families: what the false-positive rate is reported on, never tuned on.
+
+The detector is designed and calibrated with the tuning families of ``services.detector.augment``
+(translation, rotation, sensor noise) and the behaviours of ``services.demo.redteam.benign`` (skewed,
+topical, batch, retries, near-duplicates, bulk volume). A detector tuned on those and scored on the same
+would report an optimistic false-positive rate, so the families here are kept out of every design and
+calibration path: an import-linter contract (pyproject.toml, "Held-out benign families stay held out")
+forbids the detector and the demo baselines from importing this module, and only ``bench/detection.py``
+uses it, for the reported run.
+
+Image families (client-level parameters, a little jitter per row, values clipped to ``[low, high]``):
+- ``blur``: Gaussian blur (an out-of-focus camera, a low-resolution scan);
+- ``thickness``: strokes thickened by grey dilation or thinned by grey erosion (another pen);
+- ``contrast``: contrast, brightness and gamma changes (another scanner or exposure);
+- ``elastic``: elastic distortion (Simard et al., ICDAR 2003: a smoothed random displacement field),
+  the hand-writing wobble of another writer.
+Stream families: ``writers`` (rows from a distinct writer population, supplied by the caller) and
+``drift`` (a client whose class mix moves from one Dirichlet draw to another over its lifetime).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from services.demo.redteam.base import Domain
+from services.demo.redteam.benign import BenignBatch, BenignClient, BenignProfile
+
+HELDOUT_IMAGE_FAMILIES = ("blur", "thickness", "contrast", "elastic")
+HELDOUT_FAMILIES = (*HELDOUT_IMAGE_FAMILIES, "writers", "drift")
+Variation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldoutVariation:
+    """A held-out family applied to flattened ``shape`` images with values in ``[low, high]``."""
+
+    family: str
+    shape: tuple[int, int]
+    low: float = 0.0
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.family not in HELDOUT_IMAGE_FAMILIES:
+            raise ValueError(f"family must be one of {HELDOUT_IMAGE_FAMILIES}, got {self.family!r}")
+
+    def for_client(self, rng: np.random.Generator) -> Variation:
+        """One client's device: parameters drawn once; elastic fields differ per row (hand wobble)."""
+        h, w = self.shape
+        # Sizes in pixels scale with the image: 8x8 digits are 4x4 blocks of a 32x32 bitmap, MNIST is 28x28.
+        px = min(h, w) / 28.0
+        span = self.high - self.low
+        sigma_blur = rng.uniform(0.5, 1.0) * max(px, 0.35)  # ~0.5-1 px on MNIST: visibly soft, still legible
+        thicker = bool(rng.random() < 0.5)
+        # On 8x8 one pixel is a 4x4 block of the 32x32 bitmap: a blend weight of 1/4 of a block dilation is a
+        # 1-px pen change there, the size of MNIST's 2x2 dilation; 0.15-0.35 spans ~0.6-1.4 px.
+        weight = rng.uniform(0.15, 0.35)
+        gain, bias, gamma = rng.uniform(0.6, 1.3), rng.uniform(-0.05, 0.1) * span, rng.uniform(0.6, 1.6)
+        alpha = rng.uniform(1.0, 2.5) * max(px, 0.25)  # largest elastic displacement: 1-2.5 px on MNIST
+        sigma_el = max(4.0 * px, 1.0)  # smoothness of the field: a wobble, not noise
+        family = self.family
+
+        def vary(X: np.ndarray, row_rng: np.random.Generator) -> np.ndarray:
+            X = np.asarray(X, dtype=np.float64)
+            imgs = X.reshape(-1, h, w)
+            if family == "blur":
+                out = np.stack([ndimage.gaussian_filter(im, sigma_blur) for im in imgs])
+            elif family == "thickness":
+                op = ndimage.grey_dilation if thicker else ndimage.grey_erosion
+                if px > 0.5:
+                    out = np.stack([op(im, size=(2, 2)) for im in imgs])
+                else:
+                    out = np.stack([(1 - weight) * im + weight * op(im, size=(2, 2)) for im in imgs])
+            elif family == "contrast":
+                unit = np.clip((imgs - self.low) / span, 0.0, 1.0) ** gamma
+                out = self.low + gain * unit * span + bias
+            else:  # elastic
+                out = np.empty_like(imgs)
+                yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+                for i, im in enumerate(imgs):
+                    dy = ndimage.gaussian_filter(row_rng.uniform(-1, 1, (h, w)), sigma_el, mode="constant")
+                    dx = ndimage.gaussian_filter(row_rng.uniform(-1, 1, (h, w)), sigma_el, mode="constant")
+                    norm = max(float(np.abs(np.concatenate([dy, dx])).max()), 1e-12)
+                    coords = [yy + alpha * dy / norm, xx + alpha * dx / norm]
+                    out[i] = ndimage.map_coordinates(im, coords, order=1, cval=self.low)
+            return np.clip(out.reshape(X.shape), self.low, self.high)
+
+        return vary
+
+
+class DriftingClient(BenignClient):
+    """A client whose class mix drifts linearly from one Dirichlet(0.5) draw to another over its lifetime."""
+
+    _lifetime = 1
+
+    def batches(self, n_queries: int) -> Iterator[BenignBatch]:
+        self._lifetime = max(int(n_queries), 1)
+        return super().batches(n_queries)
+
+    def _picker(self, rng: np.random.Generator) -> Iterator[int]:
+        by_class = {int(c): list(rng.permutation(np.flatnonzero(self.labels == c))) for c in self.classes}
+        start = rng.dirichlet(np.full(len(self.classes), 0.5))  # 0.5: a few favourite classes at each end
+        end = rng.dirichlet(np.full(len(self.classes), 0.5))
+        t = 0
+        while True:
+            frac = min(t / self._lifetime, 1.0)
+            w = (1 - frac) * start + frac * end
+            c = int(rng.choice(self.classes, p=w / w.sum()))
+            rows = by_class[c]
+            yield int(rows[t % len(rows)])
+            t += 1
+
+
+def drifting_client(
+    *, pool: np.ndarray, labels: np.ndarray, domain: Domain, profile: BenignProfile, client_id: str, seed: int
+) -> BenignClient:
+    return DriftingClient(pool=pool, labels=labels, domain=domain, profile=profile, client_id=client_id, seed=seed)
