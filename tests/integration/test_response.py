@@ -80,7 +80,7 @@ class Stack:
             pass
 
     def alert(self, client: str) -> dict[str, Any]:
-        alerts = self.admin.get("/v1/alerts", params={"client_id": client}).json()
+        alerts = self.admin.get("/v1/alerts", params={"client_id": client}).json()["items"]
         assert len(alerts) == 1, alerts
         return alerts[0]  # type: ignore[no-any-return]
 
@@ -156,7 +156,8 @@ def test_enforcement_needs_persistence_or_an_operator_and_is_reversible(
         url = f"/v1/alerts/{alert['id']}/policy-changes/{change['id']}/revert"
         reverted = s.admin.post(url, json={"actor": "soc-anna", "note": "known load test"})
         assert reverted.status_code == 200, reverted.text
-        assert reverted.json()["policy_changes"][0]["reverted"]["by"] == "soc-anna"
+        # The actor is the calling token's name (here the admin token's), never what the body claims.
+        assert reverted.json()["policy_changes"][0]["reverted"]["by"] == "admin"
         assert s.policy("prober") == OutputPolicy()
         assert s.admin.post(url).status_code == 409  # already reverted
         s.wait_for_datatype(keys["prober"], "FP64")
@@ -184,7 +185,7 @@ def test_enforcement_needs_persistence_or_an_operator_and_is_reversible(
             "/v1/clients/bulk-partner/tier",
             json={"tier": "allowlisted", "expected_daily_queries": 50_000, "actor": "soc-anna"},
         )
-        assert tier.status_code == 200 and tier.json()["set_by"] == "soc-anna"
+        assert tier.status_code == 200 and tier.json()["set_by"] == "admin"
         assert s.admin.get("/v1/clients/bulk-partner/tier").json()["tier"] == "allowlisted"
         outbox = s.r.llen(WEBHOOK_OUTBOX)
         s.query(keys["bulk-partner"], 100)

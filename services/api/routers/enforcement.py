@@ -14,9 +14,10 @@ import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from services.api.deps import AdminDep, RedisDep, SettingsDep
+from services.api.deps import OperatorDep, ReaderDep, RedisDep, SettingsDep
+from services.api.schemas import Alert
 from services.core.alerts import AlertStore
 from services.core.clients import ClientRegistry
 from services.core.response import (
@@ -32,8 +33,9 @@ router = APIRouter(tags=["response"])
 
 
 class OperatorAction(BaseModel):
+    """The actor is the calling token's name; a body ``actor`` is ignored."""
+
     note: str = Field(default="", max_length=2000)
-    actor: str = Field(default="admin", min_length=1, max_length=100)
 
 
 class TierBody(BaseModel):
@@ -41,11 +43,34 @@ class TierBody(BaseModel):
     # A bulk customer's declared daily volume: volume alone does not escalate a client below it.
     expected_daily_queries: int | None = Field(default=None, ge=1, le=10**12)
     note: str = Field(default="", max_length=2000)
-    actor: str = Field(default="admin", min_length=1, max_length=100)
 
 
-@router.get("/v1/response")
-def read_response_mode(settings: SettingsDep, _: AdminDep) -> dict[str, Any]:
+class ResponseMode(BaseModel):
+    response: str = Field(description="the ceiling: observe, notify or enforce")
+    shadow_mode: bool
+    enforce_on: str
+    enforce_after_tests: int
+    signal_families: dict[str, Any]
+    tightened_policy: dict[str, Any]
+    levels: dict[str, str]
+
+
+class Tier(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    client_id: str
+    tier: str
+    expected_daily_queries: int | None = None
+
+
+class Enforcement(BaseModel):
+    alert: Alert
+    change: dict[str, Any] | None = Field(description="the policy change recorded on the alert (null: none)")
+    applied: bool = Field(description="false in shadow mode: recorded, not applied")
+
+
+@router.get("/v1/response", response_model=ResponseMode)
+def read_response_mode(settings: SettingsDep, _: ReaderDep) -> dict[str, Any]:
     """How the detector responds: its ceiling, shadow mode, and what automatic enforcement needs."""
     config = ResponseConfig.from_settings(settings)
     return {
@@ -70,21 +95,21 @@ def _known_client(r: Any, client_id: str) -> None:
         raise HTTPException(404, f"no client '{client_id}'")
 
 
-@router.get("/v1/clients/{client_id}/tier")
-def read_client_tier(client_id: str, r: RedisDep, _: AdminDep) -> dict[str, Any]:
+@router.get("/v1/clients/{client_id}/tier", response_model=Tier)
+def read_client_tier(client_id: str, r: RedisDep, _: ReaderDep) -> dict[str, Any]:
     _known_client(r, client_id)
     return {"client_id": client_id, **TierStore(r).get(client_id).to_dict()}
 
 
-@router.put("/v1/clients/{client_id}/tier")
-def set_client_tier(client_id: str, body: TierBody, r: RedisDep, _: AdminDep) -> dict[str, Any]:
+@router.put("/v1/clients/{client_id}/tier", response_model=Tier)
+def set_client_tier(client_id: str, body: TierBody, r: RedisDep, principal: OperatorDep) -> dict[str, Any]:
     """Set a client's tier: ``allowlisted`` clients are only observed, never notified on or enforced."""
     _known_client(r, client_id)
     tier = ClientTier(
         tier=body.tier,
         expected_daily_queries=body.expected_daily_queries,
         note=body.note,
-        set_by=body.actor,
+        set_by=principal.name,
         set_at=time.time(),
     )
     return {"client_id": client_id, **TierStore(r).set(client_id, tier).to_dict()}
@@ -94,9 +119,9 @@ def _store(r: Any, settings: Any) -> AlertStore:
     return AlertStore(r, stream=settings.alerts_stream)
 
 
-@router.post("/v1/alerts/{alert_id}/enforce")
+@router.post("/v1/alerts/{alert_id}/enforce", response_model=Enforcement)
 def confirm_enforcement(
-    alert_id: str, r: RedisDep, settings: SettingsDep, _: AdminDep, body: OperatorAction | None = None
+    alert_id: str, r: RedisDep, settings: SettingsDep, principal: OperatorDep, body: OperatorAction | None = None
 ) -> dict[str, Any]:
     """An operator confirms the alert: the client's policy is tightened now (recorded in shadow mode)."""
     body = body or OperatorAction()
@@ -113,7 +138,7 @@ def confirm_enforcement(
             alerts,
             alert_id,
             config.tightened_policy,
-            by=body.actor,
+            by=principal.name,
             trigger="operator",
             reason=body.note or "confirmed by an operator",
             shadow=config.shadow,
@@ -123,19 +148,19 @@ def confirm_enforcement(
     return {"alert": alert.__dict__, "change": change, "applied": bool(change and change["applied"])}
 
 
-@router.post("/v1/alerts/{alert_id}/policy-changes/{change_id}/revert")
+@router.post("/v1/alerts/{alert_id}/policy-changes/{change_id}/revert", response_model=Alert)
 def revert_policy_change(
     alert_id: str,
     change_id: str,
     r: RedisDep,
     settings: SettingsDep,
-    _: AdminDep,
+    principal: OperatorDep,
     body: OperatorAction | None = None,
 ) -> dict[str, Any]:
     """Restore the policy the change replaced; 409 when the client's policy changed since."""
     body = body or OperatorAction()
     try:
-        alert = revert_change(r, _store(r, settings), alert_id, change_id, by=body.actor, note=body.note)
+        alert = revert_change(r, _store(r, settings), alert_id, change_id, by=principal.name, note=body.note)
     except KeyError as exc:
         raise HTTPException(404, f"no alert '{alert_id}' with policy change '{change_id}'") from exc
     except PolicyConflict as exc:
