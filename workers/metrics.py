@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from audit.methods import METHODS
 from services.core.buildinfo import register_build_info
 
 
@@ -17,6 +18,10 @@ class AuditMetrics:
             ["method", "status"],
             registry=registry,
         )
+        # Every series from 0: a series born at 1 has no increase() in Prometheus (ModelCustodyAuditFailed).
+        for method in METHODS:
+            for status in ("done", "failed", "cancelled"):
+                self.audits.labels(method, status)
         self.duration = Histogram(
             "modelcustody_audit_duration_seconds",
             "Wall time of the attempt that finished an audit (load, queries, report, signature).",

@@ -46,6 +46,10 @@ class DetectorMetrics:
         self.alerts_opened = Counter(
             "modelcustody_detector_alerts_opened_total", "New alerts opened.", ["severity"], registry=registry
         )
+        # Every series exists at 0 from the start: a series born at 1 has no increase() in Prometheus, so the
+        # first alert of a process would never page (ModelCustodyExtractionAlert; the monitoring test shows it).
+        for severity in ("medium", "high"):
+            self.alerts_opened.labels(severity)
         self.lag = Gauge(
             "modelcustody_detector_consumer_lag_records",
             "Stream entries not yet delivered to the detectors' consumer group.",
@@ -77,6 +81,8 @@ class DetectorMetrics:
             ["outcome"],
             registry=registry,
         )
+        for outcome in ("delivered", "retrying", "dead_lettered"):  # from 0, as above
+            self.webhooks.labels(outcome)
         self.state_cache = Counter(
             "modelcustody_detector_state_cache_total",
             "Client-state lookups served from this process's cache (hit) or read from Redis (miss).",
