@@ -14,6 +14,13 @@ from prometheus_client import (
 
 from services.core.buildinfo import register_build_info
 
+# Every label value a series can take, created at start with value 0: an increase()-based alert rule needs the
+# series to exist before its first increment, or the first alert after a restart goes unseen.
+SIGNALS = ("boundary", "prada", "ood", "sweep")  # services.detector.engine's registry (a test keeps them equal)
+SEVERITIES = ("medium", "high")
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "dead_lettered")
+CACHE_OUTCOMES = ("hit", "miss")
+
 
 class DetectorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -35,6 +42,27 @@ class DetectorMetrics:
             "Records of a model this detector has no baseline for (acknowledged, not analysed).",
             registry=registry,
         )
+        self.over_model_cap = Counter(
+            "modelcustody_detector_records_over_model_cap_total",
+            "Records of a model beyond a client's cap of distinct models (acknowledged, not analysed).",
+            registry=registry,
+        )
+        self.responses = Counter(
+            "modelcustody_detector_responses_total",
+            "Responses to detections by level (observe, notify, enforce).",
+            ["level"],
+            registry=registry,
+        )
+        for level in ("observe", "notify", "enforce"):
+            self.responses.labels(level)
+        self.policy_changes = Counter(
+            "modelcustody_detector_policy_changes_total",
+            "Automatic policy tightenings: applied, or only recorded in shadow mode.",
+            ["mode"],
+            registry=registry,
+        )
+        for mode in ("applied", "shadow"):
+            self.policy_changes.labels(mode)
         self.alerts = Counter(
             # Detections, not alerts: a detection folded into an open alert counts here too. New alerts are
             # modelcustody_detector_alerts_opened_total.
@@ -46,10 +74,6 @@ class DetectorMetrics:
         self.alerts_opened = Counter(
             "modelcustody_detector_alerts_opened_total", "New alerts opened.", ["severity"], registry=registry
         )
-        # Every series exists at 0 from the start: a series born at 1 has no increase() in Prometheus, so the
-        # first alert of a process would never page (ModelCustodyExtractionAlert; the monitoring test shows it).
-        for severity in ("medium", "high"):
-            self.alerts_opened.labels(severity)
         self.lag = Gauge(
             "modelcustody_detector_consumer_lag_records",
             "Stream entries not yet delivered to the detectors' consumer group.",
@@ -81,8 +105,6 @@ class DetectorMetrics:
             ["outcome"],
             registry=registry,
         )
-        for outcome in ("delivered", "retrying", "dead_lettered"):  # from 0, as above
-            self.webhooks.labels(outcome)
         self.state_cache = Counter(
             "modelcustody_detector_state_cache_total",
             "Client-state lookups served from this process's cache (hit) or read from Redis (miss).",
@@ -94,3 +116,11 @@ class DetectorMetrics:
             "Stale pending entries taken over from a detector that stopped.",
             registry=registry,
         )
+        for severity in SEVERITIES:
+            self.alerts_opened.labels(severity)
+            for signal in SIGNALS:
+                self.alerts.labels(signal, severity)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhooks.labels(outcome)
+        for outcome in CACHE_OUTCOMES:
+            self.state_cache.labels(outcome)
