@@ -156,11 +156,17 @@ def detector_fit(
         typer.echo(f"error: {message}", err=True)
         return typer.Exit(2)
 
+    from rich.console import Console
+
+    # A spinner on standard error: fitting calibrates on simulated clients and takes tens of seconds per model;
+    # the fitters report no fraction done, so a bar would be a guess.
+    status = Console(stderr=True).status
     fitted = []
     try:
         if reference is None:
             for name in model:
-                engine = fit_demo_engine(name, seed)
+                with status(f"fitting the {name} baseline (simulating benign clients)…"):
+                    engine = fit_demo_engine(name, seed)
                 save_demo_engine(engine, out / name, name)
                 fitted.append((name, engine))
         else:
@@ -170,7 +176,8 @@ def detector_fit(
             if outputs is None and labels is None and upstream is not None:
                 token = os.environ.get(token_env) if token_env else None
                 outputs = reference_outputs_from_upstream(x, upstream, model[0], protocol, token)
-            engine = fit_reference_engine(x, outputs, labels, daily_volumes=volumes, seed=seed)
+            with status(f"fitting the {model[0]} baseline on {len(x)} reference rows…"):
+                engine = fit_reference_engine(x, outputs, labels, daily_volumes=volumes, seed=seed)
             save_engine(engine, out / model[0])
             fitted.append((model[0], engine))
     except ValueError as exc:

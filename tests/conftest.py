@@ -77,3 +77,13 @@ def add_client(redis_url: str) -> Callable[[str], str]:
         return ClientRegistry(redis.Redis.from_url(redis_url)).add(name)[1]
 
     return _add
+
+
+@pytest.fixture(scope="session")
+def detector_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved digits-mlp detector baseline, fitted once per session (the detector and monitoring e2e share it)."""
+    from services.demo.baseline import fit_demo_engine, save_demo_engine
+
+    out = tmp_path_factory.mktemp("baseline")
+    save_demo_engine(fit_demo_engine("digits-mlp", n_sim_clients=100), out / "digits-mlp", "digits-mlp")
+    return out

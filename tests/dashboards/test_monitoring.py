@@ -67,3 +67,18 @@ def test_every_rule_has_a_promtool_test_that_sees_it_fire() -> None:
     fired = {case["alertname"] for t in tests for case in t.get("alert_rule_test", []) if case.get("exp_alerts")}
     missing = {rule["alert"] for rule in RULES} - fired
     assert not missing, f"rules no promtool test sees firing: {sorted(missing)}"
+
+
+def test_dashboard_panels_have_units_and_follow_the_job_and_instance_variables() -> None:
+    dashboard = json.loads((DASH / "grafana/dashboards/modelcustody-overview.json").read_text())
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"job", "instance"}
+    for panel in dashboard["panels"]:
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{panel['title']}: no unit"
+        for target in panel["targets"]:
+            expr = target["expr"]
+            # rate() over Grafana's interval (at least four scrapes at any zoom); an hour only for audits, which
+            # are rare enough that a shorter window is mostly empty.
+            for window in re.findall(r"rate\([^\[]*\[([^\]]+)\]", expr):
+                assert window in ("$__rate_interval", "1h"), f"{panel['title']}: {expr}"
+            for selector in re.findall(r"modelcustody_[a-z_]+(\{[^}]*\})?", expr):
+                assert 'instance=~"$instance"' in selector, f"{panel['title']}: {expr}"

@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 import redis
 
-from services.demo.baseline import fit_demo_engine, save_demo_engine
 from services.demo.model_server.models import digits_split, holdout_halves
 from services.demo.processes import ManagedProcess, free_port, wait_for_port
 from services.detector.service.consumer import GROUP, STATE_PREFIX
@@ -78,10 +77,8 @@ class WebhookListener:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("baseline")
-    save_demo_engine(fit_demo_engine("digits-mlp", n_sim_clients=100), out / "digits-mlp", "digits-mlp")
-    return out
+def baseline(detector_baseline: Path) -> Path:
+    return detector_baseline
 
 
 @pytest.fixture()
