@@ -12,6 +12,7 @@ import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,8 +38,8 @@ D = 64
 CYCLES_PER_STD = 0.25
 
 
-def _watermark(secret: bytes = SECRET, **kw: float) -> AnswerWatermark:
-    return AnswerWatermark(secret, n_classes=K, input_dim=D, **kw)  # type: ignore[arg-type]
+def _watermark(secret: bytes = SECRET, **kw: Any) -> AnswerWatermark:
+    return AnswerWatermark(secret, n_classes=K, input_dim=D, **kw)
 
 
 # --- determinism and canonical inputs ---------------------------------------------------------------------
@@ -62,11 +63,19 @@ def test_same_secret_same_answers_across_instances() -> None:
 
 
 def test_key_material_is_pinned() -> None:
-    """Derived with HMAC only, so a numpy upgrade cannot silently change what every gateway serves."""
+    """Derived with HMAC only, so a numpy upgrade or another machine cannot change what the gateways serve."""
     w = _watermark()
+    assert w.fingerprint == "914c3a21d13d4b5b"
+    assert w.target_class == 5
+    assert w.phase == pytest.approx(4.4460177226317645, abs=1e-12)
+    np.testing.assert_allclose(
+        w.projection[:3], [-0.1095596723261618, 0.22341366822445236, 0.09503456224563332], atol=1e-12
+    )
     assert abs(float(np.linalg.norm(w.projection)) - 1.0) < 1e-12
-    assert w.fingerprint == _watermark().fingerprint
-    assert len(w.fingerprint) == 16
+    x = np.arange(D, dtype=np.float32) / D
+    assert w.canonical_key(x).hex()[:16] == "4eced30cb3a5d45b"
+    ramp = np.stack([x * i / 100 for i in range(300)])
+    assert np.flatnonzero(w.mark_labels(ramp, np.zeros(300, np.int64)).marked).tolist() == [17, 154, 160, 192]
     assert w.describe()["fingerprint"] == w.fingerprint
     assert "secret" not in json.dumps(w.describe())
 
@@ -75,11 +84,17 @@ def test_reencoded_inputs_give_the_same_key() -> None:
     w = _watermark()
     rng = np.random.default_rng(1)
     x32 = (rng.standard_normal((50, D)) * 3).astype(np.float32)
+    split = 0
     for row in x32:
         through_json = np.array(json.loads(json.dumps(row.tolist())))  # float64 decimal round trip
         assert w.canonical_key(through_json) == w.canonical_key(row)
-        printed = np.array([float(f"{v:.7g}") for v in row])  # a printer keeping 7 significant digits
-        assert w.canonical_key(printed) == w.canonical_key(row) or _near_rounding_boundary(w, row)
+        shortest = np.array([float(f"{v:.9g}") for v in row])  # 9 digits: exact for float32
+        assert w.canonical_key(shortest) == w.canonical_key(row)
+        printed = np.array([float(f"{v:.7g}") for v in row])  # a lossy printer keeping 7 digits
+        if w.canonical_key(printed) != w.canonical_key(row):
+            assert _straddles_rounding_boundary(w, row, printed)  # the only way the key may change
+            split += 1
+    assert split <= len(x32) // 5
     zeros = np.zeros(D)
     negative_zeros = np.full(D, -0.0)
     assert w.canonical_key(negative_zeros) == w.canonical_key(zeros)
@@ -89,12 +104,14 @@ def test_reencoded_inputs_give_the_same_key() -> None:
     assert w.canonical_key(moved) != w.canonical_key(x32[0])
 
 
-def _near_rounding_boundary(w: AnswerWatermark, row: np.ndarray) -> bool:
-    """True when some value sits within 7-digit printing error of the mantissa rounding boundary."""
-    step = 2.0 ** -w.significant_bits
-    mant, _ = np.frexp(np.abs(row.astype(np.float64)))
-    frac = (mant * 2 / step) % 1.0
-    return bool(np.any(np.abs(frac - 0.5) < 1e-3))
+def _straddles_rounding_boundary(w: AnswerWatermark, row: np.ndarray, printed: np.ndarray) -> bool:
+    """True when some value's printing error crosses the midpoint between two canonical values."""
+    exact = np.abs(row.astype(np.float64))
+    mant, exp = np.frexp(exact)  # exact = mant · 2^exp, mant in [0.5, 1)
+    step = np.ldexp(1.0, exp - 1 - w.significant_bits)  # distance between canonical values near each value
+    to_midpoint = np.abs((exact / step) % 1.0 - 0.5) * step
+    received = printed.astype(np.float32).astype(np.float64)  # what the gateway hashes
+    return bool(np.any(to_midpoint <= np.abs(received - row.astype(np.float64))))
 
 
 def test_inputs_are_validated() -> None:
@@ -146,6 +163,7 @@ def test_label_flip_share_and_choice() -> None:
     offsets = (marked.labels[marked.marked] - y[marked.marked]) % K
     assert set(offsets.tolist()) <= set(range(1, K))
     assert len(set(offsets.tolist())) == K - 1  # every other class is used
+    np.testing.assert_array_equal(_watermark(label_share=r).unmark_labels(x, marked.labels), y)  # logs → upstream
     none = _watermark(label_share=0.0).mark_labels(x, y)
     assert not none.marked.any()
 
@@ -192,15 +210,15 @@ def test_label_test_false_claims_stay_below_alpha() -> None:
     """Suspects independent of the key that disagree with the upstream label on every probe (the worst
     case for the test): over many keys the claim rate must not exceed α by more than sampling error."""
     rng = np.random.default_rng(5)
-    x = rng.random((3000, D)).astype(np.float32)
-    y = rng.integers(0, K, 3000)
-    wrong = (y + rng.integers(1, K, 3000)) % K  # a fixed model that is always wrong, in its own way
-    alpha, trials = 0.05, 300
+    x = rng.random((2000, D)).astype(np.float32)
+    y = rng.integers(0, K, 2000)
+    wrong = (y + rng.integers(1, K, 2000)) % K  # a fixed model that is always wrong, in its own way
+    index = {row.tobytes(): j for j, row in enumerate(x)}
+    alpha, trials = 0.05, 200
     fixed, sequential = 0, 0
     for i in range(trials):
         w = _watermark(f"null-key-{i:05d}".encode().ljust(32, b"."), label_share=0.005)
         probes = w.label_probes(x, y)
-        index = {row.tobytes(): j for j, row in enumerate(x)}
         z = wrong[[index[row.tobytes()] for row in probes.inputs]]
         fixed += w.verify_labels(probes, z, alpha=alpha).claimed
         seq = w.sequential_label_test(alpha=alpha)
@@ -254,8 +272,9 @@ def test_probability_mark_carries_the_keyed_cosine() -> None:
     p /= p.sum(1, keepdims=True)
     marked = w.mark_probabilities(x, p)
     assert np.all(marked.scale == 1.0)
-    np.testing.assert_allclose(marked.probabilities[:, w.target_class] - p[:, w.target_class],
-                               0.04 * w.signal(x), atol=1e-12)
+    np.testing.assert_allclose(
+        marked.probabilities[:, w.target_class] - p[:, w.target_class], 0.04 * w.signal(x), atol=1e-12
+    )
 
 
 def test_suggest_frequency_does_not_depend_on_the_key() -> None:
@@ -320,7 +339,18 @@ def _fit_labels(x: np.ndarray, y: np.ndarray, seed: int) -> MLPClassifier:
         return MLPClassifier((100,), max_iter=500, random_state=seed).fit(x, y)
 
 
-def test_label_copy_is_claimed_and_independents_are_not(world: World) -> None:
+@pytest.fixture(scope="module")
+def label_models(world: World) -> dict[str, MLPClassifier]:
+    xq = world.x_queries
+    answered = world.victim.predict(xq)
+    return {
+        "copy": _fit_labels(xq, world.watermark.mark_labels(xq, answered).labels, seed=1),
+        "unmarked answers": _fit_labels(xq, answered, seed=1),  # same recipe, unmarked answers
+        "true labels": _fit_labels(xq, world.y_queries, seed=2),
+    }
+
+
+def test_label_copy_is_claimed_and_independents_are_not(world: World, label_models: dict[str, MLPClassifier]) -> None:
     wm, xq = world.watermark, world.x_queries
     answered = world.victim.predict(xq)
     served = wm.mark_labels(xq, answered)
@@ -328,19 +358,19 @@ def test_label_copy_is_claimed_and_independents_are_not(world: World) -> None:
     probes = wm.label_probes(xq, answered)  # the suspected client's logged queries that the key marked
     assert len(probes) >= 5
 
-    copy = _fit_labels(xq, served.labels, seed=1)
+    copy = label_models["copy"]
     assert copy.score(world.x_test, world.y_test) > 0.9  # a useful copy, not a degenerate one
     fixed = wm.verify_labels(probes, copy.predict(probes.inputs), alpha=1e-3)
     sequential = wm.sequential_label_test(alpha=1e-3).run(probes, copy.predict)
-    print(f"\nlabel copy: {fixed.matches}/{fixed.disagreements} matches of {len(probes)} probes, "
-          f"p = {fixed.p_value:.2g}; sequential p = {sequential.p_value:.2g} after {sequential.queries} queries")
+    print(
+        f"\nlabel copy: {fixed.matches}/{fixed.disagreements} matches of {len(probes)} probes, "
+        f"p = {fixed.p_value:.2g}; sequential p = {sequential.p_value:.2g} after {sequential.queries} queries"
+    )
     assert fixed.claimed and fixed.p_value < 0.05
     assert sequential.claimed and sequential.queries <= len(probes)
 
-    for name, model in [
-        ("unmarked answers", _fit_labels(xq, answered, seed=1)),
-        ("true labels", _fit_labels(xq, world.y_queries, seed=2)),
-    ]:
+    for name in ("unmarked answers", "true labels"):
+        model = label_models[name]
         z = model.predict(probes.inputs)
         ev = wm.verify_labels(probes, z, alpha=0.05)
         seq = wm.sequential_label_test(alpha=0.05).run(probes, model.predict)
@@ -349,16 +379,20 @@ def test_label_copy_is_claimed_and_independents_are_not(world: World) -> None:
 
 
 @pytest.fixture(scope="module")
-def distilled(world: World) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+def distilled(world: World, label_models: dict[str, MLPClassifier]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     xq = world.x_queries
     answered = world.victim.predict_proba(xq)
-    with threadpool_limits(1):
-        torch.set_num_threads(1)
-        return {
-            "copy": _distill(xq, world.watermark.mark_probabilities(xq, answered).probabilities, seed=0),
-            "clean copy": _distill(xq, answered, seed=0),  # same recipe, unmarked answers
-            "true labels": _distill(xq, np.eye(K)[world.y_queries], seed=1),
-        }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two shared cores: one thread is faster than contending for both
+    try:
+        with threadpool_limits(1):
+            return {
+                "copy": _distill(xq, world.watermark.mark_probabilities(xq, answered).probabilities, seed=0),
+                "clean copy": _distill(xq, answered, seed=0),  # same recipe, unmarked answers
+                "true labels": label_models["true labels"].predict_proba,  # an independent model
+            }
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_probability_copy_is_claimed_and_independents_are_not(
@@ -373,8 +407,10 @@ def test_probability_copy_is_claimed_and_independents_are_not(
     for name, model in distilled.items():
         ev = wm.verify_probabilities(probes, model(probes), baseline=baseline, alpha=0.05, n_null_keys=399)
         results[name] = ev
-        print(f"\n{name}: T = {ev.statistic:.2f} (null {ev.null_mean:.2f} ± {ev.null_std:.2f}), "
-              f"p = {ev.p_value:.3g}, gaussian ≈ {ev.p_gaussian:.2g}, amplitude {ev.amplitude:.3f}")
+        print(
+            f"\n{name}: T = {ev.statistic:.2f} (null {ev.null_mean:.2f} ± {ev.null_std:.2f}), "
+            f"p = {ev.p_value:.3g}, gaussian ≈ {ev.p_gaussian:.2g}, amplitude {ev.amplitude:.3f}"
+        )
     assert results["copy"].claimed and results["copy"].p_value < 0.05
     assert results["copy"].amplitude > 0
     assert not results["clean copy"].claimed
@@ -384,17 +420,28 @@ def test_probability_copy_is_claimed_and_independents_are_not(
 def test_probability_test_on_logged_queries_and_labels_only(
     world: World, distilled: dict[str, Callable[[np.ndarray], np.ndarray]]
 ) -> None:
-    """On the thief's own (non-adaptive) queries the copy's signal is strongest; labels alone carry none of a
-    top-1-preserving mark, and the one-hot fallback stays valid (no claim) rather than inventing one."""
+    """On the thief's own (non-adaptive) queries the copy's signal is strongest. Labels carry little of a
+    top-1-preserving mark; the one-hot fallback runs and stays valid (no claim on the clean copy)."""
     wm, xq = world.watermark, world.x_queries
     baseline = world.victim.predict_proba(xq)
     copy = distilled["copy"]
-    logged = wm.verify_probabilities(xq, copy(xq), baseline=baseline, alpha=0.01, n_null_keys=399)
+    first = slice(0, 100)  # 100 logged queries: the benchmark needed 30–50
+    logged = wm.verify_probabilities(xq[first], copy(xq[first]), baseline=baseline[first], alpha=1e-3, n_null_keys=999)
+    print(f"\nlogged probes: p = {logged.p_value:.2g}, gaussian ≈ {logged.p_gaussian:.2g}")
     assert logged.claimed and logged.p_gaussian < 1e-4
-    labels_only = wm.verify_probabilities(xq, copy(xq).argmax(1), baseline=baseline.argmax(1), n_null_keys=399)
+    clean = wm.verify_probabilities(
+        xq[first], distilled["clean copy"](xq[first]), baseline=baseline[first], alpha=0.05, n_null_keys=999
+    )
+    assert not clean.claimed
+    labels_only = wm.verify_probabilities(
+        xq, copy(xq).argmax(1), baseline=baseline.argmax(1), alpha=0.05, n_null_keys=399
+    )
     assert labels_only.labels_only
-    assert not wm.verify_probabilities(xq, distilled["clean copy"](xq).argmax(1), baseline=baseline.argmax(1),
-                                       n_null_keys=399).claimed
+    print(f"labels only: copy p = {labels_only.p_value:.2g}")  # weak: only near-boundary argmaxes move
+    clean_labels = wm.verify_probabilities(
+        xq, distilled["clean copy"](xq).argmax(1), baseline=baseline.argmax(1), alpha=0.05, n_null_keys=399
+    )
+    assert clean_labels.labels_only and not clean_labels.claimed
 
 
 def test_probability_test_false_claims_over_keys(
@@ -408,11 +455,11 @@ def test_probability_test_false_claims_over_keys(
     freq = world.watermark.frequency
     alpha, claims, trials = 0.1, 0, 0
     for i in range(40):
-        wm = AnswerWatermark(f"fpr-key-{i:04d}".encode().ljust(32, b"."), n_classes=K, input_dim=D,
-                             amplitude=0.05, frequency=freq)
+        wm = AnswerWatermark(
+            f"fpr-key-{i:04d}".encode().ljust(32, b"."), n_classes=K, input_dim=D, amplitude=0.05, frequency=freq
+        )
         for a in answers:
-            claims += wm.verify_probabilities(probes, a, baseline=baseline, alpha=alpha, n_null_keys=99,
-                                              seed=i).claimed
+            claims += wm.verify_probabilities(probes, a, baseline=baseline, alpha=alpha, n_null_keys=99, seed=i).claimed
             trials += 1
     bound = alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)
     print(f"\nprobability test: {claims}/{trials} false claims at α = {alpha}")
