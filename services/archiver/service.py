@@ -94,9 +94,29 @@ class Archiver:
     def stop(self) -> None:
         self._stop.set()
 
+    def recover(self) -> None:
+        """Take over every pending entry of the group (a crash before XACK, maybe under another consumer name:
+        a new container has a new hostname), archive what the head does not hold yet, acknowledge the rest."""
+        start_id = "-"
+        while True:
+            pending: Any = self.r.xpending_range(self.stream, GROUP, min=start_id, max="+", count=1000)
+            if not pending:
+                break
+            others: list[Any] = [_id(p["message_id"]) for p in pending if _id(p["consumer"]) != self.consumer]
+            if others:
+                self.r.xclaim(self.stream, GROUP, self.consumer, 0, others, justid=True)
+            start_id = "(" + _id(pending[-1]["message_id"])
+        start = "0"
+        while True:
+            seen, last = self._read(start)
+            if not seen:
+                break
+            start = last
+        self.flush()
+
     def run(self) -> None:
         self.ensure_group()
-        self._read("0")  # this consumer's own pending entries first (a crash before XACK)
+        self.recover()
         while not self._stop.is_set():
             try:
                 self.step()
@@ -106,7 +126,7 @@ class Archiver:
         self.flush()
 
     def step(self, block_ms: int = 1000) -> int:
-        n = self._read(">", block_ms)
+        n, _ = self._read(">", block_ms)  # archived
         interval = self.settings.archive_segment_interval_s
         due = self._opened_at is not None and time.monotonic() - self._opened_at >= interval
         if self.writer.pending >= self.settings.archive_segment_records or due:
@@ -114,24 +134,25 @@ class Archiver:
         self.metrics.stream_entries.set(self.r.xlen(self.stream))
         return n
 
-    def _read(self, start: str, block_ms: int | None = None) -> int:
+    def _read(self, start: str, block_ms: int | None = None) -> tuple[int, str]:
+        """Read after ``start`` (``>``: new entries; an id: this consumer's pending ones after it). Returns the
+        entries seen (``>``: archived) and the last id seen (``""`` when none came)."""
         count = max(1, min(self.settings.archive_segment_records - self.writer.pending, 10_000))
         reply: Any = self.r.xreadgroup(GROUP, self.consumer, {self.stream: start}, count=count, block=block_ms)
-        n = 0
+        n, seen, last = 0, 0, ""
         for _, entries in reply or []:
             for raw_id, fields in entries:
-                entry_id = _id(raw_id)
-                if fields is None:  # deleted by a trim while pending: nothing to archive
-                    self._unacked.append(entry_id)
-                    continue
-                if not self.writer.already_archived(entry_id):
-                    self.writer.add(entry_id, _id(fields.get(b"v", b"")), _id(fields.get(b"r", b"")))
-                    self._opened_at = self._opened_at or time.monotonic()
-                    n += 1
+                entry_id = last = _id(raw_id)
+                seen += 1
                 self._unacked.append(entry_id)
-        if start == "0" and self._unacked and not self.writer.pending:
-            self._ack()  # redelivered entries the archive already held
-        return n
+                if not fields or self.writer.already_archived(entry_id):
+                    continue  # trimmed while pending, or already in a committed segment (crash before XACK)
+                self.writer.add(entry_id, _id(fields.get(b"v", b"")), _id(fields.get(b"r", b"")))
+                self._opened_at = self._opened_at or time.monotonic()
+                n += 1
+        if start != ">" and last and self.writer.pending >= self.settings.archive_segment_records:
+            self.flush()
+        return (n if start == ">" else seen), last
 
     def flush(self) -> None:
         """Commit the open segment, then acknowledge its entries, then trim the stream."""

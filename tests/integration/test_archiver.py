@@ -49,18 +49,22 @@ def test_archive_then_ack_then_trim_only_what_every_group_has_read(redis_client:
     assert registry.get_sample_value("modelcustody_archive_trimmed_records_total") == 70
     assert redis_client.get(HEAD_KEY).decode() == Head.load(tmp_path / "archive").last_hash  # type: ignore[union-attr]
 
-    # A crash after the segment was written but before XACK: the entries come back and are only acknowledged.
+    # A crash after the segment was written but before XACK, and the archiver comes back under another name
+    # (a new container): the entries are taken over, recognised as archived, and only acknowledged; entries
+    # that were read but not yet in a segment are archived by the new one.
     more = add(redis_client, 30, start=120)
     archiver.step(block_ms=10)
     archiver.writer.commit()  # written, then the "crash": nothing acknowledged
-    restarted = Archiver(redis_client, settings, ArchiverMetrics(CollectorRegistry()))
-    restarted._read("0")
+    later = add(redis_client, 5, start=150)
+    archiver.step(block_ms=10)  # read into the open segment, then lost with the process
+    restarted = Archiver(redis_client, settings, ArchiverMetrics(CollectorRegistry()), consumer="archiver-2")
+    restarted.recover()
     pending: Any = redis_client.xpending(STREAM, GROUP)
     assert pending["pending"] == 0
     result = verify_archive(tmp_path / "archive")
-    assert result.ok and result.records == 150, result.problems
+    assert result.ok and result.records == 155, result.problems
     archived = [orjson.loads(line) for line in _records(tmp_path / "archive")]
-    assert [a["id"] for a in archived] == ids + more  # every record once, in stream order
+    assert [a["id"] for a in archived] == ids + more + later  # every record once, in stream order
 
 
 def _records(directory: Path) -> list[bytes]:

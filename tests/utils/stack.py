@@ -51,7 +51,11 @@ def start_server(factory: str, env: dict[str, str], log_dir: Path, name: str, ti
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     proc = ManagedProcess(uvicorn_command(factory, port), env=env, log_path=log_dir / f"{name}-{port}.log", cwd=REPO)
-    wait_for_port(port, timeout_s, proc.proc)
+    try:
+        wait_for_port(port, timeout_s, proc.proc)
+    except BaseException:
+        proc.stop()  # a server that did not come up in time must not outlive the test (it keeps a core busy)
+        raise
     return Server(proc, port, env)
 
 
