@@ -30,7 +30,7 @@ def test_audit_series_exist_and_hard_limit_failures_survive_the_worker(redis_cli
     AuditMetrics(registry, redis_client)
     get = registry.get_sample_value
     for method in METHODS:
-        for status in ("done", "failed"):
+        for status in ("done", "failed", "cancelled"):
             assert get("modelcustody_audits_total", {"method": method, "status": status}) == 0
     assert get("modelcustody_registrations_total", {"status": "failed"}) == 0
     assert get("modelcustody_hard_limit_failures_total", {"task": "audit"}) == 0
