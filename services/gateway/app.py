@@ -5,12 +5,9 @@ call, and the hop's CPU is what limits throughput on a small machine (``bench/ga
 upstream client is one pooled ``aiohttp.ClientSession`` (0.17 ms CPU per request against httpx's 0.86
 ms on these machines, docs/design.md "Measured on these machines").
 
-Per request: route (400 for a path that could reach another model than the one logged, see
-``routing.py``; the upstream path is written from the parsed model name) → read the body (413 over the
-limit) → API key → client (401) → policy (403 blocked, 429 quota/rate, 503 if the query log cannot take
-the rows) → parse and validate the rows (400, also for values past float32 or outside the model's
-declared range) → forward the original bytes → parse the answer → apply the output policy → answer →
-queue the log entry.
+Per request: read the body (413 over the limit) → API key → client (401) → policy (403 blocked, 429
+quota/rate, 503 if the query log cannot take the rows) → parse and validate the rows (400) → forward
+the original bytes → parse the answer → apply the output policy → answer → queue the log entry.
 """
 
 from __future__ import annotations
