@@ -80,9 +80,7 @@ class Stack:
             pass
 
     def alert(self, client: str) -> dict[str, Any]:
-        body = self.admin.get("/v1/alerts", params={"client_id": client}).json()
-        # The operator API (issue 11) answers a page {"items", "next_cursor"}; earlier versions a list.
-        alerts = body["items"] if isinstance(body, dict) else body
+        alerts = self.admin.get("/v1/alerts", params={"client_id": client}).json()
         assert len(alerts) == 1, alerts
         return alerts[0]  # type: ignore[no-any-return]
 
