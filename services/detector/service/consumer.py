@@ -19,6 +19,13 @@ engine state per model it queried, and its risk is the highest over those models
 no engine, or whose input width is not the engine's, are acknowledged and counted as skipped / malformed:
 they can never become analysable by waiting, and leaving them pending would block nothing but the count.
 
+A client's state holds at most ``max_models_per_client`` models: records of further models are acknowledged
+and counted, not analysed, so made-up model names cannot grow it. What follows a detection (observe,
+notify, enforce) is decided by ``services.core.response``: enforcement needs level high and persistence
+(consecutive tests over the alert threshold, kept per model in the state hash as ``streak:<model>``, or
+two independent signal families), and is recorded on the alert, reversible, and only recorded in shadow
+mode.
+
 Two detectors may interleave one client's records slightly out of stream order; the signals are
 statistics over a window and do not depend on exact order (PRADA's distances, margins, coverage), except
 the sweep signal's consecutive-pair test, which tolerates a few swapped pairs.
