@@ -30,6 +30,7 @@ import orjson
 import redis
 
 from audit.signing import COMPLIANCE_PREDICATE, load_or_create_signing_key, sign_statement
+from services.core import keys
 from services.core.alerts import Alert
 from services.core.audits import AuditRecord
 from services.core.settings import Settings
@@ -67,10 +68,10 @@ def build_compliance_report(r: redis.Redis, settings: Settings, *, since: float,
     """The report's predicate (plain JSON); ``ValueError`` for an empty or inverted period."""
     if not until > since:
         raise ValueError(f"the period must end after it starts (since={since}, until={until})")
-    alerts = [Alert.from_json(raw) for raw in _records(r, "mc:alerts:index", "mc:alert:", since, until)]
-    audits = [AuditRecord.from_json(raw) for raw in _records(r, "mc:audits:index", "mc:audit:", since, until)]
-    protected: Any = r.zcount("mc:protected:index", since, f"({until}")
-    levels: Any = r.hvals("mc:risk:levels")
+    alerts = [Alert.from_json(raw) for raw in _records(r, keys.ALERTS_INDEX, keys.ALERT_PREFIX, since, until)]
+    audits = [AuditRecord.from_json(raw) for raw in _records(r, keys.AUDITS_INDEX, keys.AUDIT_PREFIX, since, until)]
+    protected: Any = r.zcount(keys.PROTECTED_INDEX, since, f"({until}")
+    levels: Any = r.hvals(keys.RISK_LEVELS)
     fired = Counter(signal for a in alerts for signal in a.fired_signals)
     opened_at = [a.queries_at_open for a in alerts]
     return {
@@ -105,8 +106,8 @@ def build_compliance_report(r: redis.Redis, settings: Settings, *, since: float,
             ],
         },
         "webhook": {
-            "waiting": r.llen("mc:webhook:outbox"),
-            "dead_lettered": r.llen("mc:webhook:dead"),
+            "waiting": r.llen(keys.WEBHOOK_OUTBOX),
+            "dead_lettered": r.llen(keys.WEBHOOK_DEAD),
         },
         "audits": {
             "submitted": len(audits),

@@ -10,13 +10,14 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from audit.methods import METHODS
+from services.core import keys
 from services.core.buildinfo import register_build_info
 
 AUDIT_STATUSES = ("done", "failed", "cancelled")
 REGISTRATION_STATUSES = ("ready", "failed")
 # A hard-limit failure ends the worker process (workers.runner.HardLimit) before any scrape could see a
 # counter in its memory, so the count lives in Redis (one hash field per task kind) and every worker exposes it.
-HARD_LIMIT_KEY = "mc:metrics:hard_limit_failures"
+HARD_LIMIT_KEY = keys.HARD_LIMIT_FAILURES
 HARD_LIMIT_TASKS = ("audit", "registration")
 
 

@@ -26,13 +26,14 @@ from typing import Any
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.core import keys
 from services.core.archive import SegmentWriter
 from services.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 GROUP = "archiver"
-HEAD_KEY = "mc:archive:head"
+HEAD_KEY = keys.ARCHIVE_HEAD
 
 
 class ArchiverMetrics:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import orjson
 import redis
 
+from services.core import keys
 from services.core.jsonrecords import update_record
 
 AlertStatus = Literal["open", "acknowledged", "resolved"]
@@ -28,7 +29,7 @@ ATLAS_TECHNIQUE = "AML.T0024"  # MITRE ATLAS: Exfiltration via ML Inference API
 ATLAS_NAME = "Exfiltration via ML Inference API"
 # The webhook outbox: an opened alert is pushed here in the same MULTI/EXEC that records it, so a crash
 # between "alert stored" and "webhook queued" cannot happen (services.detector.service.webhook drains it).
-WEBHOOK_OUTBOX = "mc:webhook:outbox"
+WEBHOOK_OUTBOX = keys.WEBHOOK_OUTBOX
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Alert:
 
 class AlertStore:
     def __init__(
-        self, r: redis.Redis, *, stream: str = "mc:alerts", window_s: float = 3600.0, notify: bool = False
+        self, r: redis.Redis, *, stream: str = keys.ALERTS_STREAM, window_s: float = 3600.0, notify: bool = False
     ) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
@@ -78,11 +79,11 @@ class AlertStore:
         self.window_s = window_s
 
     def key(self, alert_id: str) -> str:
-        return f"mc:alert:{alert_id}"
+        return keys.alert(alert_id)
 
     def current(self, client_id: str) -> Alert | None:
         """The client's open (or acknowledged, still absorbing) alert, if any."""
-        current_id = self.r.get(f"mc:alert:open:{client_id}")
+        current_id = self.r.get(keys.open_alert(client_id))
         if not current_id:
             return None
         alert = self.get(current_id.decode())  # type: ignore[union-attr]
@@ -112,7 +113,7 @@ class AlertStore:
         now = time.time()
         level = (response or {}).get("level", "notify")
         notify = self.notify and level != "observe"
-        open_key = f"mc:alert:open:{client_id}"
+        open_key = keys.open_alert(client_id)
         for _ in range(10):  # optimistic concurrency: detectors in other processes may race on a client
             with self.r.pipeline() as pipe:
                 try:
@@ -163,7 +164,7 @@ class AlertStore:
                             alert.response = dict(response)
                     pipe.multi()
                     pipe.set(self.key(alert.id), alert.to_json())
-                    pipe.zadd("mc:alerts:index", {alert.id: alert.opened_at})
+                    pipe.zadd(keys.ALERTS_INDEX, {alert.id: alert.opened_at})
                     if event == "opened":
                         pipe.set(open_key, alert.id, ex=int(self.window_s))
                     pipe.xadd(self.stream, {"event": event, "alert": alert.to_json()}, maxlen=100_000, approximate=True)
@@ -185,7 +186,7 @@ class AlertStore:
         return Alert.from_json(raw) if raw else None  # type: ignore[arg-type]
 
     def list(self, *, status: str | None = None, client_id: str | None = None, limit: int = 100) -> list[Alert]:
-        ids = self.r.zrevrange("mc:alerts:index", 0, -1)
+        ids = self.r.zrevrange(keys.ALERTS_INDEX, 0, -1)
         out: list[Alert] = []
         for chunk_start in range(0, len(ids), 200):  # type: ignore[arg-type]
             chunk = ids[chunk_start : chunk_start + 200]  # type: ignore[index]
@@ -205,7 +206,7 @@ class AlertStore:
         first = self.get(alert_id)
         if first is None:
             raise KeyError(alert_id)
-        open_key = f"mc:alert:open:{first.client_id}"
+        open_key = keys.open_alert(first.client_id)
         with self.r.pipeline() as pipe:
             while True:
                 try:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import orjson
 import redis
 
+from services.core import keys
 from services.core.jsonrecords import list_records, update_record
 
 AuditStatus = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -71,7 +72,7 @@ class AuditStore:
 
     @staticmethod
     def _key(audit_id: str) -> str:
-        return f"mc:audit:{audit_id}"
+        return keys.audit(audit_id)
 
     def create_or_get(
         self,
@@ -87,7 +88,7 @@ class AuditStore:
         Atomic (WATCH on the de-duplication key): two identical submissions racing each other get one audit.
         """
         key = dedupe_key(method, protected_model, identity, params)
-        dkey = f"mc:audit:dedupe:{key}"
+        dkey = keys.audit_dedupe(key)
         record = AuditRecord(
             id=f"au_{int(time.time())}_{secrets.token_hex(4)}",
             method=method,
@@ -108,7 +109,7 @@ class AuditStore:
                     pipe.multi()
                     pipe.set(self._key(record.id), record.to_json())
                     pipe.set(dkey, record.id)
-                    pipe.zadd("mc:audits:index", {record.id: record.created_at})
+                    pipe.zadd(keys.AUDITS_INDEX, {record.id: record.created_at})
                     pipe.execute()
                     return record, True
                 except redis.WatchError:
@@ -125,4 +126,4 @@ class AuditStore:
             raise KeyError(audit_id) from None
 
     def list(self, limit: int = 100) -> list[AuditRecord]:
-        return list_records(self.r, "mc:audits:index", self._key, AuditRecord.from_json, limit)
+        return list_records(self.r, keys.AUDITS_INDEX, self._key, AuditRecord.from_json, limit)

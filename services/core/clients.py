@@ -25,11 +25,12 @@ from typing import Any
 import orjson
 import redis
 
+from services.core import keys
 from services.core.policy import OutputPolicy
 
-CLIENTS_KEY = "mc:clients"
-BY_KEY_KEY = "mc:clients:by_key"
-POLICIES_KEY = "mc:policies"
+CLIENTS_KEY = keys.CLIENTS
+BY_KEY_KEY = keys.CLIENTS_BY_KEY
+POLICIES_KEY = keys.POLICIES
 KEY_PREFIX = "mck_"
 POLICY_HISTORY_MAX = 100  # changes kept per client: months of operator edits, a few kB
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -41,7 +42,7 @@ def utc_day(ts: float) -> str:
 
 
 def usage_key(day: str) -> str:
-    return f"mc:usage:{day}"
+    return keys.usage(day)
 
 
 def hash_key(api_key: str) -> str:
@@ -130,7 +131,7 @@ class ClientRegistry:
             self.r.hset(POLICIES_KEY, name, orjson.dumps(policy.to_dict()))
             return
         entry = orjson.dumps({"at": time.time(), "by": actor, "policy": policy.to_dict()})
-        history = f"mc:policy:history:{name}"
+        history = keys.policy_history(name)
         with self.r.pipeline() as pipe:
             pipe.hset(POLICIES_KEY, name, orjson.dumps(policy.to_dict()))
             pipe.lpush(history, entry)
@@ -138,7 +139,7 @@ class ClientRegistry:
             pipe.execute()
 
     def policy_history(self, name: str, limit: int = POLICY_HISTORY_MAX) -> builtins.list[dict[str, Any]]:
-        raws: Any = self.r.lrange(f"mc:policy:history:{name}", 0, limit - 1)
+        raws: Any = self.r.lrange(keys.policy_history(name), 0, limit - 1)
         return [orjson.loads(raw) for raw in raws]
 
     def usage_today(self, name: str, now: float | None = None) -> tuple[str, int]:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import orjson
 import redis
 
+from services.core import keys
 from services.core.jsonrecords import list_records, update_record
 
 RegistrationStatus = Literal["queued", "registering", "ready", "failed"]
@@ -64,12 +65,12 @@ class ProtectedIndex:
 
     @staticmethod
     def _key(pm_id: str) -> str:
-        return f"mc:protected:{pm_id}"
+        return keys.protected(pm_id)
 
     def create(self, record: ProtectedRecord) -> ProtectedRecord:
         with self.r.pipeline() as pipe:
             pipe.set(self._key(record.id), record.to_json(), nx=True)
-            pipe.zadd("mc:protected:index", {record.id: record.created_at})
+            pipe.zadd(keys.PROTECTED_INDEX, {record.id: record.created_at})
             created, _ = pipe.execute()
         if not created:
             raise KeyError(f"protected model {record.id} exists")
@@ -86,4 +87,4 @@ class ProtectedIndex:
             raise KeyError(pm_id) from None
 
     def list(self, limit: int = 100) -> list[ProtectedRecord]:
-        return list_records(self.r, "mc:protected:index", self._key, ProtectedRecord.from_json, limit)
+        return list_records(self.r, keys.PROTECTED_INDEX, self._key, ProtectedRecord.from_json, limit)

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import orjson
 import redis
 
+from services.core import keys
 from services.core.alerts import Alert, AlertStore
 from services.core.clients import POLICIES_KEY
 from services.core.policy import OutputPolicy
@@ -43,8 +44,8 @@ ResponseLevel = Literal["observe", "notify", "enforce"]
 RESPONSE_LEVELS: tuple[ResponseLevel, ...] = ("observe", "notify", "enforce")
 Tier = Literal["standard", "bulk", "allowlisted"]
 TIERS: tuple[Tier, ...] = ("standard", "bulk", "allowlisted")
-TIERS_KEY = "mc:client:tiers"  # hash: client id → JSON ClientTier
-STREAKS_KEY = "mc:det:streaks"  # hash: "<client>\x1f<model>" → consecutive tests over the alert threshold
+TIERS_KEY = keys.CLIENT_TIERS  # hash: client id → JSON ClientTier
+STREAKS_KEY = keys.DETECTOR_STREAKS  # hash: "<client>\x1f<model>" → consecutive tests over the alert threshold
 
 
 @dataclass(frozen=True, slots=True)

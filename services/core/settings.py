@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.core import keys
 from services.core.policy import OutputPolicy
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "admin"}
@@ -85,7 +86,7 @@ class Settings(BaseSettings):
     gateway_log_fail_open: bool = False  # False: a full buffer answers 503 rather than lose a record
     gateway_redis_retry_s: float = 1.0
     gateway_client_refresh_s: float = 2.0  # how soon a revoked key or a tightened policy takes effect
-    queries_stream: str = "mc:queries"
+    queries_stream: str = keys.QUERIES_STREAM
     # XADD MAXLEN ~ bound: at ~1 KB a record, 1M entries is ~1 GB of Redis memory (compose sets maxmemory
     # 2gb). The archiver keeps the stream far below it; the bound only bites when archiver or detectors stop.
     queries_stream_maxlen: int = 1_000_000
@@ -164,7 +165,7 @@ class Settings(BaseSettings):
     detector_tightened_policy: dict[str, Any] = Field(default_factory=lambda: {"label_only": True, "daily_quota": 1000})
     detector_tighten_on: Literal["high", "medium", ""] = "high"  # alert level from which enforcement may apply
     alert_window_s: float = 3600.0  # detections of one client within this window fold into one alert
-    alerts_stream: str = "mc:alerts"
+    alerts_stream: str = keys.ALERTS_STREAM
 
     celery_broker_url: str | None = None  # default: redis_url
     # Audits on small models take seconds to minutes; an hour is a generous ceiling for HTTP suspects.

@@ -26,10 +26,12 @@ from typing import Literal, cast
 import orjson
 import redis
 
+from services.core import keys
+
 Scope = Literal["read", "auditor", "operator"]
 SCOPES: tuple[Scope, ...] = ("read", "auditor", "operator")
-TOKENS_KEY = "mc:admin:tokens"
-NAMES_KEY = "mc:admin:token_names"
+TOKENS_KEY = keys.ADMIN_TOKENS
+NAMES_KEY = keys.ADMIN_TOKEN_NAMES
 TOKEN_PREFIX = "mca_"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 

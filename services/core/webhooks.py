@@ -12,9 +12,10 @@ from typing import Any
 import orjson
 import redis
 
+from services.core import keys
 from services.core.alerts import WEBHOOK_OUTBOX
 
-DEAD_LETTERS = "mc:webhook:dead"
+DEAD_LETTERS = keys.WEBHOOK_DEAD
 
 # Atomic per item: pop the oldest dead letter, reset its attempts, push it onto the outbox. A crash between
 # the pop and the push cannot lose it. cjson re-encodes the item, which only changes number formatting.

@@ -16,11 +16,12 @@ from fastapi import APIRouter, Query
 from services.api.deps import OperatorDep, ReaderDep, RedisDep, SettingsDep
 from services.api.problems import Problem, errors
 from services.api.schemas import Alert, AlertAction, AlertPage
+from services.core import keys
 from services.core.alerts import Alert as AlertRecord
 from services.core.alerts import AlertStore
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
-INDEX = "mc:alerts:index"
+INDEX = keys.ALERTS_INDEX
 SCAN_CHUNK = 200  # index entries read per round trip while filtering: one MGET of a few hundred kB at most
 
 
@@ -53,7 +54,7 @@ def _page(r: Any, *, after: tuple[float, str] | None, limit: int,
         ids = [(score, raw_id.decode()) for raw_id, score in entries]
         if after is not None:
             ids = [(s, i) for s, i in ids if (s, i) < after]
-        raws: Any = r.mget([f"mc:alert:{i}" for _, i in ids]) if ids else []
+        raws: Any = r.mget([keys.alert(i) for _, i in ids]) if ids else []
         for raw in raws:
             if raw is None:
                 continue

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Response
 from services.api.deps import OperatorDep, ReaderDep, RedisDep
 from services.api.problems import Problem, errors
 from services.api.schemas import Client, ClientCreate, ClientWithKey, Policy, PolicyChange, Risk, Usage
+from services.core import keys
 from services.core.clients import POLICY_HISTORY_MAX, ClientInfo, ClientRegistry
 from services.core.policy import OutputPolicy
 
@@ -130,7 +131,7 @@ def read_client_risk(client_id: str, r: RedisDep, _: ReaderDep) -> Risk:
     """The detector's latest assessment of a client: risk score, level, per-signal statistics."""
     reg = ClientRegistry(r)
     info = _existing(reg, client_id)
-    raw = r.get(f"mc:risk:{client_id}")
+    raw = r.get(keys.risk(client_id))
     no_data: dict[str, Any] = {"risk_score": 0.0, "level": "low", "threshold": None, "queries_seen": 0, "models": {}}
     risk = orjson.loads(raw) if raw else no_data  # type: ignore[arg-type]
     return Risk(**{**risk, "client_id": client_id, "revoked": info.revoked,

@@ -47,6 +47,7 @@ import numpy as np
 import orjson
 import redis
 
+from services.core import keys
 from services.core.alerts import AlertStore
 from services.core.protocols import FLOAT32_MAX
 from services.core.records import QueryRecord
@@ -59,17 +60,17 @@ from services.detector.service.runtime import EngineSet
 log = logging.getLogger(__name__)
 
 GROUP = "detectors"
-STATE_PREFIX = "mc:det:state:"
-RISK_PREFIX = "mc:risk:"
-LEVELS_KEY = "mc:risk:levels"
-MALFORMED_STREAM = "mc:queries:malformed"
+STATE_PREFIX = keys.DETECTOR_STATE_PREFIX
+RISK_PREFIX = keys.RISK_PREFIX
+LEVELS_KEY = keys.RISK_LEVELS
+MALFORMED_STREAM = keys.MALFORMED_STREAM
 LEVEL_ORDER = ("low", "medium", "high")
 LAG_COUNT_CAP = 10_000  # without Redis 7's lag field, lag is counted and shown as at most this
 
 
 @dataclass
 class DetectorConfig:
-    stream: str = "mc:queries"
+    stream: str = keys.QUERIES_STREAM
     consumer: str = ""
     batch_max: int = 2000
     block_ms: int = 500

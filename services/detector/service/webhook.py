@@ -23,6 +23,7 @@ import httpx
 import orjson
 import redis
 
+from services.core import keys
 from services.core.alerts import WEBHOOK_OUTBOX
 from services.core.egress import EgressPolicy, EgressRefused
 from services.core.webhooks import DEAD_LETTERS
@@ -79,7 +80,7 @@ class WebhookSender:
         self.on_result = on_result
         # An item being delivered sits in this instance's processing list, so a crash mid-delivery
         # leaves it there to be re-queued by the next start instead of losing it.
-        self.processing = f"mc:webhook:processing:{instance}"
+        self.processing = keys.webhook_processing(instance)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -20,7 +20,7 @@ def test_detector_series_exist_before_the_first_event() -> None:
     for severity in ("medium", "high"):
         assert get("modelcustody_detector_alerts_opened_total", {"severity": severity}) == 0
         for signal in SIGNALS:
-            assert get("modelcustody_detector_alerts_total", {"signal": signal, "severity": severity}) == 0
+            assert get("modelcustody_detector_detections_total", {"signal": signal, "severity": severity}) == 0
     for outcome in ("delivered", "retrying", "dead_lettered"):
         assert get("modelcustody_detector_webhook_deliveries_total", {"outcome": outcome}) == 0
 
