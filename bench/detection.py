@@ -247,8 +247,11 @@ class EngineOracle:
             rows = np.flatnonzero(owner == k)
             if rows.size:
                 a = self.engine.observe(self.states[k], X[rows], P[rows], y[rows])
-                if a.alert and self.first_alert is None:
-                    self.first_alert = self.sent + int(rows[-1]) + 1  # granularity: one oracle call
+                if a.alert and self.first_alert is None and a.first_alert_at is not None:
+                    # The key's query count at its first alerting test, mapped back to the attack's count.
+                    local = a.first_alert_at - (a.queries_seen - rows.size) - 1
+                    self.first_alert = self.sent + int(rows[local]) + 1
+                if a.alert:
                     self.signals |= set(a.fired)
         if self.keys > 1:
             g = self.engine.observe(self.pooled, X, P, y)
