@@ -53,7 +53,10 @@ class HeldoutVariation:
         # Sizes in pixels scale with the image: 8x8 digits are 4x4 blocks of a 32x32 bitmap, MNIST is 28x28.
         px = min(h, w) / 28.0
         span = self.high - self.low
-        sigma_blur = rng.uniform(0.5, 1.0) * max(px, 0.35)  # ~0.5-1 px on MNIST: visibly soft, still legible
+        # 0.5-1 px on MNIST: visibly soft, still legible. On 8x8 the same optics would be sigma 0.14-0.29,
+        # which a Gaussian on that grid cannot express (the neighbour weight is < 1e-3); 0.4-0.7 (1.6-2.8 px
+        # of the 32x32 bitmap the digits were counted from) is the smallest blur that changes an 8x8 digit.
+        sigma_blur = rng.uniform(0.5, 1.0) * px if px > 0.5 else rng.uniform(0.4, 0.7)
         thicker = bool(rng.random() < 0.5)
         # On 8x8 one pixel is a 4x4 block of the 32x32 bitmap: a blend weight of 1/4 of a block dilation is a
         # 1-px pen change there, the size of MNIST's 2x2 dilation; 0.15-0.35 spans ~0.6-1.4 px.

@@ -6,7 +6,7 @@ matplotlib, so we read the files directly and never import it.
 
 The MNIST split the detection benchmark uses (all disjoint, fixed):
 - ``train[:20000]``: the owner's training data (the victims learn from it);
-- ``train[20000:23000]``: the owner's held-out reference set (the detector's baseline, never queried);
+- ``train[20000:22000]``: the owner's held-out reference set (the detector's baseline, never queried);
 - ``train[25000:35000]``: the attackers' natural data;
 - ``train[35000:37000]``: the fidelity test set (nobody queries it);
 - ``test[:5000]``: benign clients' images; ``test[5000:]``: the *writers* family. LeCun's page: "The first

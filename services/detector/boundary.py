@@ -138,19 +138,20 @@ class BoundarySignal(Signal[BoundaryState]):
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
 
-    def row_flags(self, X: np.ndarray, outputs: np.ndarray | None) -> np.ndarray | None:
-        """Which rows this signal counts (None when they cannot be scored)."""
+    def dispersion_flags(self, X: np.ndarray, outputs: np.ndarray | None) -> dict[str, np.ndarray] | None:
+        """The rows this signal's test counts (small margins), for the engine's dispersion fit."""
         m = self.margins(X, outputs)
-        return None if m is None else m < self._baseline.tau
+        return None if m is None else {"small": m < self._baseline.tau}
 
-    def widen(self, concentration: float) -> None:
+    def widen(self, kind: str, concentration: float) -> None:
         """Let benign clients differ: per-class Beta nulls capped at ``concentration`` pseudo-rows.
 
         The engine estimates the concentration from simulated benign clients with capture variation
         (``stats.client_concentration``); without it the null is one rate for every client.
         """
-        b = self._baseline
-        b.rate_a, b.rate_b = cap_concentration(b.rate_a, b.rate_b, positive_float("concentration", concentration))
+        if kind == "small":
+            b = self._baseline
+            b.rate_a, b.rate_b = cap_concentration(b.rate_a, b.rate_b, positive_float("concentration", concentration))
 
     def params(self) -> dict[str, Any]:
         return {"window": self.window, "alpha": self.alpha, "min_answers": self.min_answers}

@@ -580,23 +580,23 @@ def _widen_to_population(
     is ``stats.client_concentration`` over the streams' flag counts. The widened nulls are what the
     calibration then replays, so the thresholds are set on the same nulls the service will use.
     """
-    for name in ("boundary", "ood"):
-        counts, sizes = [], []
-        for s in streams:
-            sig = next((g for g in fold_engines[s.source].signals if g.name == name), None)
-            if sig is None:
-                break
-            flags = sig.row_flags(s.X, s.outputs)  # type: ignore[attr-defined]
-            if flags is None:
-                break
-            counts.append(int(np.count_nonzero(flags)))
-            sizes.append(int(flags.size))
-        if len(counts) < 10:
+    counts: dict[tuple[str, str], list[int]] = {}
+    sizes: dict[tuple[str, str], list[int]] = {}
+    for s in streams:
+        for g in fold_engines[s.source].signals:
+            if not hasattr(g, "dispersion_flags"):
+                continue
+            flags = g.dispersion_flags(s.X, s.outputs)
+            for kind, f in (flags or {}).items():
+                counts.setdefault((g.name, kind), []).append(int(np.count_nonzero(f)))
+                sizes.setdefault((g.name, kind), []).append(int(f.size))
+    for (name, kind), ks in counts.items():
+        if len(ks) < 10:
             continue
-        kappa = client_concentration(np.asarray(counts), np.asarray(sizes))
+        kappa = client_concentration(np.asarray(ks), np.asarray(sizes[(name, kind)]))
         if not math.isfinite(kappa):
             continue
         for e in engines:
             for g in e.signals:
                 if g.name == name:
-                    g.widen(kappa)  # type: ignore[attr-defined]
+                    g.widen(kind, kappa)  # type: ignore[attr-defined]

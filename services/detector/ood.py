@@ -28,7 +28,7 @@ calibration rows must not be in the index, or benign distances would be underest
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,10 @@ class OODBaseline(Record):
     k: int
     n_calib: int
     benign_ratio_quantiles: np.ndarray  # rho at 50, 90, 99 % (evidence)
+    # The "extreme" test (0 = off, baselines saved before it existed): rho above ``extreme`` x radius.
+    extreme: float = 0.0
+    xrate_a: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [C + 1] Beta posterior of the extreme rate
+    xrate_b: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 @dataclass(slots=True)
@@ -103,6 +107,9 @@ class OODSignal(Signal[OODState]):
         quantile: float = 0.95,  # a 5 % benign far-rate: stable to estimate from a few hundred held-out rows
         index_size: int = 512,  # 512 x d distance block per query: ~3 us/query at d=64, and enough points per class
         prior_strength: float = 20.0,  # pseudo-rows pulling a class's rate to the pooled one (~ rows per class)
+        # 1 benign row in 200 is "extreme": varied benign devices stay below it, synthetic probes (uniform noise,
+        # Jacobian steps, photo patches) sit far above it, so a handful of them is evidence on its own.
+        extreme_quantile: float = 0.995,
         seed: int = 0,
         **params: Any,
     ) -> OODSignal:
@@ -132,6 +139,8 @@ class OODSignal(Signal[OODState]):
         far = rho > radius
         p0 = max(float(np.mean(far)), 1.0 / len(rho))
         a, b = class_rate_posterior(far, yc, n_classes, positive_float("prior_strength", prior_strength))
+        x_radius = max(float(np.quantile(rho, unit_interval("extreme_quantile", extreme_quantile))), radius)
+        xa, xb = class_rate_posterior(rho > x_radius, yc, n_classes, prior_strength)
         base = OODBaseline(
             index=Xi,
             index_sq=index_sq,
@@ -144,21 +153,32 @@ class OODSignal(Signal[OODState]):
             k=k,
             n_calib=len(Xc),
             benign_ratio_quantiles=np.quantile(rho, (0.5, 0.9, 0.99)),
+            extreme=x_radius / radius,
+            xrate_a=xa,
+            xrate_b=xb,
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
 
-    def row_flags(self, X: np.ndarray, outputs: np.ndarray | None) -> np.ndarray | None:
-        """Which rows this signal counts (None when they cannot be scored)."""
-        return self.scores(np.asarray(X, dtype=np.float64)) > 1.0
+    def dispersion_flags(self, X: np.ndarray, outputs: np.ndarray | None) -> dict[str, np.ndarray] | None:
+        """The rows each of this signal's tests counts ("far", "extreme"), for the engine's dispersion fit."""
+        ratio = self.scores(np.asarray(X, dtype=np.float64))
+        out = {"far": ratio > 1.0}
+        if self._baseline.extreme > 0:
+            out["extreme"] = ratio > self._baseline.extreme
+        return out
 
-    def widen(self, concentration: float) -> None:
-        """Let benign clients differ: per-class Beta nulls capped at ``concentration`` pseudo-rows.
+    def widen(self, kind: str, concentration: float) -> None:
+        """Let benign clients differ: the ``kind`` test's per-class Beta nulls capped at ``concentration``.
 
         The engine estimates the concentration from simulated benign clients with capture variation
         (``stats.client_concentration``); without it the null is one rate for every client.
         """
         b = self._baseline
-        b.rate_a, b.rate_b = cap_concentration(b.rate_a, b.rate_b, positive_float("concentration", concentration))
+        c = positive_float("concentration", concentration)
+        if kind == "far":
+            b.rate_a, b.rate_b = cap_concentration(b.rate_a, b.rate_b, c)
+        elif kind == "extreme" and b.extreme > 0:
+            b.xrate_a, b.xrate_b = cap_concentration(b.xrate_a, b.xrate_b, c)
 
     def params(self) -> dict[str, Any]:
         return {"window": self.window, "alpha": self.alpha, "min_queries": self.min_queries}
@@ -211,7 +231,14 @@ class OODSignal(Signal[OODState]):
         k, n, p, k_crit = class_beta_binomial_test(
             state.flags[:n_valid], state.classes[:n_valid], b.rate_a, b.rate_b, self.alpha
         )
+        kx = 0
+        if b.extreme > 0 and n:
+            # Two tests on one window, Bonferroni: a few extreme queries, or many merely far ones.
+            xflags = (state.ratios[:n_valid] > b.extreme).astype(np.uint8)
+            kx, _, px, _ = class_beta_binomial_test(xflags, state.classes[:n_valid], b.xrate_a, b.xrate_b, self.alpha)
+            p = min(1.0, 2.0 * min(p, px))
         evidence: dict[str, float | int] = {
+            "extreme_queries": kx,
             "far_queries": k,
             "window_queries": n,
             "radius": b.radius,
@@ -219,7 +246,10 @@ class OODSignal(Signal[OODState]):
             "median_distance_ratio": float(np.median(state.ratios[:n])) if n else 0.0,
             "lifetime_far": state.far_total,
         }
-        test = "exact one-sided per-class beta-binomial, H0: far (rho > radius) rate per class as in benign reference"
+        test = (
+            "exact one-sided per-class beta-binomial, H0: far (rho > radius) and extreme (rho > extreme x radius)"
+            " rates per class as in benign reference clients; Bonferroni over the two"
+        )
         if n < self.min_queries:
             return SignalResult(self.name, float("nan"), float("nan"), 1.0, False, n, self.alpha, test, evidence)
         return SignalResult(

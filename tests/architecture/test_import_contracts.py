@@ -43,6 +43,8 @@ def _lint(root: Path) -> subprocess.CompletedProcess[str]:
         ("services/api/main.py", "import workers.celery_app", "Layers"),
         ("services/detector/service/runtime.py", "import services.demo.baseline", "Layers"),
         ("services/gateway/querylog.py", "import torch", "gateway stays light"),
+        ("services/demo/baseline.py", "import services.demo.benign_heldout", "Held-out benign families"),
+        ("services/detector/engine.py", "import services.demo.benign_heldout", "Held-out benign families"),
     ],
 )
 def test_a_wrong_import_breaks_the_contracts(tmp_path: Path, module: str, wrong_import: str, broken: str) -> None:

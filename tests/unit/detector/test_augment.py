@@ -80,7 +80,7 @@ def test_engine_fitted_with_variation_tolerates_translated_clients(digits: Digit
     U = streams.uniform(np.random.default_rng(7), 200)
     PU = victim.proba(U)
     hit = streams.first_alert(streams.replay_engine(varied, U, PU, PU.argmax(1), roundtrip=False))
-    assert hit is not None and hit <= 100
+    assert hit is not None and hit <= 50  # by the first regular test: uniform noise is "extreme" for OOD
 
 
 def test_variation_needs_a_reference_model(digits: Digits, victim: Victim) -> None:
