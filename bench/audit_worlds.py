@@ -18,7 +18,8 @@ Per world (one seed each; the digits world of bench/audit.py's main part adds se
   digits keeps it). CPU seconds are ``time.process_time`` of the registration call.
 - **Stolen copies.** label and probability copies (``audit.self_test.train_copies``, the self-test's recipe,
   other seeds) on attacker data: the pool (natural data the owner never trained on), 2 each; a distilled copy
-  (probabilities on the owner's own training inputs); a fine-tuned copy (the owner model, 3 epochs on the pool).
+  (probabilities on up to 4,000 of the owner's own training inputs); a fine-tuned copy (the owner model, 3 epochs
+  on the pool).
 - **Independent models.** 20 (``--world-independents``) MLPs on random subsets of the pool, the registration's
   recipe (``audit.null_models.train_null_models``, other seeds).
 
@@ -144,7 +145,7 @@ def run_world(world: str, seed: int, n_independents: int, n_nulls: int) -> dict[
             attacker = np.random.default_rng(100 + seed * 10 + r).permutation(len(split.x_pool))[:4000]
             for name, _, s in train_copies(owner_suspect, split.x_pool[attacker], CopyRecipe(seed=3000 + 10 * r)):
                 suspects.append((name, f"{name}_{r}", s))
-        distilled = train_copies(owner_suspect, split.x_owner, CopyRecipe(seed=4000, max_rows=len(split.x_owner)))[-1]
+        distilled = train_copies(owner_suspect, split.x_owner, CopyRecipe(seed=4000))[-1]  # on owner inputs
         suspects.append(("distilled", "distilled", distilled[2]))
         tuned = _fine_tune(model, split.x_pool, split.y_pool, seed=5000 + seed)
         suspects.append(("fine_tuned", "fine_tuned", TorchModuleSuspect(tuned, identity={"kind": "in-memory"})))
