@@ -69,7 +69,10 @@ class DetectorConfig:
     reclaim_idle_s: float = 10.0
     # Tighten a client's policy when an alert reaches this severity ("high", "medium" or "" for never).
     tighten_on: str = "high"
-    tightened_policy: OutputPolicy = OutputPolicy(label_only=True, daily_quota=1000, reason="extraction alert")
+    # answer_watermark "all": a flagged client's answers are marked even where the deployment marks only those.
+    tightened_policy: OutputPolicy = OutputPolicy(
+        label_only=True, daily_quota=1000, answer_watermark="all", reason="extraction alert"
+    )
     # Decoded client states kept between batches (~100 kB each for 64 features): a hit skips reading and
     # decoding the state, when no other detector changed it since (checked by a version token).
     state_cache_clients: int = 1000
