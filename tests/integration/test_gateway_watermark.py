@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import redis
+from sklearn.datasets import load_digits
 
 from services.core.clients import ClientRegistry
 from services.core.policy import OutputPolicy
 from services.core.records import QueryRecord
-from services.demo.model_server.models import digits_split
-from tests.utils.stack import oip_body
+from tests.utils.stack import Server, oip_body, start_server
 
 SECRET = "integration-test-answer-watermark"
 URL = "/v2/models/digits-mlp/infer"
@@ -26,16 +29,49 @@ def _ask(base: str, key: str, x: np.ndarray) -> np.ndarray:
     return np.asarray(tensor["data"]).reshape(tensor["shape"])
 
 
+@pytest.fixture()
+def softmax_upstream(tmp_path: Path) -> Iterator[Server]:
+    """A real HTTP classifier that starts in about a second (the demo model server trains three models first)."""
+    server = start_server("tests.utils.upstreams:create_softmax_app", {}, tmp_path / "logs", "softmax")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def start_gateway(tmp_path: Path, redis_url: str, softmax_upstream: Server) -> Iterator[Callable[..., Server]]:
+    """Gateways in front of the fast upstream, sharing one data dir (as instances of one deployment do)."""
+    started: list[Server] = []
+
+    def _start(**overrides: str) -> Server:
+        env = {
+            "MODELCUSTODY_ENV": "test",
+            "MODELCUSTODY_REDIS_URL": redis_url,
+            "MODELCUSTODY_DATA_DIR": str(tmp_path / "data"),
+            "MODELCUSTODY_GATEWAY_UPSTREAM_URL": softmax_upstream.url,
+            "MODELCUSTODY_GATEWAY_CLIENT_REFRESH_S": "0.2",
+            **overrides,
+        }
+        started.append(start_server("services.gateway.app:create_app", env, tmp_path / "logs", "gateway"))
+        return started[-1]
+
+    yield _start
+    for server in started:
+        server.stop()
+
+
 def test_two_gateways_serve_the_same_marked_answers_and_log_the_mark(
-    start_gateway: Any, add_client: Any, redis_client: redis.Redis, model_server: Any
+    start_gateway: Any, add_client: Any, redis_client: redis.Redis
 ) -> None:
-    env = {"MODELCUSTODY_ANSWER_WATERMARK_SECRET": SECRET, "MODELCUSTODY_ANSWER_WATERMARK_FREQUENCY": "1.5"}
+    env = {
+        "MODELCUSTODY_ANSWER_WATERMARK_SECRET": SECRET,
+        "MODELCUSTODY_ANSWER_WATERMARK_FREQUENCY": "1.5",  # digits pixels are 0..16: ~23/16 rad per unit
+    }
     gw_a = start_gateway(MODELCUSTODY_GATEWAY_INSTANCE_ID="gw-a", **env)
     gw_b = start_gateway(MODELCUSTODY_GATEWAY_INSTANCE_ID="gw-b", **env)
     gw_off = start_gateway(MODELCUSTODY_GATEWAY_INSTANCE_ID="gw-off", MODELCUSTODY_ANSWER_WATERMARK_MODE="off")
     prob_key, label_key = add_client("prob"), add_client("labels")
     ClientRegistry(redis_client).set_policy("labels", OutputPolicy(label_only=True))
-    x = digits_split().x_holdout[:400]
+    x = load_digits().data[:400]
 
     upstream = _ask(gw_off.url, prob_key, x)
     marked_a = _ask(gw_a.url, prob_key, x)
