@@ -464,6 +464,21 @@ class AnswerWatermark:
         served = np.where(marked, (y + offset) % self.n_classes, y)
         return MarkedLabels(labels=served, marked=marked)
 
+    def unmark_labels(self, x: np.ndarray, served: np.ndarray) -> np.ndarray:
+        """The upstream labels behind served labels (the inverse of ``mark_labels``; unmarked rows pass through).
+
+        The query log holds what was served; an audit recovers what the model said without asking it again.
+        """
+        z = np.asarray(served, dtype=np.int64).ravel()
+        words = self._digests(x)
+        if len(z) != len(words):
+            raise ValueError(f"{len(words)} inputs but {len(z)} labels")
+        if len(z) and (z.min() < 0 or z.max() >= self.n_classes):
+            raise ValueError(f"labels must be in 0..{self.n_classes - 1}")
+        marked = words[:, 0] < np.uint64(self._label_threshold)
+        offset = 1 + (words[:, 1] % np.uint64(self.n_classes - 1)).astype(np.int64)
+        return np.where(marked, (z - offset) % self.n_classes, z)
+
     def label_probes(self, x_pool: np.ndarray, original_labels: np.ndarray) -> LabelProbes:
         """The marked inputs of a pool (e.g. a suspected client's logged queries), de-duplicated by canonical
         form (a repeated input is one piece of evidence, not several), in keyed pseudo-random order."""
