@@ -371,13 +371,25 @@ def main() -> None:
     parser.add_argument("--di-regressor", type=int, default=100, help="DI regressor samples per side")
     parser.add_argument("--di-revealed", type=int, default=150, help="DI revealed samples per side (m)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: small MLPs, 2 shared cores)")
-    args = parser.parse_args()
+    parser.add_argument("--api-watermark", nargs="*", choices=["digits", "mnist"], default=None, metavar="WORLD",
+                        help="add bench/api_watermark.py's answer-watermark worlds (digits mnist) to the JSON")
+    parser.add_argument("--only-api-watermark", action="store_true", help="skip the other audits")
+    args, _ = parser.parse_known_args()
     if args.quick:
         args.seeds, args.copies_per_kind, args.independents, args.nulls = [0], 1, 20, 20
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    per_seed = [run_seed(seed, args) for seed in args.seeds]
-    print(json.dumps(summarise(per_seed, args, time.perf_counter() - started)))
+    summary: dict[str, Any] = {}
+    if not args.only_api_watermark:
+        per_seed = [run_seed(seed, args) for seed in args.seeds]
+        summary = summarise(per_seed, args, time.perf_counter() - started)
+    if args.api_watermark is not None or args.only_api_watermark:
+        import api_watermark  # bench/api_watermark.py, beside this script
+
+        worlds = args.api_watermark or ["digits", "mnist"]
+        sys.argv = [sys.argv[0], "--worlds", *worlds, "--independents", str(max(20, args.independents))]
+        summary["api_watermark"] = api_watermark.main()["api_watermark"]
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
