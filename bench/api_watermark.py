@@ -9,7 +9,7 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 
 - **Victim**: a scikit-learn MLP on the owner's rows (digits 600, MNIST 10,000).
 - **Marking**: the gateway's own function (``services.gateway.answer_mark.AnswerMarker.serve``, default settings:
-  amplitude 0.05, frequency 23 rad per unit, label share 1 %) applied in-process to the victim's answers, so
+  amplitude 0.1, frequency 23 rad per unit, label share 1 %) applied in-process to the victim's answers, so
   every copy here is trained on exactly what a gateway would have served. A live gateway per copy is too slow on
   two shared cores; ``tests/integration/test_audits_e2e.py`` and ``modelcustody demo`` run one copy through the
   real gateway end to end.
@@ -186,7 +186,8 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     w = world(name, args.seed)
     x, y, parts, victim, domain = w["x"], w["y"], w["parts"], w["victim"], w["domain"]
     x_test = x[parts["test"]]
-    settings = Settings(env="test", answer_watermark_secret=SECRET, answer_watermark_amplitude=args.amplitude)
+    settings = Settings(env="test", answer_watermark_secret=SECRET, answer_watermark_amplitude=args.amplitude,
+                        answer_watermark_label_share=args.label_share)
     marker = AnswerMarker(settings, GatewayMetrics(CollectorRegistry()))
     mark = AnswerWatermark(SECRET.encode(), n_classes=K, input_dim=x.shape[1],
                            amplitude=settings.answer_watermark_amplitude,
@@ -349,12 +350,14 @@ def main() -> dict[str, Any]:
     # 3,999: the rank p-value's floor 1/4,000 is at most the smallest per-look level α/4 = 2.5e-4.
     parser.add_argument("--null-keys", type=int, default=3999, help="wrong keys of the probability test")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--amplitude", type=float, default=0.05, help="the gateway's largest probability change")
+    parser.add_argument("--amplitude", type=float, default=0.1, help="the gateway's largest probability change")
+    parser.add_argument("--label-share", type=float, default=0.01, help="share of label answers the mark replaces")
     args, _ = parser.parse_known_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
     out = {name: run_world(name, args) for name in args.worlds}
-    result = {"api_watermark": out, "amplitude": args.amplitude, "wall_s": round(time.perf_counter() - started, 1)}
+    result = {"api_watermark": out, "amplitude": args.amplitude, "label_share": args.label_share,
+              "wall_s": round(time.perf_counter() - started, 1)}
     return result
 
 

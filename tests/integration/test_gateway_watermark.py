@@ -81,9 +81,11 @@ def test_two_gateways_serve_the_same_marked_answers_and_log_the_mark(
     change = np.abs(marked_a - upstream).max(axis=1)
     # Confident answers leave no mass to take out of the keyed class when the cosine is negative, so about
     # half the rows barely move; the other half move by up to the amplitude.
-    assert change.max() <= 0.05 + 1e-9 and np.quantile(change, 0.75) > 0.01
+    assert change.max() <= 0.1 + 1e-9 and np.quantile(change, 0.75) > 0.02  # the default amplitude is 0.1
 
-    time.sleep(0.5)  # the gateways refresh client policies every 0.2 s
+    deadline = time.monotonic() + 15  # the gateways refresh client policies every 0.2 s (slower under load)
+    while time.monotonic() < deadline and any(_ask(gw.url, label_key, x[:1]).shape[1] != 1 for gw in (gw_a, gw_b)):
+        time.sleep(0.1)
     labels_a = _ask(gw_a.url, label_key, x)[:, 0]
     labels_b = np.concatenate([_ask(gw_b.url, label_key, x[i : i + 100])[:, 0] for i in range(0, len(x), 100)])
     np.testing.assert_array_equal(labels_a, labels_b)  # in other batches on another instance: the same labels
@@ -99,5 +101,6 @@ def test_two_gateways_serve_the_same_marked_answers_and_log_the_mark(
     assert {r.watermark for r in by[("gw-off", "prob")]} == {""}
     assert {r.watermark for r in by[("gw-a", "prob")]} == {"probabilities"}
     np.testing.assert_allclose([r.output for r in by[("gw-a", "prob")]], marked_a)  # the log holds what was served
-    label_tags = np.array([r.watermark == "label-flipped" for r in by[("gw-a", "labels")]])
+    served_batch = by[("gw-a", "labels")][-len(x) :]  # the rows before it are the policy-refresh polls
+    label_tags = np.array([r.watermark == "label-flipped" for r in served_batch])
     np.testing.assert_array_equal(label_tags, flipped)

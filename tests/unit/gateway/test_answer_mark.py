@@ -60,7 +60,7 @@ def test_the_detectors_tightening_turns_marking_on_and_never_off() -> None:
 
 
 def test_probability_answers_keep_the_top1_and_move_at_most_the_amplitude(tmp_path: Path) -> None:
-    marker = _marker(tmp_path)
+    marker = _marker(tmp_path, answer_watermark_amplitude=0.05)
     x, p = _answers(2000)
     served = marker.serve(x, p, "probabilities", OutputPolicy(), np.random.default_rng(0))
     assert served is not None
@@ -71,7 +71,8 @@ def test_probability_answers_keep_the_top1_and_move_at_most_the_amplitude(tmp_pa
     assert change.max() <= 0.05 + 1e-12
     assert np.median(change) > 0.01  # the mark is there, not shrunk to nothing
     np.testing.assert_allclose(new.sum(axis=1), 1.0, atol=1e-12)
-    again = _marker(tmp_path / "other").serve(x, p, "probabilities", OutputPolicy(), np.random.default_rng(1))
+    other = _marker(tmp_path / "other", answer_watermark_amplitude=0.05)
+    again = other.serve(x, p, "probabilities", OutputPolicy(), np.random.default_rng(1))
     assert again is not None and np.array_equal(again[0], new)  # same secret, same input → same answer
 
 
