@@ -42,7 +42,10 @@ from audit.self_test import apply_self_test
 from audit.suspects.base import Suspect
 from audit.watermark import CLAIMED, WatermarkVerifier, log_wealth
 
-METHODS = ("watermark", "dataset_inference", "dataset_inference_mingd")
+METHODS = ("watermark", "dataset_inference", "dataset_inference_mingd", "api_watermark")
+# Methods that need nothing from the registration beyond the model and reference data: ``api_watermark`` tests
+# for the deployment's answer-watermark key (``audit.api_watermark``), which every registration can use.
+REGISTRATION_FREE_METHODS = ("api_watermark",)
 WHITE_BOX_METHODS = ("dataset_inference_mingd",)
 
 # Defaults, each with its reason: α 0.05 is EWE's "95% confidence"; 100 queries EWE's "< 100 queries";
@@ -71,6 +74,10 @@ def normalise_params(method: str, params: Mapping[str, Any] | None) -> dict[str,
     """The parameters with defaults filled in; ValueError on an unknown method, key or value."""
     if method not in METHODS:
         raise ValueError(f"unknown audit method {method!r}; one of {METHODS}")
+    if method == "api_watermark":
+        from audit.api_watermark import validate_params
+
+        return validate_params(params)
     defaults = _DEFAULTS[method]
     params = dict(params or {})
     unknown = set(params) - set(defaults)
@@ -252,10 +259,37 @@ def _probability(value: Any) -> float | None:
     return min(1.0, max(0.0, p)) if math.isfinite(p) else None
 
 
-RUNNERS: dict[str, Callable[[Suspect, ProtectedModel, Mapping[str, Any], Progress | None], dict[str, Any]]] = {
+def run_api_watermark_audit(
+    suspect: Suspect,
+    protected: ProtectedModel,
+    params: Mapping[str, Any],
+    progress: Progress | None = None,
+    **context: Any,
+) -> dict[str, Any]:
+    """The answer-watermark test (``audit.api_watermark``). ``context`` (the worker builds it from the deployment):
+    ``mark`` (the deployment's ``AnswerWatermark``), ``logged`` (the suspected clients' query-log rows), ``reference``
+    (the registration's reference inputs) and ``owner`` (the protected model, for the baseline)."""
+    from audit.api_watermark import run_api_watermark
+
+    if context.get("mark") is None:
+        raise ValueError("api_watermark needs the deployment's answer-watermark key (run it on a worker)")
+    evidence = run_api_watermark(
+        suspect,
+        context["mark"],
+        params,
+        logged=context.get("logged"),
+        reference=context.get("reference"),
+        owner=context.get("owner"),
+        progress=progress,
+    )
+    return dict(jsonable(evidence))
+
+
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "watermark": run_watermark_audit,
     "dataset_inference": run_dataset_inference_audit,
     "dataset_inference_mingd": run_dataset_inference_mingd_audit,
+    "api_watermark": run_api_watermark_audit,
 }
 
 
@@ -265,11 +299,13 @@ def run_audit(
     protected: ProtectedModel,
     params: Mapping[str, Any],
     progress: Progress | None = None,
+    **context: Any,
 ) -> dict[str, Any]:
     if method not in RUNNERS:
         raise ValueError(f"unknown audit method {method!r}; one of {METHODS}")
     # every method, present and future: a low-power method never answers no-claim (audit.self_test)
-    return apply_self_test(RUNNERS[method](suspect, protected, params, progress), protected.self_test(method))
+    report = RUNNERS[method](suspect, protected, params, progress, **context)
+    return apply_self_test(report, protected.self_test(method))
 
 
 _SKIP_IN_STATISTICS = {

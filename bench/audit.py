@@ -376,18 +376,22 @@ def main() -> None:
     parser.add_argument("--world-independents", type=int, default=20, help=">= 20 for a false-claim rate vs 0.05")
     parser.add_argument("--world-nulls", type=int, default=20, help="the registration's null models per world")
     parser.add_argument("--worlds-only", action="store_true", help="skip the per-seed digits part")
-    args = parser.parse_args()
+    parser.add_argument("--api-watermark", nargs="*", choices=["digits", "mnist"], default=None, metavar="WORLD",
+                        help="add bench/api_watermark.py's answer-watermark worlds (digits mnist) to the JSON")
+    parser.add_argument("--only-api-watermark", action="store_true", help="skip the other audits")
+    args, _ = parser.parse_known_args()
     if args.quick:
         args.seeds, args.copies_per_kind, args.independents, args.nulls = [0], 1, 20, 20
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    per_seed = [] if args.worlds_only else [run_seed(seed, args) for seed in args.seeds]
+    skip_others = args.worlds_only or args.only_api_watermark
+    per_seed = [] if skip_others else [run_seed(seed, args) for seed in args.seeds]
     out: dict[str, Any] = (
         summarise(per_seed, args, time.perf_counter() - started)
         if per_seed
         else {"watermark": {}, "dataset_inference": {}}
     )
-    if args.worlds:
+    if args.worlds and not args.only_api_watermark:
         from bench.audit_worlds import run_world, summarise_world
 
         out["registration_cpu_s"] = {}
@@ -399,6 +403,12 @@ def main() -> None:
             out["watermark"][world] = wm
             out["registration_cpu_s"][world] = w["registration_cpu_s"]
             out["worlds"][world] = w
+    if args.api_watermark is not None or args.only_api_watermark:
+        import api_watermark  # bench/api_watermark.py, beside this script
+
+        worlds = args.api_watermark or ["digits", "mnist"]
+        sys.argv = [sys.argv[0], "--worlds", *worlds, "--independents", str(max(20, args.independents))]
+        out["api_watermark"] = api_watermark.main()["api_watermark"]
     out["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out))
 

@@ -1,6 +1,7 @@
 """Gateway throughput and added latency against the demo model server, measured in one run.
 
-Runs the upstream alone and through the gateway on loopback at the same concurrency, with a JSON POST
+Runs the upstream alone, through the gateway and through a second gateway with the answer watermark off
+(``watermark_rps_ratio``: its cost), on loopback at the same concurrency, with a JSON POST
 of one real digits row (OIP v2) answered with real predictions. Prints one JSON object as its last line:
 direct_rps, gateway_rps, ratio, p50/p99 overhead at concurrency 1, records_expected, records_logged.
 
@@ -94,7 +95,7 @@ def main() -> None:
     store = PrivateRedis(work / "redis", appendonly=False).start()
     procs: list[ManagedProcess] = []
     try:
-        model_port, gw_port = free_port(), free_port()
+        model_port, gw_port, plain_port = free_port(), free_port(), free_port()
         env = {
             "MODELCUSTODY_REDIS_URL": store.url,
             "MODELCUSTODY_DATA_DIR": str(work / "data"),
@@ -116,7 +117,16 @@ def main() -> None:
             uvicorn_command("services.gateway.app:create_app", gw_port), env=env, log_path=work / "gw.log", cwd=cwd
         )
         procs.append(gateway)
+        # A second gateway with the answer watermark off: the watermark's cost is the ratio of the two, in one run.
+        plain = ManagedProcess(
+            uvicorn_command("services.gateway.app:create_app", plain_port),
+            env={**env, "MODELCUSTODY_ANSWER_WATERMARK_MODE": "off", "MODELCUSTODY_GATEWAY_INSTANCE_ID": "bench-plain"},
+            log_path=work / "gw-plain.log",
+            cwd=cwd,
+        )
+        procs.append(plain)
         wait_for_port(gw_port, 30, gateway.proc)
+        wait_for_port(plain_port, 30, plain.proc)
         r = redis.Redis.from_url(store.url)
         key = ClientRegistry(r).add("bench")[1]
 
@@ -126,18 +136,21 @@ def main() -> None:
         path = "/v2/models/digits-mlp/infer"
         direct_url = f"http://127.0.0.1:{model_port}{path}"
         gw_url = f"http://127.0.0.1:{gw_port}{path}"
+        plain_url = f"http://127.0.0.1:{plain_port}{path}"
 
         c = args.concurrency
         # Alternate short rounds of direct and gateway load so that background load on the machine
         # (other processes on the same 2 cores) hits both sides alike; the ratio is taken over the sums.
         rounds = max(1, int(args.rounds))
         per = args.duration / rounds
-        runs: dict[str, list[dict[str, object]]] = {"d16": [], "g16": [], "d1": [], "g1": []}
+        runs: dict[str, list[dict[str, object]]] = {"d16": [], "g16": [], "d1": [], "g1": [], "u16": [], "u1": []}
         for _ in range(rounds):
             runs["d16"].append(asyncio.run(load(direct_url, body, headers, c, per)))
             runs["g16"].append(asyncio.run(load(gw_url, body, headers, c, per)))
+            runs["u16"].append(asyncio.run(load(plain_url, body, headers, c, per)))
             runs["d1"].append(asyncio.run(load(direct_url, body, headers, 1, per / 2)))
             runs["g1"].append(asyncio.run(load(gw_url, body, headers, 1, per / 2)))
+            runs["u1"].append(asyncio.run(load(plain_url, body, headers, 1, per / 2)))
 
         def merged(key: str) -> dict[str, float]:
             lat = np.concatenate([np.asarray(r["latencies_ms"]) for r in runs[key]])
@@ -150,9 +163,11 @@ def main() -> None:
             }
 
         direct, through, direct1, through1 = (merged(k) for k in ("d16", "g16", "d1", "g1"))
+        unmarked, unmarked1 = merged("u16"), merged("u1")
         # rows_ok counts every 200 answer through the gateway, warm-up included: each must be in the log.
-        records_expected = int(through["rows_ok"] + through1["rows_ok"])
+        records_expected = int(through["rows_ok"] + through1["rows_ok"] + unmarked["rows_ok"] + unmarked1["rows_ok"])
         gateway.stop()  # graceful: flushes the query log
+        plain.stop()
         records_logged = int(r.xlen("mc:queries"))
         result = {
             "concurrency": c,
@@ -166,7 +181,11 @@ def main() -> None:
             "p50_overhead_ms": round(through1["p50_ms"] - direct1["p50_ms"], 3),
             "p99_overhead_ms": round(through1["p99_ms"] - direct1["p99_ms"], 3),
             "p99_overhead_ms_c16": round(through["p99_ms"] - direct["p99_ms"], 3),
-            "errors": int(direct["errors"] + through["errors"] + direct1["errors"] + through1["errors"]),
+            "unmarked_gateway_rps": round(unmarked["rps"], 1),
+            "watermark_rps_ratio": round(through["rps"] / unmarked["rps"], 3),
+            "watermark_p50_overhead_ms_c1": round(through1["p50_ms"] - unmarked1["p50_ms"], 3),
+            "errors": int(direct["errors"] + through["errors"] + direct1["errors"] + through1["errors"]
+                          + unmarked["errors"] + unmarked1["errors"]),
             "records_expected": records_expected,
             "records_logged": records_logged,
             "cpus": os.cpu_count(),

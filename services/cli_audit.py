@@ -289,7 +289,9 @@ def _wait(client: Any, audit_id: str, poll_s: float) -> dict[str, Any]:
 @audit_app.command("submit")
 def audit_submit(
     protected: str = typer.Option(..., "--protected", help="protected model id"),
-    method: str = typer.Option("watermark", help="watermark, dataset_inference or dataset_inference_mingd"),
+    method: str = typer.Option(
+        "watermark", help="watermark, dataset_inference, dataset_inference_mingd or api_watermark"
+    ),
     file: Path | None = typer.Option(None, help="the suspect model file"),
     format: str = typer.Option("safetensors", help="format of --file (onnx, safetensors, skops, ...)"),
     architecture: str | None = typer.Option(None, help="architecture for a safetensors file without metadata"),

@@ -162,13 +162,20 @@ def execute_audit(
     progress(0.01, "verifying the protected model's registration")
     protected = load_protected(settings, record.protected_model)
     progress(0.03, "loading the suspect")
+    context: dict[str, Any] = {}
+    if record.method == "api_watermark":
+        from workers.api_watermark import api_watermark_context
+
+        progress(0.02, "reading the query log and the deployment's answer-watermark key")
+        context = api_watermark_context(settings, protected, record.params)
     suspect = open_suspect(record.suspect, settings)
     try:
-        evidence = run_audit(record.method, suspect, protected, record.params, report_progress)
+        evidence = run_audit(record.method, suspect, protected, record.params, report_progress, **context)
     finally:
-        close = getattr(suspect, "close", None)
-        if callable(close):
-            close()
+        for opened in (suspect, context.get("owner")):
+            close = getattr(opened, "close", None)
+            if callable(close):
+                close()
     progress(0.96, "signing the report")
     report = build_audit_report(
         audit_id=record.id,

@@ -10,14 +10,28 @@ before answering; the detector tightens a client's policy by writing a stricter 
 - ``noise_sigma``: Gaussian noise on the probabilities, clipped at 0 and renormalised; the argmax can
   change for near-ties, which is the point (it blurs the boundary adaptive attacks look for).
 - ``daily_quota`` / ``rate_per_s``: volume limits enforced by the gateway before forwarding.
+- ``answer_watermark``: whether this client's answers carry the deployment's answer watermark ("all": yes,
+  "off"/"flagged": no; None follows the deployment's ``MODELCUSTODY_ANSWER_WATERMARK_MODE``). The detector's
+  tightened policy sets "all", which is what makes a client "flagged" under the deployment mode "flagged".
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+WatermarkMode = Literal["all", "flagged", "off"]
+# For ``tightened``: marking more answers is stricter (a detector turns marking on, never off).
+WATERMARK_RANK: dict[str, int] = {"off": 0, "flagged": 1, "all": 2}
+
+
+def marks_answers(policy_mode: str | None, deployment_mode: str) -> bool:
+    """Whether a client's answers are watermarked: the deployment's "off" wins, then the client's own mode."""
+    if deployment_mode == "off":
+        return False
+    return (policy_mode or deployment_mode) == "all"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +45,11 @@ class OutputPolicy:
     blocked: bool = False
     reason: str = ""  # why the policy was set (e.g. the alert id that tightened it)
     extra: dict[str, Any] = field(default_factory=dict)
+    answer_watermark: WatermarkMode | None = None  # None: the deployment's mode
 
     def __post_init__(self) -> None:
+        if self.answer_watermark not in (None, *WATERMARK_RANK):
+            raise ValueError(f"answer_watermark must be one of all, flagged, off, got {self.answer_watermark!r}")
         if self.round_decimals is not None and not 0 <= self.round_decimals <= 8:
             raise ValueError(f"round_decimals must be in 0..8, got {self.round_decimals}")
         if self.top_k is not None and self.top_k < 1:
@@ -87,8 +104,15 @@ class OutputPolicy:
             daily_quota=min_opt(self.daily_quota, other.daily_quota),
             rate_per_s=min_opt(self.rate_per_s, other.rate_per_s),
             blocked=self.blocked or other.blocked,
+            answer_watermark=_stricter_mark(self.answer_watermark, other.answer_watermark),
             reason="; ".join(r for r in (self.reason, other.reason) if r),
         )
+
+
+def _stricter_mark(a: WatermarkMode | None, b: WatermarkMode | None) -> WatermarkMode | None:
+    if a is None or b is None:
+        return a or b
+    return a if WATERMARK_RANK[a] >= WATERMARK_RANK[b] else b
 
 
 NO_POLICY = OutputPolicy()

@@ -39,6 +39,10 @@ class QueryRecord:
     upstream_latency_s: float
     policy: str  # name of the output policy applied, "none" if the answer passed unchanged
     schema: int = SCHEMA_VERSION
+    # Which answer watermark the served answer carries: "" none, "probabilities" the keyed cosine,
+    # "label" a label that went through the label mark unchanged, "label-flipped" one it replaced.
+    # Added in 0.2 with a default, so v1 records written before it still read (same schema version).
+    watermark: str = ""
 
     def to_stream_fields(self) -> dict[str, bytes]:
         return {"v": str(self.schema).encode(), "r": orjson.dumps(asdict(self))}
@@ -53,7 +57,8 @@ class QueryRecord:
             raise ValueError(f"query record schema v{int(version)} is not supported (expected v{SCHEMA_VERSION})")
         data = orjson.loads(raw)
         data["protocol"] = _LEGACY_PROTOCOL.get(data.get("protocol"), data.get("protocol"))
-        return cls(**data)
+        # Fields a newer writer added with a default are ignored, so readers may be upgraded after writers.
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
 
     def predicted_label(self) -> int | None:
         """The class the client learned from this answer (argmax of probabilities, or the label)."""
@@ -63,3 +68,6 @@ class QueryRecord:
             return int(self.output[0])
         out = self.output
         return max(range(len(out)), key=out.__getitem__)
+
+
+_FIELDS = frozenset(QueryRecord.__dataclass_fields__)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,9 @@ from services.core.policy import OutputPolicy
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "admin"}
 # Fields that may be read from MODELCUSTODY_<NAME>_FILE: the secrets, and the URLs that may embed credentials.
-FILE_FIELDS = ("admin_token", "webhook_secret", "webhook_url", "redis_url", "celery_broker_url")
+FILE_FIELDS = (
+    "admin_token", "webhook_secret", "webhook_url", "redis_url", "celery_broker_url", "answer_watermark_secret"
+)
 
 
 class FileSecretsSource(PydanticBaseSettingsSource):
@@ -101,6 +104,26 @@ class Settings(BaseSettings):
     archive_required_groups: list[str] = Field(default_factory=lambda: ["detectors"])
     archiver_metrics_port: int = 9103
 
+    # --- answer watermark (audit/answer_watermark.py; docs/audits.md "Answer watermark") -----------
+    # The deployment secret keys which answers are marked and how. Every gateway and every audit worker of a
+    # deployment must share it (same input → same answer everywhere). Empty in dev/demo/test: one random
+    # secret is kept in <data_dir>/keys/answer_watermark.secret and shared by the processes of that data dir.
+    answer_watermark_secret: str = ""
+    # all: every client's answers; flagged: only clients whose policy asks for it (the detector's tightened
+    # policy does); off: never. A client's policy field ``answer_watermark`` overrides the default.
+    answer_watermark_mode: Literal["all", "flagged", "off"] = "all"
+    # 0.1: the largest probability change served. At 0.05 single Knockoff copies were claimed but an ensemble of
+    # three thieves (p 0.008) and the demo's copy (p 0.016) were not within 500 queries; at 0.1 both were
+    # (docs/benchmarks.md). The top-1 label never changes. Capped at 0.2 so the mark stays a perturbation.
+    answer_watermark_amplitude: float = Field(default=0.1, gt=0.0, le=0.2)
+    # Radians per unit of the keyed projection <v, x>: 23 ≈ one cycle per standard deviation of a random
+    # projection of [0, 1]-scaled images (digits, MNIST); AnswerWatermark.suggest_frequency for other scales.
+    answer_watermark_frequency: float = Field(default=23.0, gt=0.0)
+    # 1 %: DAWN's order of magnitude (0.5 %); ~10 marked labels per 1,000 answers claim an MLP copy.
+    answer_watermark_label_share: float = Field(default=0.01, gt=0.0, le=0.1)
+    # Classes of a model whose upstream answers labels (a probability answer tells the gateway by its width).
+    answer_watermark_n_classes: int | None = Field(default=None, ge=3)
+
     # --- admin API / alerts --------------------------------------------------------------------
     admin_token: str = ""
     # POST /v1/reports/verify needs no token. Our envelopes are kilobytes and carry one signature: 1 MiB and
@@ -161,8 +184,11 @@ class Settings(BaseSettings):
     )
     # The policy enforcement applies (tightened field by field into the client's current policy): labels
     # only removes what equation solving and boundary attacks learn from; 1,000 rows a day is ~6x the
-    # median benign client's daily volume in the benchmark (150), so an honest client keeps working.
-    detector_tightened_policy: dict[str, Any] = Field(default_factory=lambda: {"label_only": True, "daily_quota": 1000})
+    # median benign client's daily volume in the benchmark (150), so an honest client keeps working;
+    # answer_watermark "all": a flagged client's answers are marked even where the deployment marks only those.
+    detector_tightened_policy: dict[str, Any] = Field(
+        default_factory=lambda: {"label_only": True, "daily_quota": 1000, "answer_watermark": "all"}
+    )
     detector_tighten_on: Literal["high", "medium", ""] = "high"  # alert level from which enforcement may apply
     alert_window_s: float = 3600.0  # detections of one client within this window fold into one alert
     alerts_stream: str = keys.ALERTS_STREAM
@@ -219,6 +245,13 @@ class Settings(BaseSettings):
                 if relaxed and value == "":
                     # A per-process random secret keeps dev/demo usable without a published default.
                     setattr(self, name, secrets.token_urlsafe(24))
+        if self.answer_watermark_mode != "off" and not relaxed:
+            secret = self.answer_watermark_secret
+            if secret in PLACEHOLDER_SECRETS or len(secret.encode()) < 16:
+                raise ValueError(
+                    f"MODELCUSTODY_ANSWER_WATERMARK_SECRET must be a real secret of at least 16 bytes when "
+                    f"env={self.env} (or set MODELCUSTODY_ANSWER_WATERMARK_MODE=off)"
+                )
         return self
 
     @model_validator(mode="after")
@@ -233,6 +266,30 @@ class Settings(BaseSettings):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"MODELCUSTODY_DETECTOR_TIGHTENED_POLICY is not a valid output policy: {exc}") from None
         return self
+    def answer_watermark_key(self) -> bytes:
+        """The deployment's answer-watermark secret as bytes (dev/demo/test: the data dir's shared file)."""
+        if self.answer_watermark_secret:
+            key = self.answer_watermark_secret.encode()
+            if len(key) < 16:
+                raise ValueError("MODELCUSTODY_ANSWER_WATERMARK_SECRET must be at least 16 bytes")
+            return key
+        if self.env not in ("dev", "demo", "test"):
+            raise ValueError(f"MODELCUSTODY_ANSWER_WATERMARK_SECRET is not set (env={self.env})")
+        path = self.data_dir / "keys" / "answer_watermark.secret"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # O_EXCL: of two processes starting together one writes, both read the same secret
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+        for _ in range(100):  # the writer may not have flushed yet: at most ~1 s
+            key = path.read_text().strip().encode()
+            if len(key) >= 16:
+                return key
+            time.sleep(0.01)
+        raise ValueError(f"{path} does not hold an answer-watermark secret of at least 16 bytes")
 
     @property
     def signing_key_file(self) -> Path:

@@ -3,9 +3,11 @@
 Starts a private Redis (unless ``MODELCUSTODY_REDIS_URL`` is set), the demo model server, the gateway
 and a detector; creates three benign clients and one attacker; the benign clients send natural digits
 through the gateway over HTTP, the attacker runs a Jacobian-augmentation extraction (Papernot et al.)
-through the same gateway and trains a copy; reports what the query log holds and which clients the
-detector alerted on; shuts everything down. Exit status 0 only when every row was logged and analysed,
-the attacker was alerted and no benign client was.
+through the same gateway and trains a copy; a quiet Knockoff thief copies the model from the answers the
+gateway marked; reports what the query log holds and which clients the detector alerted on; audits the
+thief's copy with ``api_watermark`` (signed report, verified) and an independent model beside it; shuts
+everything down. Exit status 0 only when every row was logged and analysed, the attacker was alerted and
+no benign client was, and the thief's copy was claimed while the independent model was not.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from services.demo.processes import (
 )
 from services.demo.redteam import Domain, JacobianAugmentation
 from services.demo.redteam.http_oracle import GatewayOracle, OracleRefused
+from services.demo.watermark_story import DEMO_FREQUENCY, audit_and_sign, run_thief
 from services.detector.service.consumer import STATE_PREFIX
 
 console = Console()
@@ -95,6 +98,7 @@ def start_stack(workdir: Path, redis_url: str | None) -> DemoStack:
         "MODELCUSTODY_GATEWAY_INPUT_DIM": "64",
         "MODELCUSTODY_DETECTOR_METRICS_PORT": str(detector_metrics_port),
         "MODELCUSTODY_DETECTOR_BATCH_MAX": "50",
+        "MODELCUSTODY_ANSWER_WATERMARK_FREQUENCY": str(DEMO_FREQUENCY),
     }
     stack = DemoStack(workdir, redis_url, private, stream, run_tag, env, gateway_port)
     try:
@@ -209,10 +213,11 @@ def run_demo(rows_per_client: int = 300, attack_budget: int = 1200) -> int:
         registry = ClientRegistry(r)
         benign = [stack.client_name(n) for n in ("alice", "bob", "carol")]
         attacker = stack.client_name("mallory")
-        keys = {name: registry.add(name)[1] for name in [*benign, attacker]}
+        thief = stack.client_name("trudy")
+        keys = {name: registry.add(name)[1] for name in [*benign, attacker, thief]}
         split = digits_split()
         # Clients query the traffic half of the holdout; the detector's baseline is the other half.
-        x_reference, _, x_traffic, _ = holdout_halves(split)
+        x_reference, y_reference, x_traffic, _ = holdout_halves(split)
         sent = send_benign_traffic(stack.gateway_url, {n: keys[n] for n in benign}, x_traffic, rows_per_client)
         sent[attacker], fidelity, stopped = run_attacker(
             stack.gateway_url, keys[attacker], x_traffic, x_reference, split, attack_budget
@@ -221,9 +226,13 @@ def run_demo(rows_per_client: int = 300, attack_budget: int = 1200) -> int:
             f"[bold]{attacker}[/] (JBDA extraction): {sent[attacker]} queries, copy agrees with the victim on "
             f"{fidelity:.1%} of held-out digits" + (f"; stopped by the gateway: {stopped}" if stopped else "")
         )
+        copy = run_thief(stack.gateway_url, keys[thief], x_traffic)
         stack.procs[-1].stop()  # the gateway: a graceful shutdown flushes the query log
         counts = wait_until_analysed(r, stack.stream, sent)
-        return 0 if report_detection(r, sent, counts, benign, attacker) else 1
+        detected = report_detection(r, sent, counts, benign, attacker)
+        story = audit_and_sign(r, stack.stream, thief, copy, split, x_reference, x_reference, y_reference,
+                               workdir / "data", console)
+        return 0 if detected and story.ok else 1
     finally:
         stack.stop()
 

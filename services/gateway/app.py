@@ -9,7 +9,7 @@ Per request: declared length (413) → API key → client (401) → content type
 the limit; read only once the key is known, so an anonymous client cannot make the gateway buffer a
 megabyte) → policy (403 blocked, 429 quota/rate, 503 if the query log cannot take the rows) → parse and
 validate the rows (400) → forward the original bytes with allow-listed headers only → parse the answer →
-apply the output policy → answer → queue the log entry.
+answer watermark and output policy → answer → queue the log entry.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from services.core.policy import apply_policy
 from services.core.records import OutputKind, Protocol
 from services.core.settings import Settings
 from services.gateway import routing
+from services.gateway.answer_mark import AnswerMarker
 from services.gateway.clientcache import ClientCache
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.querylog import AnsweredRequest, QueryLogWriter
@@ -84,11 +85,13 @@ class Gateway:
         self.redis: aioredis.Redis | None = None
         self.querylog: QueryLogWriter | None = None
         self.clients: ClientCache | None = None
+        self.marker: AnswerMarker | None = None
         self._started = False
 
     # ------------------------------------------------------------------ lifecycle
     async def startup(self) -> None:
         s = self.settings
+        self.marker = AnswerMarker(s, self.metrics) if s.answer_watermark_mode != "off" else None
         # Fail fast on a dead Redis instead of retrying inside the flusher: the spill file takes over.
         self.redis = aioredis.Redis.from_url(
             s.redis_url, socket_connect_timeout=0.5, socket_timeout=2.0, retry=Retry(NoBackoff(), 0)
@@ -280,27 +283,30 @@ class Gateway:
         outputs: np.ndarray | None = None
         kind: OutputKind = "none"
         policy_name = "none"
+        marks: list[str] | None = None
         if up_status == 200:
-            outputs, kind, up_body, policy_name = self._outputs(up_body, protocol, n, policy)
+            outputs, kind, up_body, policy_name, marks = self._outputs(up_body, protocol, rows, policy)
         await _respond(send, up_status, up_body, up_headers)
         self.metrics.rows.inc(n)
         # Only answered queries teach the client something; errors are counted, not logged as queries.
         if up_status == 200:
             self.querylog.offer(
                 AnsweredRequest(
-                    now, client_id, model, protocol, request_id, rows, outputs, kind, up_status, upstream_s, policy_name
+                    now, client_id, model, protocol, request_id, rows, outputs, kind, up_status, upstream_s,
+                    policy_name, marks,
                 )
             )
         return up_status
 
     def _outputs(
-        self, up_body: bytes, protocol: Protocol, n: int, policy: Any
-    ) -> tuple[np.ndarray | None, OutputKind, bytes, str]:
-        """Extract output rows; apply the client's policy and re-encode only when it changes them."""
+        self, up_body: bytes, protocol: Protocol, rows: np.ndarray, policy: Any
+    ) -> tuple[np.ndarray | None, OutputKind, bytes, str, list[str] | None]:
+        """Extract output rows; apply the answer watermark and the client's policy; re-encode only on a change."""
+        n = len(rows)
         try:
             answer = orjson.loads(up_body)
         except orjson.JSONDecodeError:
-            return None, "none", up_body, "none"
+            return None, "none", up_body, "none", None
         index = -1
         if protocol == "oip-v2":
             out, index = protocols.oip_outputs(answer, n)
@@ -309,19 +315,27 @@ class Gateway:
         else:
             out = protocols.generic_outputs(answer, self.settings.gateway_generic_output_path, n)
         if out is None:
-            return None, "none", up_body, "none"
+            return None, "none", up_body, "none", None
         kind = protocols.classify_output(out)
-        if kind != "probabilities" or not policy.transforms_output:
-            return out, kind, up_body, "none"
-        new = apply_policy(out, policy, self._rng)
+        served = None
+        if self.marker is not None and self.marker.applies(policy):
+            served = self.marker.serve(rows, out, kind, policy, self._rng)
+        marks: list[str] | None = None
+        new_kind: OutputKind
+        if served is not None:
+            new, new_kind, marks = served
+        elif kind != "probabilities" or not policy.transforms_output:
+            return out, kind, up_body, "none", None
+        else:
+            new = apply_policy(out, policy, self._rng)
+            new_kind = "label" if policy.label_only else "probabilities"
         if protocol == "oip-v2":
             protocols.oip_write_outputs(answer, index, new)
         elif protocol == "kserve-v1":
             answer["predictions"] = protocols.rows_for_protocol(new)
         else:
             protocols.set_path(answer, self.settings.gateway_generic_output_path, protocols.rows_for_protocol(new))
-        new_kind: OutputKind = "label" if policy.label_only else "probabilities"
-        return new.astype(np.float64), new_kind, orjson.dumps(answer), policy.name
+        return new.astype(np.float64), new_kind, orjson.dumps(answer), policy.name, marks
 
     async def _passthrough(self, scope: Scope, send: Send, path: str, authenticate: bool) -> None:
         assert self.session is not None and self.clients is not None

@@ -73,3 +73,17 @@ class GatewayMetrics:
             "1 while the query log reaches Redis, 0 while it spills to disk.",
             registry=registry,
         )
+        self.watermarked_rows = Counter(
+            "modelcustody_gateway_watermarked_rows_total",
+            "Answer rows served through the answer watermark, by mark: probabilities (keyed cosine), label "
+            "(label mark, unchanged) and label-flipped (label replaced).",
+            ["mark"],
+            registry=registry,
+        )
+        for mark in ("probabilities", "label", "label-flipped"):
+            self.watermarked_rows.labels(mark)
+        self.watermark_skipped_rows = Counter(
+            "modelcustody_gateway_watermark_skipped_rows_total",
+            "Answer rows served unmarked because the watermark could not canonicalise their inputs.",
+            registry=registry,
+        )

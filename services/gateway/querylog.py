@@ -57,6 +57,7 @@ class AnsweredRequest:
     status: int
     upstream_latency_s: float
     policy: str
+    watermark: list[str] | None = None  # per row, the answer watermark served (QueryRecord.watermark)
 
 
 class QueryLogWriter:
@@ -221,6 +222,7 @@ class QueryLogWriter:
                 status=e.status,
                 upstream_latency_s=e.upstream_latency_s,
                 policy=e.policy,
+                watermark=e.watermark[i] if e.watermark is not None else "",
             )
             for i in range(n)
         ]

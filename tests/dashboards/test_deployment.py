@@ -82,9 +82,12 @@ def test_secrets_come_from_files_the_settings_read() -> None:
 
 def test_settings_read_secret_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "token").write_text("from-a-file-0123456789\n")
+    (tmp_path / "mark").write_text("a-watermark-secret-from-a-file-0123\n")
     monkeypatch.setenv("MODELCUSTODY_ADMIN_TOKEN_FILE", str(tmp_path / "token"))
+    monkeypatch.setenv("MODELCUSTODY_ANSWER_WATERMARK_SECRET_FILE", str(tmp_path / "mark"))
     monkeypatch.delenv("MODELCUSTODY_ADMIN_TOKEN", raising=False)
     assert Settings(env="prod").admin_token == "from-a-file-0123456789"  # without the trailing newline
+    assert Settings(env="prod").answer_watermark_secret == "a-watermark-secret-from-a-file-0123"
     monkeypatch.setenv("MODELCUSTODY_ADMIN_TOKEN", "from-the-variable-0123")
     assert Settings(env="prod").admin_token == "from-the-variable-0123"  # the variable wins
     monkeypatch.setenv("MODELCUSTODY_ADMIN_TOKEN_FILE", str(tmp_path / "missing"))

@@ -402,3 +402,68 @@ def test_dataset_inference_audits_run_on_the_worker_and_end_in_signed_reports(
             assert (report["queries"]["used"] > 0) is queries  # MinGD reads gradients, it sends no queries
             page = client.get(f"/v1/audits/{done['id']}/report", params={"format": "html"}).text
             assert page.count("<svg") >= 2  # the two score distributions and the t among the nulls
+
+
+def test_api_watermark_claims_a_copy_trained_on_gateway_answers_and_not_an_independent_model(
+    stack: Stack, protected_id: str, owner_dir: Path
+) -> None:
+    """The owner's model behind a real gateway; a thief on a label-only policy copies it from the answers;
+    ``api_watermark`` (the worker reads the thief's rows from the query log) claims the copy in a signed
+    report and does not claim the independent model. The gateway and the worker share the data dir, hence
+    the dev secret. A 5 % label share (not the default 1 %): the thief's pool is only ~450 digits."""
+    from audit.architectures import save_model
+    from audit.data import split_digits
+    from audit.watermark_embed import WatermarkEmbedder
+    from services.core.clients import ClientRegistry
+    from services.core.policy import OutputPolicy
+    from services.core.protocols import oip_request
+
+    upstream = start_server("tests.utils.upstreams:create_model_app",
+                            {"UPSTREAM_MODEL_PATH": str(owner_dir / "model.safetensors"), "OMP_NUM_THREADS": "1"},
+                            stack.log_dir, "owner-upstream")
+    gateway = start_server("services.gateway.app:create_app",
+                           {**stack.env, "MODELCUSTODY_GATEWAY_UPSTREAM_URL": upstream.url,
+                            "MODELCUSTODY_GATEWAY_INSTANCE_ID": "gw-audit",
+                            "MODELCUSTODY_ANSWER_WATERMARK_LABEL_SHARE": "0.05"},
+                           stack.log_dir, "gateway")
+    try:
+        registry = ClientRegistry(redis.Redis.from_url(stack.env["MODELCUSTODY_REDIS_URL"]))
+        _, key = registry.add("thief")
+        registry.set_policy("thief", OutputPolicy(label_only=True))
+        time.sleep(2.5)  # the gateway's client refresh (2 s by default)
+        split = split_digits(seed=0)
+        served: list[np.ndarray] = []
+        with httpx.Client(base_url=gateway.url, headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
+            for start in range(0, len(split.x_pool), 100):
+                r = http.post("/v2/models/owner/infer", json=oip_request(split.x_pool[start : start + 100]))
+                assert r.status_code == 200, r.text
+                served.append(np.asarray(r.json()["outputs"][0]["data"], dtype=np.int64))
+    finally:
+        assert gateway.stop() == 0  # flushes the query log
+        upstream.stop()
+    labels = np.concatenate(served)
+    # Trained to fit its answers (400 epochs on 449 rows): a thief that stops early fits fewer replaced labels.
+    copy = WatermarkEmbedder(epochs=200, watermark_epochs=200).fit_clean(split.x_pool, labels, seed=5)
+    copy_path = owner_dir / "thief-copy.safetensors"
+    save_model(copy_path, copy, "mlp", {"input_dim": 64, "hidden": [128, 64], "num_classes": 10})
+
+    params = json.dumps({"clients": ["thief"], "batch_size": 5})
+    with stack.client() as client:
+        pem = client.get("/v1/keys/public", params={"format": "pem"}).content
+        reports = {}
+        for name in ("thief-copy", "independent"):
+            with open(owner_dir / f"{name}.safetensors", "rb") as f:
+                response = client.post("/v1/audits", data={"method": "api_watermark", "protected_model": protected_id,
+                                                           "format": "safetensors", "params": params},
+                                       files={"file": (f"{name}.safetensors", f)})
+            assert response.status_code == 202, response.text
+            done, _ = follow(client, response.json()["id"], timeout_s=120)
+            assert done["status"] == "done", done
+            envelope = client.get(f"/v1/audits/{done['id']}/report").content
+            reports[name] = verify_envelope(envelope, pem, predicate_type=OWNERSHIP_AUDIT_PREDICATE)["predicate"]
+    claimed, independent = reports["thief-copy"], reports["independent"]
+    assert claimed["decision"] == "claim" and claimed["p_value"] <= 1e-3, claimed["statistics"]
+    assert claimed["queries"]["used"] <= 50
+    assert claimed["statistics"]["suspected_clients"] == ["thief"]
+    assert claimed["statistics"]["false_claim_bound"] == 1e-3
+    assert independent["decision"] != "claim" and independent["p_value"] > 1e-3

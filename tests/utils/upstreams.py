@@ -86,3 +86,30 @@ def create_model_app() -> Any:
         await send({"type": "http.response.body", "body": orjson.dumps(answer)})
 
     return app
+
+
+def create_softmax_app() -> Any:
+    """A fast-starting OIP v2 classifier: softmax of a fixed seeded linear map of the input (``UPSTREAM_CLASSES``
+    classes, default 10). For gateway tests that need real probabilities but not a trained model."""
+    import numpy as np
+
+    k = int(os.environ.get("UPSTREAM_CLASSES", "10"))
+    weights: dict[int, np.ndarray] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        tensor = orjson.loads(await read_body(receive))["inputs"][0]
+        x = np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
+        d = x.shape[1]
+        if d not in weights:
+            weights[d] = np.random.default_rng(d).normal(0.0, 1.0, (d, k))
+        logits = (x / max(1.0, float(np.abs(x).max()))) @ weights[d] * 3.0
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        answer = {"outputs": [{"name": "probabilities", "shape": list(p.shape), "datatype": "FP64",
+                               "data": p.ravel().tolist()}]}
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": orjson.dumps(answer)})
+
+    return app

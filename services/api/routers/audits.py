@@ -70,7 +70,9 @@ def _normalise(method: str | None, params: Any) -> dict[str, Any]:
     from audit.methods import normalise_params
 
     if not method:
-        raise HTTPException(422, "missing 'method' (watermark, dataset_inference or dataset_inference_mingd)")
+        raise HTTPException(
+            422, "missing 'method' (watermark, dataset_inference, dataset_inference_mingd or api_watermark)"
+        )
     if params is not None and not isinstance(params, dict):
         raise HTTPException(422, "'params' must be a JSON object")
     try:
@@ -88,7 +90,9 @@ def _check_protected(r: Any, protected_id: str | None, method: str) -> None:
     if record.status != "ready":
         raise Problem(409, "protected-model-not-ready",
                       f"protected model '{protected_id}' is {record.status}, not ready")
-    if method not in record.methods:
+    from audit.methods import REGISTRATION_FREE_METHODS
+
+    if method not in record.methods and method not in REGISTRATION_FREE_METHODS:
         raise Problem(409, "method-not-supported",
                       f"protected model '{protected_id}' supports {record.methods}, not {method}")
 

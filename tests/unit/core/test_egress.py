@@ -53,10 +53,15 @@ def test_pinning_keeps_the_name_for_the_host_header_and_tls() -> None:
 
 def test_loopback_is_allowed_by_default_only_outside_prod() -> None:
     dev = EgressPolicy.from_settings(Settings(env="test"))
-    prod = EgressPolicy.from_settings(Settings(env="prod", admin_token="a-real-admin-token-0123456789"))
+    prod = EgressPolicy.from_settings(
+        Settings(env="prod", admin_token="a-real-admin-token-0123456789", answer_watermark_mode="off")
+    )
     assert dev.allowed(ipaddress.ip_address("127.0.0.1"))
     assert not prod.allowed(ipaddress.ip_address("127.0.0.1"))
-    listed = Settings(env="prod", admin_token="a-real-admin-token-0123456789", egress_allow_networks=["10.0.0.0/8"])
+    listed = Settings(
+        env="prod", admin_token="a-real-admin-token-0123456789", answer_watermark_mode="off",
+        egress_allow_networks=["10.0.0.0/8"],
+    )
     assert EgressPolicy.from_settings(listed).allowed(ipaddress.ip_address("10.9.9.9"))
     with pytest.raises(ValueError, match="EGRESS_ALLOW_NETWORKS"):
         Settings(egress_allow_networks=["not-a-network"])

@@ -1,0 +1,258 @@
+"""The ``api_watermark`` audit: is the suspect a copy trained on answers our gateway marked?
+
+The gateway marks what it serves (``audit.answer_watermark``; ``services/gateway/answer_mark.py``). This audit
+queries a suspect (a file or an endpoint) with inputs that carry the key's signal and tests for it:
+
+1. **Label phase** (DAWN-style). Probes: the suspected clients' logged inputs whose served label the key
+   replaced (query-log rows tagged ``label-flipped``), with the upstream label recovered from the served one
+   (``AnswerWatermark.unmark_labels``). Test: the anytime-valid sequential test on the suspect's
+   disagreements (``SequentialLabelTest``: P(answer = served label | answer ≠ upstream label) = 1/(k−1)
+   under the null that the suspect never saw our marked answers). It stops at the first query with p ≤ α.
+2. **Probability phase** (CosWM-style), when the suspect answers probabilities. Probes: the suspected
+   clients' logged inputs that were served marked probabilities (the thief trained on exactly these, so its
+   copy carries the cosine there most strongly), or, with no log, fresh probes from the owner's reference
+   data (``probability_probes``, chosen without looking at the key). Baseline: the owner's own unmarked
+   probabilities on the probes, subtracted before the test (removes the class structure every accurate copy
+   shares with the owner's model). Test: the exact Monte-Carlo rank test against random wrong keys
+   (``verify_probabilities``), looked at twice (half and all of the budget), each look at half of the phase's
+   α (Bonferroni over looks), so it stops early when the first half suffices.
+
+False claims. Each phase gets a share of α (half each when both run, all of it when one does); a claim by
+either phase is a claim, so the false-claim probability is at most α (union bound). The reported p-value is
+the Bonferroni-adjusted minimum, min_i p_i·α/α_i, valid at the same level. *inconclusive* when the budget or
+the probes available could not have reached α even on a perfect copy (e.g. no logged marked answers and a
+suspect that answers labels only), so "no claim" never states a power the audit did not have.
+
+What it cannot do: a copy trained on answers that did not pass through our gateway (or passed through it with
+marking off for that client) carries no mark; a thief that trains on the argmax of probability answers learns
+nothing of the probability mark (the label mark applies only to label answers). docs/audits.md has the
+measured power and the removal attacks tried.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from audit.answer_watermark import (
+    PROBABILITY_TEST,
+    SEQUENTIAL_LABEL_TEST,
+    AnswerWatermark,
+    mixture_log_wealth,
+    probability_probes,
+)
+from audit.configs import Progress
+from audit.suspects.base import Suspect
+
+# α 1e-3: the issue's bar for a single-shot ownership claim; 500 queries: its bar for the suspect's cost.
+# 7,999 wrong keys: the rank p-value's floor 1/8,000 sits below the smallest per-look level α/4 = 2.5e-4.
+API_WATERMARK_DEFAULTS: dict[str, Any] = {
+    "alpha": 1e-3,
+    "max_queries": 500,
+    "clients": [],
+    "probes": "auto",  # auto: the clients' logged inputs, else the owner's reference data; or "reference"
+    "n_null_keys": 7999,
+    "batch_size": 50,  # label probes per suspect call: the claim usually comes within a handful
+    "seed": 0,
+    "budget": None,
+}
+NULL_HYPOTHESIS = "the suspect was trained without answers marked by this deployment's answer-watermark key"
+
+
+@dataclass(frozen=True)
+class LoggedAnswers:
+    """What the gateway served the suspected clients, from the query log (one entry per answered row)."""
+
+    inputs: np.ndarray  # [n, d]
+    outputs: Sequence[Sequence[float] | None]  # as served
+    tags: Sequence[str]  # QueryRecord.watermark
+    clients: Sequence[str]
+
+    def rows(self, tag: str) -> np.ndarray:
+        return np.flatnonzero(np.asarray(self.tags, dtype=object) == tag)
+
+
+def validate_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parameters with defaults filled in; ValueError names what is wrong."""
+    params = dict(params or {})
+    unknown = set(params) - set(API_WATERMARK_DEFAULTS)
+    if unknown:
+        allowed = sorted(API_WATERMARK_DEFAULTS)
+        raise ValueError(f"unknown api_watermark parameters {sorted(unknown)}; allowed: {allowed}")
+    out = {**API_WATERMARK_DEFAULTS, **params}
+    if not isinstance(out["alpha"], int | float) or not 0.0 < float(out["alpha"]) < 0.5:
+        raise ValueError("alpha must be in (0, 0.5)")
+    out["alpha"] = float(out["alpha"])
+    for name, low in (("max_queries", 3), ("n_null_keys", 1), ("batch_size", 1)):
+        value = out[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer ≥ {low}")
+    if not isinstance(out["seed"], int) or isinstance(out["seed"], bool):
+        raise ValueError("seed must be an integer")
+    budget = out["budget"]
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+        raise ValueError("budget must be a positive integer (queries) or null")
+    clients = out["clients"]
+    if not isinstance(clients, list) or not all(isinstance(c, str) and 0 < len(c) <= 200 for c in clients):
+        raise ValueError("clients must be a list of client ids (strings)")
+    if len(clients) > 1000:
+        raise ValueError("at most 1,000 suspected clients per audit")
+    out["clients"] = sorted(set(clients))
+    if out["probes"] not in ("auto", "reference"):
+        raise ValueError("probes must be 'auto' (logged inputs first) or 'reference'")
+    return out
+
+
+def run_api_watermark(
+    suspect: Suspect,
+    mark: AnswerWatermark,
+    params: Mapping[str, Any],
+    *,
+    logged: LoggedAnswers | None = None,
+    reference: np.ndarray | None = None,
+    owner: Suspect | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run both phases as far as they go; a JSON-ready evidence dict (``audit.methods`` conventions)."""
+    params = validate_params(params)
+    report = progress or (lambda f, m: None)
+    alpha = params["alpha"]
+    limit = params["max_queries"] if params["budget"] is None else min(params["max_queries"], params["budget"])
+    notes: list[str] = []
+
+    label_probes = None
+    if logged is not None and params["probes"] == "auto":
+        rows = logged.rows("label-flipped")
+        if len(rows):
+            x = logged.inputs[rows]
+            served = np.array([int(logged.outputs[i][0]) for i in rows])  # type: ignore[index]
+            label_probes = mark.label_probes(x, mark.unmark_labels(x, served))
+    x_prob, prob_source = _probability_probes(mark, params, logged, reference, limit)
+    run_label = label_probes is not None and len(label_probes) > 0 and mark.n_classes >= 3
+    run_prob = x_prob is not None and len(x_prob) >= 6 and suspect.has_probabilities
+    if x_prob is not None and not suspect.has_probabilities:
+        notes.append("the suspect answers labels only: the probability mark, invisible in the top-1, was not tested")
+    if not run_label and logged is not None:
+        notes.append("no logged answer of the suspected clients carries a replaced label")
+    phases = [p for p, on in (("label", run_label), ("probabilities", run_prob)) if on]
+    alpha_phase = alpha / max(1, len(phases))
+
+    evidence: dict[str, Any] = {"phases": {}}
+    used = 0
+    p_adjusted: list[float] = []
+    achievable = False
+    claimed = False
+    if run_label:
+        assert label_probes is not None
+        test = mark.sequential_label_test(alpha=alpha_phase)
+        n_label = min(len(label_probes), limit)
+        best = float(mixture_log_wealth(np.array([n_label]), np.array([n_label]), test.null_rate)[0])
+        achievable |= best >= math.log(1.0 / alpha_phase)
+        report(0.1, f"label phase: {n_label} probes")
+        ev = test.run(label_probes, suspect.labels, batch_size=params["batch_size"], max_queries=limit)
+        used += ev.queries
+        claimed |= ev.claimed
+        p_adjusted.append(min(1.0, ev.p_value * alpha / alpha_phase))
+        evidence["phases"]["label"] = {**ev.to_dict(), "probes_available": len(label_probes),
+                                       "alpha": alpha_phase, "false_claim_bound": alpha_phase}
+    if run_prob and not claimed and used < limit:
+        assert x_prob is not None
+        x_prob = x_prob[: limit - used]
+        looks = sorted({max(3, len(x_prob) // 2), len(x_prob)})
+        alpha_look = alpha_phase / len(looks)
+        achievable |= 1.0 / (params["n_null_keys"] + 1) <= alpha_look
+        answers = np.zeros((0, mark.n_classes))
+        baseline = np.zeros((0, mark.n_classes)) if owner is not None else None
+        prob_ev = None
+        for i, n in enumerate(looks):
+            report(0.4 + 0.5 * i / len(looks), f"probability phase: {n} probes")
+            new = x_prob[len(answers) : n]
+            got = suspect.probabilities(new)
+            assert got is not None
+            answers = np.concatenate([answers, got])
+            if baseline is not None and owner is not None:
+                own = owner.probabilities(new)
+                if own is None:  # an owner answering labels: its one-hot answers are the baseline
+                    own = np.eye(mark.n_classes)[owner.labels(new)]
+                baseline = np.concatenate([baseline, own])
+            prob_ev = mark.verify_probabilities(x_prob[:n], answers, baseline=baseline, alpha=alpha_look,
+                                                n_null_keys=params["n_null_keys"], seed=params["seed"] + i)
+            if prob_ev.claimed:
+                break
+        assert prob_ev is not None
+        used += len(answers)
+        claimed |= prob_ev.claimed
+        p_adjusted.append(min(1.0, prob_ev.p_value * len(looks) * alpha / alpha_phase))
+        evidence["phases"]["probabilities"] = {
+            "test": PROBABILITY_TEST,
+            "probes": prob_source,
+            "baseline": "the owner's unmarked probabilities" if owner is not None else "none",
+            "looks": looks,
+            "alpha_per_look": alpha_look,
+            "queries": len(answers),
+            "statistic": prob_ev.statistic,
+            "null_mean": prob_ev.null_mean,
+            "null_std": prob_ev.null_std,
+            "p_value": prob_ev.p_value,
+            "p_gaussian_approximate": prob_ev.p_gaussian,
+            "amplitude": prob_ev.amplitude,
+            "n_null_keys": prob_ev.n_null_keys,
+            "decision": "ownership claimed" if prob_ev.claimed else "not claimed",
+        }
+    if not phases:
+        notes.append("nothing to test: no logged marked answers and no probability probes the suspect could answer")
+    p_value = min(p_adjusted) if p_adjusted else 1.0
+    if claimed:
+        verdict = "claim"
+    elif achievable:
+        verdict = "no-claim"
+    else:
+        verdict = "inconclusive"
+        if phases:
+            notes.append(f"the {limit} queries allowed could not reach p < {alpha} even on a perfect copy")
+    report(0.99, "done")
+    evidence.update(
+        verdict=verdict,
+        decision="ownership claimed" if claimed else "not claimed",
+        p_value=p_value,
+        alpha=alpha,
+        false_claim_bound=alpha,
+        test_name=" / ".join(
+            {"label": SEQUENTIAL_LABEL_TEST, "probabilities": PROBABILITY_TEST}[p] for p in phases
+        ) or "none",
+        combination="claim when any phase claims; phase α split equally (union bound); p = min_i p_i·α/α_i",
+        null_hypothesis=NULL_HYPOTHESIS,
+        queries_used=used,
+        suspected_clients=list(params["clients"]),
+        logged_rows=0 if logged is None else len(logged.tags),
+        watermark=mark.describe(),
+        claim_achievable=achievable,
+        notes=notes,
+        parameters=params,
+    )
+    return evidence
+
+
+def _probability_probes(
+    mark: AnswerWatermark,
+    params: Mapping[str, Any],
+    logged: LoggedAnswers | None,
+    reference: np.ndarray | None,
+    limit: int,
+) -> tuple[np.ndarray | None, str]:
+    if logged is not None and params["probes"] == "auto":
+        rows = logged.rows("probabilities")
+        if len(rows):
+            x = np.asarray(logged.inputs[rows], dtype=np.float32)
+            _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)  # a repeat is one probe
+            x = x[np.sort(first)]
+            order = np.random.default_rng(params["seed"]).permutation(len(x))  # not keyed: any order is valid
+            return x[order][:limit], "the suspected clients' logged inputs served marked probabilities"
+    if reference is not None and len(reference) >= 2:
+        n = min(limit, 2 * len(reference))
+        return probability_probes(reference, n, seed=params["seed"]), "fresh probes from the owner's reference data"
+    return None, "none"

@@ -1,0 +1,105 @@
+"""The api_watermark audit's logic on in-process suspects: phases, α split, early stop, verdicts (no server).
+
+The suspects here are stand-ins with known behaviour (a copy that reproduces exactly what it was served, a
+model independent of the key); trained copies are measured in tests/unit/audit/test_answer_watermark.py and
+bench/audit.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audit.answer_watermark import AnswerWatermark
+from audit.api_watermark import LoggedAnswers, run_api_watermark, validate_params
+from audit.methods import normalise_params
+from audit.suspects.base import CallableSuspect
+
+K, D = 10, 16
+SECRET = b"api-watermark-unit-test-secret!!"
+
+
+def _world(n: int = 3000, seed: int = 0) -> tuple[AnswerWatermark, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (n, D)).astype(np.float32)
+    w = rng.normal(0, 4, (D, K))
+    logits = x.astype(np.float64) @ w
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return AnswerWatermark(SECRET, n_classes=K, input_dim=D, frequency=8.0), x, p / p.sum(1, keepdims=True)
+
+
+def test_a_copy_of_served_labels_is_claimed_in_a_few_queries_and_an_independent_model_is_not() -> None:
+    mark, x, p = _world()
+    upstream = p.argmax(1)
+    served = mark.mark_labels(x, upstream)
+    np.testing.assert_array_equal(mark.unmark_labels(x, served.labels), upstream)
+    tags = ["label-flipped" if m else "label" for m in served.marked]
+    logged = LoggedAnswers(x.astype(np.float64), served.labels[:, None].tolist(), tags, ["thief"])
+    table = {row.tobytes(): int(label) for row, label in zip(x, served.labels, strict=True)}
+    copy = CallableSuspect(lambda q: np.array([table[r.astype(np.float32).tobytes()] for r in q]))
+    ev = run_api_watermark(copy, mark, {"clients": ["thief"], "batch_size": 1}, logged=logged)
+    assert ev["verdict"] == "claim" and ev["p_value"] <= 1e-3
+    assert ev["queries_used"] <= 8  # every answer matches: log(1/α) of wealth comes within a handful
+    assert ev["suspected_clients"] == ["thief"] and ev["false_claim_bound"] == 1e-3
+
+    rng = np.random.default_rng(1)
+    noisy = np.where(rng.uniform(size=len(x)) < 0.3, rng.integers(0, K, len(x)), upstream)  # 30 % errors
+    independent_table = {row.tobytes(): int(label) for row, label in zip(x, noisy, strict=True)}
+    independent = CallableSuspect(lambda q: np.array([independent_table[r.astype(np.float32).tobytes()] for r in q]))
+    ev0 = run_api_watermark(independent, mark, {"clients": ["thief"]}, logged=logged)
+    assert ev0["verdict"] == "no-claim" and ev0["p_value"] > 1e-3
+    assert ev0["queries_used"] == ev0["phases"]["label"]["probes_available"]  # used what there was, no more
+
+
+def test_the_probability_phase_uses_logged_inputs_and_the_owners_baseline() -> None:
+    mark, x, p = _world(seed=2)
+    served = mark.mark_probabilities(x, p).probabilities
+    logged = LoggedAnswers(x.astype(np.float64), served.tolist(), ["probabilities"] * len(x), ["thief"])
+    table = {row.tobytes(): a for row, a in zip(x, served, strict=True)}
+    rng = np.random.default_rng(3)
+    copy_answers = lambda q: np.array([table[r.astype(np.float32).tobytes()] for r in q])  # noqa: E731
+    copy = CallableSuspect(lambda q: copy_answers(q).argmax(1), copy_answers)
+    owner_table = {row.tobytes(): a for row, a in zip(x, p, strict=True)}
+    owner_answers = lambda q: np.array([owner_table[r.astype(np.float32).tobytes()] for r in q])  # noqa: E731
+    owner = CallableSuspect(lambda q: owner_answers(q).argmax(1), owner_answers)
+    params = {"clients": ["thief"], "n_null_keys": 3999, "max_queries": 400}
+    ev = run_api_watermark(copy, mark, params, logged=logged, owner=owner)
+    phase = ev["phases"]["probabilities"]
+    assert ev["verdict"] == "claim" and phase["queries"] == 200  # claimed at the first look (half the budget)
+    assert phase["alpha_per_look"] == pytest.approx(5e-4) and phase["baseline"].startswith("the owner's")
+
+    def other_model(q: np.ndarray) -> np.ndarray:  # close to the owner, but never saw a marked answer
+        a = owner_answers(q) + rng.uniform(0, 0.05, (len(q), K))
+        return a / a.sum(1, keepdims=True)
+
+    ev0 = run_api_watermark(CallableSuspect(lambda q: other_model(q).argmax(1), other_model), mark, params,
+                            logged=logged, owner=owner)
+    assert ev0["verdict"] == "no-claim" and ev0["queries_used"] == 400
+
+
+def test_inconclusive_when_the_audit_could_not_have_claimed() -> None:
+    mark, x, p = _world(seed=4)
+    served = mark.mark_probabilities(x, p).probabilities
+    logged = LoggedAnswers(x.astype(np.float64), served.tolist(), ["probabilities"] * len(x), ["thief"])
+    labels_only = CallableSuspect(lambda q: np.zeros(len(q), dtype=np.int64))
+    ev = run_api_watermark(labels_only, mark, {"clients": ["thief"]}, logged=logged)
+    assert ev["verdict"] == "inconclusive" and ev["queries_used"] == 0
+    assert any("labels only" in note for note in ev["notes"])
+    few_keys = run_api_watermark(CallableSuspect(lambda q: p[: len(q)].argmax(1), lambda q: p[: len(q)]), mark,
+                                 {"clients": ["thief"], "n_null_keys": 99}, logged=logged)
+    assert few_keys["verdict"] == "inconclusive"  # a rank p-value cannot go below 1/100 > α/4
+
+
+def test_parameters_are_checked_with_reasons() -> None:
+    assert normalise_params("api_watermark", {})["alpha"] == 1e-3
+    assert validate_params({"clients": ["b", "a", "a"]})["clients"] == ["a", "b"]
+    for bad, reason in [
+        ({"alpha": 0.7}, "alpha"),
+        ({"max_queries": 0}, "max_queries"),
+        ({"clients": "thief"}, "clients"),
+        ({"probes": "random"}, "probes"),
+        ({"budget": -1}, "budget"),
+        ({"lambda": 1}, "unknown"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            normalise_params("api_watermark", bad)
