@@ -36,7 +36,8 @@ def verdict_sentence(report: Mapping[str, Any]) -> str:
     level = f"{(1 - float(alpha)) * 100:.0f} %" if isinstance(alpha, int | float) else "the stated"
     if decision == "claim":
         return (
-            f"The suspect model was derived from the protected model. The test found evidence at {level} "
+            f"The evidence supports the claim that the suspect model was derived from the protected model. The "
+            f"test found evidence at {level} "
             f"confidence (p = {_p(p)}, below the threshold α = {alpha}): a model that was not derived from the "
             f"protected model would produce evidence this strong less than {(float(alpha or 0)) * 100:g} % of the time."
         )
