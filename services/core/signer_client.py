@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from audit.signing import LocalSigner, Signer, load_or_create_signing_key
-from services.core.settings import Settings
+from services.core.settings import PLACEHOLDER_SECRETS, Settings
 
 SIGN_PATH = "/v1/sign"
 PUBLIC_KEY_PATH = "/v1/public-key"
@@ -86,7 +86,10 @@ def cached_public_key(url: str, timeout_s: float = 10.0) -> bytes:
 
 
 def require_signer(settings: Settings) -> None:
-    """Raise ``SignerNotConfigured`` in prod without a signer: what workers check before taking any task."""
+    """Raise ``SignerNotConfigured`` in prod without a signer, or with a signer but no token: what workers
+    check before taking any task."""
+    if settings.signer_url and settings.signer_token in PLACEHOLDER_SECRETS:
+        raise SignerNotConfigured("MODELCUSTODY_SIGNER_TOKEN (or _FILE) must be set to the signer's token")
     if settings.env == "prod" and not settings.signer_url:
         raise SignerNotConfigured(
             "MODELCUSTODY_SIGNER_URL is not set: in env=prod signatures come from the signer service "
@@ -98,6 +101,8 @@ def signer_for(settings: Settings) -> Signer:
     """The remote signer when configured; else, outside prod, the key at ``signing_key_file`` (created on first use)."""
     require_signer(settings)
     if settings.signer_url:
+        if settings.signer_token in PLACEHOLDER_SECRETS:
+            raise SignerNotConfigured("MODELCUSTODY_SIGNER_TOKEN (or _FILE) must be set to the signer's token")
         return RemoteSigner(settings.signer_url, settings.signer_token, settings.signer_timeout_s)
     return LocalSigner(load_or_create_signing_key(settings.signing_key_file))
 

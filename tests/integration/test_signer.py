@@ -96,3 +96,13 @@ def test_signer_refuses_to_start_without_a_token(tmp_path: Path) -> None:
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "MODELCUSTODY_SIGNER_TOKEN" in done.stderr
     assert not (tmp_path / "k.pem").exists()
+
+
+def test_a_worker_refuses_to_start_in_prod_without_a_signer(tmp_path: Path) -> None:
+    env = {**os.environ, "MODELCUSTODY_ENV": "prod", "MODELCUSTODY_ADMIN_TOKEN": secrets.token_urlsafe(24),
+           "MODELCUSTODY_DATA_DIR": str(tmp_path), "MODELCUSTODY_REDIS_URL": "redis://127.0.0.1:1/0"}
+    env.pop("MODELCUSTODY_SIGNER_URL", None)
+    done = subprocess.run([sys.executable, "-m", "services.cli", "serve", "worker"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "MODELCUSTODY_SIGNER_URL is not set" in done.stderr
+    assert not (tmp_path / "keys").exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from audit.signing import OWNERSHIP_AUDIT_PREDICATE, LocalSigner, load_or_create_signing_key, verify_envelope
 from services.core.settings import Settings
@@ -39,9 +38,12 @@ def test_a_configured_signer_url_is_used_even_outside_prod(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("token", ["", "changethis", "secret"])
-def test_a_signer_url_needs_a_real_token_in_every_env(token: str) -> None:
-    with pytest.raises(ValidationError, match="MODELCUSTODY_SIGNER_TOKEN"):
-        Settings(env="dev", signer_url="http://signer:8090", signer_token=token)
+def test_signing_through_a_signer_url_needs_a_real_token_in_every_env(token: str) -> None:
+    settings = Settings(env="dev", signer_url="http://signer:8090", signer_token=token)  # the API's case: fine
+    with pytest.raises(SignerNotConfigured, match="MODELCUSTODY_SIGNER_TOKEN"):
+        require_signer(settings)
+    with pytest.raises(SignerNotConfigured, match="MODELCUSTODY_SIGNER_TOKEN"):
+        signer_for(settings)
 
 
 def test_local_signer_refuses_unknown_predicate_types(tmp_path: Path) -> None:
