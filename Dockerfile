@@ -2,6 +2,8 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# bubblewrap: the worker's sandbox for pickle-based suspects (docs/operations.md); unused unless allowed.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
 
 # The dependency layer: rebuilt only when pyproject.toml or the lock changes, not on every code edit.
 # Empty package directories stand in for the code so pip can resolve the project's requirements.

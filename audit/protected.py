@@ -52,12 +52,11 @@ from audit.configs import Progress
 from audit.provenance import SOFTWARE_VERSION as __version__
 from audit.provenance import sha256_of
 from audit.report import jsonable, rfc3339
-from audit.signing import key_id, sign_statement, verify_envelope
+from audit.signing import REGISTRATION_PREDICATE, Signer, as_signer, key_id, verify_envelope
 from audit.suspects.base import Suspect
 from audit.watermark import NullCalibration, calibrate_null
 from audit.watermark_key import WatermarkKey
 
-REGISTRATION_PREDICATE = "https://modelcustody.dev/protected-model-registration/v1"
 ENVELOPE_FILE = "registration.dsse.json"
 MODEL_FORMATS = ("safetensors", "onnx", "skops")
 DI_KEYS = ("x_private", "y_private", "x_public", "y_public")
@@ -310,7 +309,7 @@ class _Work:
 def register_protected_model(
     inputs: RegistrationInputs,
     root: Path,
-    signing_key: Ed25519PrivateKey,
+    signer: Signer | Ed25519PrivateKey,
     *,
     registration_id: str,
     config: RegistrationConfig | None = None,
@@ -353,10 +352,11 @@ def register_protected_model(
     _prepare_dataset_inference(w)
     _run_self_tests(w)
     w.report(0.97, "signing the registration")
-    _sign(inputs, w, signing_key, registration_id, started, cpu_started)
+    signer = as_signer(signer)
+    _sign(inputs, w, signer, registration_id, started, cpu_started)
     work.rename(final)
     w.report(1.0, "registered")
-    return ProtectedModel.load(final, signing_key.public_key())
+    return ProtectedModel.load(final, signer.public_key_pem())
 
 
 def _copy_inputs(inputs: RegistrationInputs, w: _Work) -> None:
@@ -565,7 +565,7 @@ def _run_self_tests(w: _Work) -> None:
 def _sign(
     inputs: RegistrationInputs,
     w: _Work,
-    signing_key: Ed25519PrivateKey,
+    signer: Signer,
     registration_id: str,
     started: float,
     cpu_started: float,
@@ -596,7 +596,7 @@ def _sign(
     if w.model_record["kind"] == "endpoint":
         digest = hashlib.sha256(json.dumps(w.model_record, sort_keys=True).encode()).hexdigest()
         subjects.insert(0, {"name": f"endpoint:{w.model_record.get('url')}", "digest": {"sha256": digest}})
-    envelope = sign_statement(jsonable(predicate), subjects, signing_key, predicate_type=REGISTRATION_PREDICATE)
+    envelope = signer.sign(jsonable(predicate), subjects, REGISTRATION_PREDICATE)
     (w.dir / ENVELOPE_FILE).write_bytes(envelope)
 
 

@@ -32,7 +32,7 @@ import os
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -44,6 +44,10 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 OWNERSHIP_AUDIT_PREDICATE = "https://modelcustody.dev/ownership-audit/v1"
 COMPLIANCE_PREDICATE = "https://modelcustody.dev/compliance-report/v1"
+REGISTRATION_PREDICATE = "https://modelcustody.dev/protected-model-registration/v1"
+# What our key signs, and all it signs: the signer service refuses any other predicate type, so a caller
+# holding the signer's token still cannot make the key vouch for a statement of another kind.
+KNOWN_PREDICATES = frozenset({OWNERSHIP_AUDIT_PREDICATE, COMPLIANCE_PREDICATE, REGISTRATION_PREDICATE})
 
 _ENVELOPE_FIELDS = {"payload", "payloadType", "signatures"}
 _SIGNATURE_FIELDS = {"keyid", "sig"}
@@ -68,16 +72,9 @@ def public_key_path(private_key_path: str | Path) -> Path:
     return path.with_name(path.stem + ".pub" + (path.suffix or ".pem"))
 
 
-def load_or_create_signing_key(path: str | Path) -> Ed25519PrivateKey:
-    """Load the Ed25519 signing key at ``path``, creating the key pair on first use.
-
-    The private key is written as unencrypted PKCS#8 PEM with mode 0600 (the file's mode is the
-    protection, as with SSH host keys); the public key is written beside it (``public_key_path``).
-    Creation is atomic: two workers starting at once end up with the same key, never a half-written file.
-    """
+def load_signing_key(path: str | Path) -> Ed25519PrivateKey:
+    """Load the Ed25519 signing key at ``path`` without creating or writing anything (a read-only mount)."""
     path = Path(path)
-    if not path.exists():
-        _create_key_file(path)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         # Warn rather than refuse: secret mounts (Kubernetes, Docker) often come group-readable.
@@ -88,6 +85,20 @@ def load_or_create_signing_key(path: str | Path) -> Ed25519PrivateKey:
         raise ValueError(f"{path} is not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+    return key
+
+
+def load_or_create_signing_key(path: str | Path) -> Ed25519PrivateKey:
+    """Load the Ed25519 signing key at ``path``, creating the key pair on first use.
+
+    The private key is written as unencrypted PKCS#8 PEM with mode 0600 (the file's mode is the
+    protection, as with SSH host keys); the public key is written beside it (``public_key_path``).
+    Creation is atomic: two workers starting at once end up with the same key, never a half-written file.
+    """
+    path = Path(path)
+    if not path.exists():
+        _create_key_file(path)
+    key = load_signing_key(path)
     pub_path = public_key_path(path)
     pem = public_key_pem(key)
     if not pub_path.exists() or pub_path.read_bytes() != pem:
@@ -215,6 +226,38 @@ def sign_statement(
     envelope = sign_envelope(canonical_json(statement), IN_TOTO_PAYLOAD_TYPE, private_key)
     # Compact: no insignificant whitespace in which a changed byte could go unnoticed.
     return json.dumps(envelope, separators=(",", ":")).encode("ascii")
+
+
+class Signer(Protocol):
+    """Whatever signs our statements: the key in this process (``LocalSigner``, dev/demo/test) or the signer
+    service (``services.core.signer_client.RemoteSigner``, production). Algorithms take a ``Signer``, never a
+    key, so code that parses untrusted models need not hold the key."""
+
+    def sign(
+        self, predicate: Mapping[str, Any], subjects: Sequence[Mapping[str, Any]], predicate_type: str
+    ) -> bytes: ...
+
+    def public_key_pem(self) -> bytes: ...
+
+
+class LocalSigner:
+    """Signs with a key held in this process."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+
+    def sign(self, predicate: Mapping[str, Any], subjects: Sequence[Mapping[str, Any]], predicate_type: str) -> bytes:
+        if predicate_type not in KNOWN_PREDICATES:
+            raise ValueError(f"refusing to sign predicate type {predicate_type!r}: not one of ours")
+        return sign_statement(predicate, subjects, self._key, predicate_type=predicate_type)
+
+    def public_key_pem(self) -> bytes:
+        return public_key_pem(self._key)
+
+
+def as_signer(signer: Signer | Ed25519PrivateKey) -> Signer:
+    """A key object is wrapped in a ``LocalSigner`` (tests and notebooks pass keys); a signer passes through."""
+    return LocalSigner(signer) if isinstance(signer, Ed25519PrivateKey) else signer
 
 
 def verify_envelope(

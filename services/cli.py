@@ -67,6 +67,14 @@ def serve_gateway(host: str = "127.0.0.1", port: int = 8080) -> None:
     _run_uvicorn("services.gateway.app:create_app", host, port)
 
 
+@serve_app.command("signer")
+def serve_signer(host: str = "127.0.0.1", port: int = 8090) -> None:
+    """The signer: the only process that reads the signing key; signs statements for holders of
+    MODELCUSTODY_SIGNER_TOKEN (workers, the API, the CLI point MODELCUSTODY_SIGNER_URL at it)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _run_uvicorn("services.signer.app:create_app", host, port)
+
+
 @serve_app.command("archiver")
 def serve_archiver() -> None:
     """The query-log archiver: hash-chained segments under MODELCUSTODY_ARCHIVE_DIR, then trims the stream."""

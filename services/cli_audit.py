@@ -195,9 +195,9 @@ def protect_register(
     import redis
 
     from audit.protected import RegistrationConfig, RegistrationInputs, register_protected_model
-    from audit.signing import load_or_create_signing_key
     from services.core.protected import ProtectedIndex, ProtectedRecord, new_protected_id
     from services.core.settings import get_settings
+    from services.core.signer_client import SignerNotConfigured, signer_for
     from services.core.storage import protected_root
 
     settings = get_settings()
@@ -212,12 +212,15 @@ def protect_register(
         cfg = RegistrationConfig.from_dict(_parse_params(param, None))
     except (ValueError, TypeError) as exc:
         raise _fail(str(exc)) from None
+    try:
+        signer = signer_for(settings)
+    except SignerNotConfigured as exc:
+        raise _fail(str(exc)) from None
     pm_id = new_protected_id()
     index = ProtectedIndex(redis.Redis.from_url(settings.redis_url))
     spec = {"model_format": model_format, "architecture": architecture, "local": True, "files": {},
             "parameters": cfg.__dict__}
     index.create(ProtectedRecord(id=pm_id, name=name, spec=spec, status="registering", attempts=1))
-    key = load_or_create_signing_key(settings.signing_key_file)
     try:
         with _progress_bar() as bar:
             task = bar.add_task(f"registering {pm_id}", total=1.0)
@@ -226,7 +229,7 @@ def protect_register(
                 bar.update(task, completed=fraction, description=f"{pm_id}: {message}")
 
             protected = register_protected_model(
-                inputs, protected_root(settings), key, registration_id=pm_id, config=cfg, progress=progress
+                inputs, protected_root(settings), signer, registration_id=pm_id, config=cfg, progress=progress
             )
     except Exception as exc:
         index.update(pm_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
@@ -471,6 +474,13 @@ def serve_api(host: str = "127.0.0.1", port: int = 8000) -> None:
 def serve_worker(loglevel: str = "INFO") -> None:
     """An audit worker: Celery, solo pool (one audit at a time, in this process), metrics on
     MODELCUSTODY_WORKER_METRICS_PORT."""
+    from services.core.settings import get_settings
+    from services.core.signer_client import SignerNotConfigured, require_signer
+
+    try:
+        require_signer(get_settings())
+    except SignerNotConfigured as exc:
+        raise _fail(str(exc)) from None
     from workers.celery_app import app as celery_app
 
     # solo: one process, so a SIGKILL takes the audit with it and nothing is orphaned; no mingle/gossip:

@@ -29,11 +29,12 @@ from typing import Any
 import orjson
 import redis
 
-from audit.signing import COMPLIANCE_PREDICATE, load_or_create_signing_key, sign_statement
+from audit.signing import COMPLIANCE_PREDICATE
 from services.core import keys
 from services.core.alerts import Alert
 from services.core.audits import AuditRecord
 from services.core.settings import Settings
+from services.core.signer_client import signer_for
 from services.core.storage import reports_dir, write_atomic
 from services.core.version import __version__
 
@@ -137,7 +138,6 @@ def write_compliance_report(
         "name": f"modelcustody-compliance/{predicate['period']['since']}/{predicate['period']['until']}",
         "digest": {"sha256": covered_digest(predicate)},
     }
-    key = load_or_create_signing_key(settings.signing_key_file)
-    envelope = sign_statement(predicate, [subject], key, predicate_type=COMPLIANCE_PREDICATE)
+    envelope = signer_for(settings).sign(predicate, [subject], COMPLIANCE_PREDICATE)
     stamp = datetime.fromtimestamp(end, UTC).strftime("%Y%m%dT%H%M%SZ")
     return write_atomic(reports_dir(settings) / f"compliance-{stamp}.dsse.json", envelope)

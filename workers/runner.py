@@ -25,12 +25,13 @@ from audit.protected import (
     RegistrationInputs,
     register_protected_model,
 )
-from audit.signing import load_or_create_signing_key, public_key_pem, sign_statement
+from audit.signing import OWNERSHIP_AUDIT_PREDICATE, Signer
 from audit.suspects.base import Suspect
 from services.core.audits import AuditRecord
 from services.core.model_client import HttpSuspect
 from services.core.protected import ProtectedRecord
 from services.core.settings import Settings
+from services.core.signer_client import public_key_for, signer_for
 from services.core.storage import protected_root, reports_dir, write_atomic
 
 # Keys of a stored suspect spec that configure an HTTP suspect (the rest is identity and bookkeeping).
@@ -100,15 +101,16 @@ class HardLimit:
             self._timer.cancel()
 
 
-def signing_key(settings: Settings) -> Any:
-    return load_or_create_signing_key(settings.signing_key_file)
+def signer(settings: Settings) -> Signer:
+    """The signer service in production; the key in process only outside prod (``signer_for``)."""
+    return signer_for(settings)
 
 
 def load_protected(settings: Settings, protected_id: str) -> ProtectedModel:
     directory = protected_root(settings) / protected_id
     if not directory.is_dir():
         raise ValueError(f"protected model {protected_id} has no registration under {protected_root(settings)}")
-    return ProtectedModel.load(directory, public_key_pem(signing_key(settings)))
+    return ProtectedModel.load(directory, public_key_for(settings))
 
 
 def open_suspect(spec: Mapping[str, Any], settings: Settings) -> Suspect:
@@ -190,14 +192,13 @@ def execute_audit(
     )
     from audit.report import report_subjects
 
-    key = signing_key(settings)
-    envelope = sign_statement(report, report_subjects(report), key)
+    envelope = signer(settings).sign(report, report_subjects(report), OWNERSHIP_AUDIT_PREDICATE)
     out = reports_dir(settings)
     report_path = write_atomic(out / f"{record.id}.dsse.json", envelope)
     from audit.signing import key_id
 
     signature_info = {
-        "keyid": key_id(key), "envelope_sha256": hashlib.sha256(envelope).hexdigest(),
+        "keyid": key_id(public_key_for(settings)), "envelope_sha256": hashlib.sha256(envelope).hexdigest(),
         "verify with": f"modelcustody report verify {record.id}.dsse.json --public-key signing_ed25519.pub.pem",
     }
     page = render_html(report, signature=signature_info)
@@ -212,11 +213,11 @@ def execute_registration(record: ProtectedRecord, settings: Settings, progress: 
     root = protected_root(settings)
     existing = root / record.id
     if existing.is_dir():  # a redelivered task whose first run finished: verify and reuse
-        return ProtectedModel.load(existing, public_key_pem(signing_key(settings)))
+        return ProtectedModel.load(existing, public_key_for(settings))
     return register_protected_model(
         RegistrationInputs.from_spec(record.name, record.spec),
         root,
-        signing_key(settings),
+        signer(settings),
         registration_id=record.id,
         config=RegistrationConfig.from_dict(record.spec.get("parameters")),
         progress=progress,

@@ -69,6 +69,13 @@ def runtime() -> Runtime:
 
 @signals.worker_init.connect
 def _serve_metrics(**_: Any) -> None:
+    from services.core.signer_client import SignerNotConfigured, require_signer
+
+    try:
+        require_signer(get_settings())  # also for `celery -A workers.celery_app worker`, not only our CLI
+    except SignerNotConfigured as exc:
+        log.critical("%s", exc)
+        raise SystemExit(2) from None  # SystemExit: Celery's signal dispatch swallows ordinary exceptions
     port = get_settings().worker_metrics_port
     if port:
         start_http_server(port)

@@ -13,15 +13,17 @@ formats"). Policy:
    detection still cannot run.
 2. Refuse by default with a message that says why and what to do instead.
 3. When the operator enables MODELCUSTODY_ALLOW_UNSAFE_FORMATS, load the file only in a child process
-   (``_sandbox_runner``) started inside a new network namespace (``unshare -rn``: no interfaces but a
-   down loopback), with resource limits (address space, CPU seconds, no file writes, no core dumps), an
-   empty environment, a throwaway working directory, and the model bytes sent over a pipe. Predictions go
-   over pipes as ``.npy`` arrays the parent reads with ``allow_pickle=False``. Without ``unshare`` the
-   loader refuses unless ``require_network_isolation=False`` is passed explicitly.
+   (``_sandbox_runner``) started under bubblewrap (``bwrap``, Debian package ``bubblewrap``): new user, PID,
+   network, IPC, UTS and cgroup namespaces, its own user (uid/gid 65534), a read-only view of the system
+   and Python directories only (no data directory, no key, no home, no ``/etc``), an empty ``/tmp``, killed
+   with the worker (``--die-with-parent``: no grandchild outlives it); with resource limits (address space,
+   CPU seconds, no file writes, no core dumps), an empty environment, and the model bytes sent over a pipe.
+   Predictions go over pipes as ``.npy`` arrays the parent reads with ``allow_pickle=False``. Without
+   bubblewrap the loader refuses, unless the caller passes ``require_filesystem_isolation=False`` (then
+   ``unshare -rn`` gives a network namespace only, and the model can read what the worker's user can read).
 
-What the sandbox does not do: it has no filesystem isolation beyond the empty working directory and the
-``RLIMIT_FSIZE=0`` write block (a model can still read files its user can read, and create empty ones), no
-seccomp filter and no separate user. Run the audit worker itself in a locked-down container.
+What the sandbox does not do: no seccomp filter (the kernel's whole system-call surface is reachable from
+inside the namespaces). Run the audit worker itself in a locked-down container too.
 """
 
 from __future__ import annotations
@@ -150,6 +152,44 @@ def network_namespace_available() -> bool:
         return False
 
 
+# The system directories the child's Python needs, bound read-only (or re-created as the same symlinks).
+_SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64")
+_NOBODY = "65534"  # the overflow uid/gid: owns nothing the sandbox could read or write
+
+
+def _bwrap_args() -> list[str]:
+    args = ["--unshare-all", "--die-with-parent", "--new-session", "--uid", _NOBODY, "--gid", _NOBODY]
+    bound: list[str] = []
+    for name in _SYSTEM_DIRS:
+        system = Path("/") / name
+        if system.is_symlink():
+            args += ["--symlink", os.readlink(system), str(system)]
+        elif system.is_dir():
+            args += ["--ro-bind", str(system), str(system)]
+            bound.append(str(system))
+    # The interpreter and its packages (a virtualenv, pyenv or /usr/local build): read-only, nothing beside them.
+    python_dirs = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    python_dirs |= {sys.prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    for path in sorted(python_dirs):
+        if not any(path == b or path.startswith(b + "/") for b in bound):
+            args += ["--ro-bind", path, path]
+            bound.append(path)
+    return [*args, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+
+
+@lru_cache(maxsize=1)
+def bubblewrap_available() -> bool:
+    """Whether ``bwrap`` can start this Python in the sandbox here (it needs user namespaces, or root)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return False
+    try:
+        probe = [bwrap, *_bwrap_args(), sys.executable, "-I", "-S", "-c", "pass"]
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def _runner_format(detected: str, declared: str) -> str:
     if detected in ("torch", "torchscript"):
         return detected
@@ -169,6 +209,7 @@ class SandboxedSuspect(Suspect):
         budget: int | None = None,
         identity: dict[str, str] | None = None,
         require_network_isolation: bool = True,
+        require_filesystem_isolation: bool = True,
         # 4 GiB of address space: importing torch alone maps ~1.5 GiB; a small model fits easily.
         memory_limit_bytes: int = 4 * 1024**3,
         # CPU seconds for the child's whole life: an audit of a small model uses a few; a spinning
@@ -182,8 +223,16 @@ class SandboxedSuspect(Suspect):
             raise ValueError(f"detected_format must be one of {UNSAFE_FORMATS}")
         self.request_timeout_s = request_timeout_s
         command = [sys.executable, "-I", "-B", "-c", _RUNNER.read_text(), str(memory_limit_bytes), str(cpu_seconds)]
-        self.network_isolated = network_namespace_available()
-        if self.network_isolated:
+        self.filesystem_isolated = bubblewrap_available()
+        self.network_isolated = self.filesystem_isolated or network_namespace_available()
+        if self.filesystem_isolated:
+            command = [str(shutil.which("bwrap")), *_bwrap_args(), *command]
+        elif require_filesystem_isolation:
+            raise SuspectError(
+                "cannot start the bubblewrap sandbox here (bwrap missing, or no user namespaces); refusing to "
+                "load a pickle-based model where it could read the worker's files"
+            )
+        elif self.network_isolated:
             command = [str(shutil.which("unshare")), "-rn", *command]
         elif require_network_isolation:
             raise SuspectError(
@@ -191,10 +240,11 @@ class SandboxedSuspect(Suspect):
                 "load a pickle-based model without it"
             )
         self._workdir = tempfile.mkdtemp(prefix="mc-sandbox-")
+        inner_tmp = "/tmp" if self.filesystem_isolated else self._workdir  # bwrap: its own empty /tmp
         env = {
             "PATH": "/usr/bin:/bin",
-            "HOME": self._workdir,
-            "TMPDIR": self._workdir,
+            "HOME": inner_tmp,
+            "TMPDIR": inner_tmp,
             "LANG": "C.UTF-8",
             # One thread per library: the child shares a small machine with the worker.
             "OMP_NUM_THREADS": "1",
@@ -379,6 +429,7 @@ def load_unsafe(
     budget: int | None = None,
     identity: dict[str, str] | None = None,
     require_network_isolation: bool = True,
+    require_filesystem_isolation: bool = True,
 ) -> SandboxedSuspect:
     """Refuse (the default) or load in the sandbox."""
     if not allow_unsafe:
@@ -390,4 +441,5 @@ def load_unsafe(
         budget=budget,
         identity=identity,
         require_network_isolation=require_network_isolation,
+        require_filesystem_isolation=require_filesystem_isolation,
     )

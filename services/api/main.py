@@ -16,6 +16,7 @@ from services.api import problems
 from services.api.routers import alerts, audits, clients, enforcement, health, keys, protected_models, reports, webhooks
 from services.core.buildinfo import register_build_info
 from services.core.settings import Settings, get_settings
+from services.core.signer_client import SignerUnavailable
 from services.core.tasks import task_client
 from services.core.version import __version__
 
@@ -48,6 +49,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
     )
     problems.install(app)
+
+    @app.exception_handler(SignerUnavailable)
+    async def signer_down(request: Request, exc: Exception) -> JSONResponse:
+        return problems.problem_response(request, 503, "dependency-unavailable", "the signer is unavailable; try again")
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(request: Request, exc: Exception) -> JSONResponse:

@@ -30,7 +30,13 @@ from services.core.policy import OutputPolicy
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "admin"}
 # Fields that may be read from MODELCUSTODY_<NAME>_FILE: the secrets, and the URLs that may embed credentials.
 FILE_FIELDS = (
-    "admin_token", "webhook_secret", "webhook_url", "redis_url", "celery_broker_url", "answer_watermark_secret"
+    "admin_token",
+    "webhook_secret",
+    "webhook_url",
+    "redis_url",
+    "celery_broker_url",
+    "answer_watermark_secret",
+    "signer_token",
 )
 
 
@@ -148,6 +154,16 @@ class Settings(BaseSettings):
 
     # --- audits / signing ----------------------------------------------------------------------
     signing_key_path: Path | None = None  # default: <data_dir>/keys/signing_ed25519.pem
+    # The signer service (`modelcustody serve signer`, services/signer): the only process that reads the key.
+    # Set → workers, the API and the CLI send statements there; unset → they sign in process with
+    # signing_key_file, allowed only when env is dev/demo/test (workers refuse to start in prod).
+    signer_url: str | None = None
+    # Bearer token shared by the signer and the processes that sign (workers, the CLI); the API only fetches the
+    # public key and needs none. No random dev default: it would differ between the signer and its callers.
+    signer_token: str = ""
+    signer_timeout_s: float = 10.0  # signing takes < 1 ms: 10 s only covers a signer restarting
+    # A registration statement (hundreds of subjects, self-test tables) is tens of KB; 4 MiB leaves 100x room.
+    signer_max_body_bytes: int = 4 * 1024**2
 
     # --- detector ------------------------------------------------------------------------------
     # A baseline directory written by `modelcustody detector fit`; unset → the demo models' baselines are

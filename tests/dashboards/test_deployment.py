@@ -80,6 +80,26 @@ def test_secrets_come_from_files_the_settings_read() -> None:
     assert COMPOSE["services"]["gateway"]["environment"]["MODELCUSTODY_GATEWAY_INSTANCE_ID"]
 
 
+def test_only_the_signer_mounts_the_signing_key() -> None:
+    """The key is a read-only secret of the signer alone; workers hold the signer's token, nobody else does."""
+    services = COMPOSE["services"]
+
+    def secrets_of(name: str) -> set[str]:
+        return set(services[name].get("secrets") or services[name].get("<<", {}).get("secrets") or [])
+
+    with_key = {name for name in services if "signing_key" in secrets_of(name)}
+    assert with_key == {"signer"}
+    signer_env = services["signer"]["environment"]
+    assert signer_env["MODELCUSTODY_SIGNING_KEY_PATH"] == "/run/secrets/signing_key"
+    assert not services["signer"].get("volumes") and not services["signer"].get("ports")
+    with_token = {name for name in services if "signer_token" in secrets_of(name)}
+    assert with_token == {"signer", "worker"}
+    assert COMPOSE["x-common-env"]["MODELCUSTODY_SIGNER_URL"] == "http://signer:8090"
+    for name in set(services) - {"signer"}:
+        env = services[name].get("environment") or {}
+        assert "MODELCUSTODY_SIGNING_KEY_PATH" not in env, name
+
+
 def test_settings_read_secret_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "token").write_text("from-a-file-0123456789\n")
     (tmp_path / "mark").write_text("a-watermark-secret-from-a-file-0123\n")

@@ -1,5 +1,6 @@
 """Ownership audits end to end: the real admin API (uvicorn), a real Celery worker (``modelcustody serve worker``
-subprocess, killed with SIGKILL and restarted), a private real Redis, a real HTTP suspect, and the CLI.
+subprocess, killed with SIGKILL and restarted), a real signer service holding the only copy of the signing key
+(the worker, the API and the CLI sign through it), a private real Redis, a real HTTP suspect, and the CLI.
 
 The owner's watermarked digits model is trained by the CLI (``watermark embed``) on a short schedule (a few
 seconds); the protected model is registered through the API with four small null models, so the whole
@@ -27,7 +28,13 @@ import numpy as np
 import pytest
 import redis
 
-from audit.signing import OWNERSHIP_AUDIT_PREDICATE, VerificationError, verify_envelope
+from audit.signing import (
+    OWNERSHIP_AUDIT_PREDICATE,
+    VerificationError,
+    load_signing_key,
+    public_key_pem,
+    verify_envelope,
+)
 from services.demo.processes import ManagedProcess, PrivateRedis, free_port, wait_for_port
 from tests.utils.stack import REPO, Server, start_server
 
@@ -47,6 +54,8 @@ class Stack:
     log_dir: Path
     metrics_port: int
     token: str
+    signer: Server
+    signing_key: Path
     workers: list[ManagedProcess] = field(default_factory=list)
 
     @property
@@ -118,13 +127,20 @@ def stack(redis_server: PrivateRedis, tmp_path_factory: pytest.TempPathFactory) 
         "MODELCUSTODY_AUDIT_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024),
         "OMP_NUM_THREADS": "1",  # two cores shared by the API, the worker, the upstream and the test
     }
+    # The key lives outside the data directory the API and the worker see, and only the signer is told where.
+    signer_token, signing_key = secrets.token_urlsafe(24), base / "signer-keys" / "signing_ed25519.pem"
+    signer = start_server("services.signer.app:create_app",
+                          {**env, "MODELCUSTODY_SIGNER_TOKEN": signer_token,
+                           "MODELCUSTODY_SIGNING_KEY_PATH": str(signing_key)}, base / "logs", "signer")
+    env.update({"MODELCUSTODY_SIGNER_URL": signer.url, "MODELCUSTODY_SIGNER_TOKEN": signer_token})
     api = start_server("services.api.main:create_app", env, base / "logs", "api")
-    s = Stack(env, api, base / "data", base / "logs", metrics_port, token)
+    s = Stack(env, api, base / "data", base / "logs", metrics_port, token, signer, signing_key)
     s.start_worker()
     yield s
     for proc in s.workers:
         proc.stop()
     api.stop()
+    signer.stop()
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +211,9 @@ def test_audit_signed_report_verifies_and_any_altered_byte_fails(
     statement = verify_envelope(envelope, pem, predicate_type=OWNERSHIP_AUDIT_PREDICATE)
     report = statement["predicate"]
     assert report["decision"] == "claim" and report["p_value"] < 0.05 and report["queries"]["used"] <= 10
+    # Signed by the signer's key, which never was in the worker's or the API's view: no key file appeared there.
+    assert pem == public_key_pem(load_signing_key(stack.signing_key))
+    assert not (stack.data_dir / "keys").exists() and not list(stack.data_dir.rglob("*.pem"))
     assert report["suspect"]["sha256"] == submitted["suspect"]["sha256"]
     registration = report["protected_model"]
     assert registration["id"] == protected_id and registration["registered_before_audit"] is True

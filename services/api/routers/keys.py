@@ -1,7 +1,8 @@
 """The public half of the report-signing key: what anyone verifying a report needs.
 
 Unauthenticated on purpose: verifiers (a court's expert, the suspect's owner) do not hold the admin token.
-The key pair is created on first use (``audit.signing.load_or_create_signing_key``), by the API or a worker.
+With a signer service (``MODELCUSTODY_SIGNER_URL``) the API asks it for the public key and never sees the
+private one; without (dev, demo, tests) the key pair is created on first use beside the data directory.
 """
 
 from __future__ import annotations
@@ -19,12 +20,9 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
 def public_key_bytes(settings: Settings) -> bytes:
-    from audit.signing import load_or_create_signing_key, public_key_path
+    from services.core.signer_client import public_key_for
 
-    path = public_key_path(settings.signing_key_file)
-    if not path.exists():
-        load_or_create_signing_key(settings.signing_key_file)  # writes the public key beside the private one
-    return path.read_bytes()
+    return public_key_for(settings)
 
 
 @router.get("/public", response_model=PublicKey,

@@ -1,4 +1,5 @@
-"""Pickle-based models when the operator allows them: loaded only in the network-less child process."""
+"""Pickle-based models when the operator allows them: loaded only in the bubblewrap child process (no network,
+its own user and PID namespace, a read-only view without the worker's files)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from sklearn.linear_model import LogisticRegression
 
 from audit.suspects.base import SuspectError
 from audit.suspects.loader import load_suspect_file
-from audit.suspects.pickle_sandbox import SandboxedSuspect, network_namespace_available
+from audit.suspects.pickle_sandbox import SandboxedSuspect, bubblewrap_available
 
-pytestmark = pytest.mark.skipif(not network_namespace_available(), reason="unshare -rn is not available here")
+pytestmark = pytest.mark.skipif(not bubblewrap_available(), reason="bubblewrap (bwrap) cannot start here")
 
 RNG = np.random.default_rng(2)
 X = RNG.normal(size=(30, 4)).astype(np.float32)
@@ -34,6 +35,24 @@ class _ConnectsOut:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (socket.create_connection, (("127.0.0.1", self.port), 2))
+
+
+class _Reads:
+    """Unpickling this reads a file: a stand-in for the signing key, in a directory the worker can read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.read_bytes, (self.path,))
+
+
+class _Writes:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.write_bytes, (self.path, b"overwritten"))
 
 
 class _Exits:
@@ -85,6 +104,22 @@ def test_sandbox_has_no_network() -> None:
             load_suspect_file(pickle.dumps(_ConnectsOut(port)), "pickle", allow_unsafe=True)
         with pytest.raises(TimeoutError):
             server.accept()  # nobody connected
+
+
+def test_sandbox_sees_no_worker_files_and_cannot_write(tmp_path: Path) -> None:
+    """The findings of issue 12: a pickle read the signing key and overwrote a file. Under bubblewrap the
+    key's directory does not exist in the child's view, and what it does see is read-only."""
+    key = tmp_path / "keys" / "signing_ed25519.pem"
+    key.parent.mkdir()
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    with pytest.raises(SuspectError, match="failed to load.*(FileNotFoundError|No such file)"):
+        load_suspect_file(pickle.dumps(_Reads(key)), "pickle", allow_unsafe=True)
+    with pytest.raises(SuspectError, match="failed to load.*(FileNotFoundError|No such file)"):
+        load_suspect_file(pickle.dumps(_Writes(key)), "pickle", allow_unsafe=True)
+    assert key.read_bytes() == b"-----BEGIN PRIVATE KEY-----\n"
+    # The interpreter's own files are visible (it runs) but read-only.
+    with pytest.raises(SuspectError, match="failed to load.*(Read-only|PermissionError|Errno)"):
+        load_suspect_file(pickle.dumps(_Writes(Path(os.__file__))), "pickle", allow_unsafe=True)
 
 
 def test_a_dying_payload_is_a_suspect_error(tmp_path: Path) -> None:
