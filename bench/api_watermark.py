@@ -16,7 +16,8 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 - **Thieves** (``services.demo.redteam``, ``--budget`` answered queries each): Knockoff in-distribution on
   probabilities and on labels (label-only policy), Knockoff with another domain's natural images (digits ↔
   MNIST, resized) on probabilities, JBDA (labels), adaptive retraining (labels), equation solving
-  (probabilities), and an ensemble (the mean probabilities of three Knockoff thieves on three clients).
+  (probabilities; digits only: too slow on MNIST here), and an ensemble (the mean probabilities of three
+  Knockoff thieves on three clients).
 - **Audit**: ``audit.api_watermark.run_api_watermark`` with the thief's logged answers (the suspected clients),
   the victim's unmarked probabilities as baseline, α = 1e-3, at most 500 suspect queries.
 - **Independents** (``--independents``): MLPs of three widths on the owner's distribution with true labels on
@@ -216,8 +217,10 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
                                                      n_classes=K, budget=budget, hidden=(128,), seed=3), True),
         ("adaptive_labels", lambda: AdaptiveRetraining(domain=domain, n_classes=K, budget=budget,
                                                        sampler=pool[thieves_pool[3]], seed=4), True),
-        ("equation_solving_probabilities", lambda: EquationSolving(domain=domain, budget=budget, seed=5), False),
     ]
+    if name == "digits":  # on MNIST, L-BFGS over 7,850 unknowns re-solved 20 times ran > 12 min on 2 shared cores
+        attacks.append(("equation_solving_probabilities",
+                        lambda: EquationSolving(domain=domain, budget=budget, seed=5), False))
     if w["other"] is not None:
         attacks.insert(1, ("knockoff_other_domain_probabilities",
                            lambda: knockoff(w["other"], True, 6), False))
@@ -266,7 +269,9 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
         pick = np.random.default_rng(100 + i).choice(len(ind_rows), int(0.8 * len(ind_rows)), replace=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            model = MLPClassifier(widths[i % 3], max_iter=200 if name == "digits" else 40, random_state=100 + i)
+            # MNIST: 30 epochs of Adam on ~2,400 rows already reach ~90 % test accuracy; more would not change
+            # what is tested (a model that never saw our answers) and costs minutes per model on 2 cores.
+            model = MLPClassifier(widths[i % 3], max_iter=200 if name == "digits" else 30, random_state=100 + i)
             model.fit(x[ind_rows[pick]], y[ind_rows[pick]])
         for kind in ("knockoff_probabilities", "knockoff_labels"):
             independents.append(audit_row(f"independent_{i}_vs_{kind}", model, copies[kind][1], mark, owner, x_test,

@@ -226,12 +226,13 @@ def run_demo(rows_per_client: int = 300, attack_budget: int = 1200) -> int:
             f"[bold]{attacker}[/] (JBDA extraction): {sent[attacker]} queries, copy agrees with the victim on "
             f"{fidelity:.1%} of held-out digits" + (f"; stopped by the gateway: {stopped}" if stopped else "")
         )
-        copy = run_thief(stack.gateway_url, keys[thief], x_traffic)
+        # The thief draws from the same natural digits as the benign clients (the whole holdout, ~900 rows).
+        copy, answered = run_thief(stack.gateway_url, keys[thief], split.x_holdout)
         stack.procs[-1].stop()  # the gateway: a graceful shutdown flushes the query log
         counts = wait_until_analysed(r, stack.stream, sent)
         detected = report_detection(r, sent, counts, benign, attacker)
         story = audit_and_sign(r, stack.stream, thief, copy, split, x_reference, x_reference, y_reference,
-                               workdir / "data", console)
+                               workdir / "data", console, answered)
         return 0 if detected and story.ok else 1
     finally:
         stack.stop()

@@ -1,7 +1,7 @@
 """The demo's last act: a quiet thief copies the model through the gateway, the answer watermark proves it.
 
-``trudy`` runs Knockoff (Orekondy et al.) on natural digits with ±1-pixel shifts and trains on the
-probabilities the gateway served: per client a benign-looking stream, the theft the detector is not built to
+``trudy`` runs Knockoff (Orekondy et al.) on natural digits (each once, like a benign client) and trains on
+the probabilities the gateway served: per client a benign-looking stream, the theft the detector is not built to
 stop. The gateway marked every answer (``services/gateway/answer_mark.py``), so the copy carries the key's
 signal. ``api_watermark`` (``audit.api_watermark``) reads trudy's rows back from the query log, queries the copy
 on those inputs, subtracts the owner's unmarked probabilities, and claims at α = 1e-3; the report is signed
@@ -40,8 +40,8 @@ from audit.signing import (
 from audit.suspects.base import CallableSuspect
 from services.core.settings import Settings
 from services.demo.model_server.models import DigitsSplit, train_model
-from services.demo.redteam import Domain, Knockoff, image_shifts
-from services.demo.redteam.http_oracle import GatewayOracle
+from services.demo.redteam import Domain, Knockoff, OracleError
+from services.demo.redteam.http_oracle import GatewayOracle, OracleRefused
 from workers.api_watermark import read_logged_answers
 
 # The demo's inputs are raw digits pixels (0..16): 23 rad per unit suits [0, 1] inputs, so divide by 16.
@@ -64,16 +64,28 @@ class StoryResult:
         return self.copy_verdict == "claim" and self.independent_verdict != "claim" and self.report_verified
 
 
-def run_thief(gateway_url: str, key: str, x_pool: np.ndarray) -> Any:
-    """Knockoff on probabilities through the gateway: ``THIEF_BUDGET`` answered queries, a (128,) MLP copy."""
-    attack = Knockoff(pool=x_pool, domain=Domain.box(0.0, 16.0, 64), n_classes=10, budget=THIEF_BUDGET,
-                      use_probabilities=True, transform=image_shifts(8, 8), hidden=(128,), epochs=60,
-                      refit_epochs=25, seed=3)
+def run_thief(gateway_url: str, key: str, x_pool: np.ndarray) -> tuple[Any, int]:
+    """Knockoff on probabilities through the gateway: each natural digit of the pool once (at most
+    ``THIEF_BUDGET``), so the stream looks like a benign client's; a (128,) MLP copy trained to fit its
+    answers (150 epochs, 75 per refit), and the queries answered.
+
+    Should the detector flag the thief anyway (its policy then answers labels, or refuses), the copy trained
+    on what was answered until then is the copy."""
+    budget = min(THIEF_BUDGET, len(x_pool))
+    attack = Knockoff(pool=x_pool, domain=Domain.box(0.0, 16.0, 64), n_classes=10, budget=budget,
+                      use_probabilities=True, hidden=(128,), epochs=150, refit_epochs=75, seed=3)
     oracle = GatewayOracle(gateway_url, key, model="digits-mlp")
+    copy, answered = None, 0
     try:
-        return attack.run(oracle).copy
+        for step in attack.steps(oracle):
+            copy, answered = step.copy, step.queries_used
+    except (OracleRefused, OracleError):
+        pass
     finally:
         oracle.close()
+    if copy is None:
+        raise RuntimeError("the thief got no answers")
+    return copy, answered
 
 
 def audit_and_sign(
@@ -87,6 +99,7 @@ def audit_and_sign(
     y_independent: np.ndarray,
     data_dir: Path,
     console: Console,
+    answered: int,
 ) -> StoryResult:
     settings = Settings(env="demo", data_dir=data_dir, answer_watermark_frequency=DEMO_FREQUENCY)
     logged = read_logged_answers(r, stream, [thief])
@@ -130,7 +143,7 @@ def audit_and_sign(
     agreement = float(np.mean(copy.predict(x_test) == victim.predict(x_test)))
     c, i = results["copy"], results["independent"]
     console.print(
-        f"[bold]{thief}[/] (Knockoff, {THIEF_BUDGET} answered queries) copy agrees with the victim on "
+        f"[bold]{thief}[/] (Knockoff, {answered} answered queries) copy agrees with the victim on "
         f"{agreement:.1%}; api_watermark on {len(logged.tags)} logged rows: [bold]{c['verdict']}[/] "
         f"(p = {c['p_value']:.2g}, α = {c['alpha']:g}) after {c['queries_used']} queries to the copy"
     )
