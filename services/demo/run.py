@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from services.core import keys
 from services.core.alerts import AlertStore
 from services.core.clients import ClientRegistry
 from services.core.protocols import Protocol, encode_request, oip_request, request_path
@@ -86,7 +87,8 @@ def start_stack(workdir: Path, redis_url: str | None) -> DemoStack:
     else:
         console.print(f"[bold]Redis[/]: {redis_url}")
     run_tag = f"{int(time.time())}"
-    stream = f"mc:demo:{run_tag}:queries" if private is None else "mc:queries"
+    # On a shared Redis each demo run logs to a stream of its own, so reruns never mix.
+    stream = f"{keys.QUERIES_STREAM}:demo:{run_tag}" if private is None else keys.QUERIES_STREAM
     model_port, gateway_port, detector_metrics_port = free_port(), free_port(), free_port()
     env = {
         "MODELCUSTODY_REDIS_URL": redis_url,

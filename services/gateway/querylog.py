@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.core import keys
 from services.core.records import SCHEMA_VERSION, OutputKind, Protocol, QueryRecord
 from services.gateway.metrics import GatewayMetrics
 
@@ -81,7 +82,7 @@ class QueryLogWriter:
         self.redis = redis
         self.stream = stream
         self.instance = instance
-        self.seq_key = f"mc:gateway:{instance}:seq"
+        self.seq_key = keys.gateway_seq(instance)
         self.spill_path = spill_dir / f"{instance}.spill.jsonl"
         self.metrics = metrics
         self.buffer_max = buffer_max
