@@ -110,7 +110,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import special, stats
+
+# scipy is imported where a test needs it, never at module level: the gateway marks answers with this module
+# and a gateway-only install has no scipy (tests/unit/packaging).
 
 DOMAIN = b"modelcustody.answer-watermark/v1"
 LABEL_TEST = "exact one-sided binomial on the suspect's disagreements with the upstream label, p0 = 1/(k-1)"
@@ -260,6 +262,8 @@ def mixture_log_wealth(matches: np.ndarray, disagreements: np.ndarray, p0: float
 
     M = ∫_{p0}^1 q^m (1−q)^(d−m) dq / ((1 − p0) · p0^m (1−p0)^(d−m)); M = 1 before any disagreement.
     """
+    from scipy import special
+
     m = np.asarray(matches, dtype=np.float64)
     f = np.asarray(disagreements, dtype=np.float64) - m
     with np.errstate(divide="ignore"):
@@ -548,6 +552,8 @@ class AnswerWatermark:
         p0 = 1.0 / (self.n_classes - 1)
         disagreements = int(np.sum(z != probes.original_labels))
         matches = int(np.sum(z == probes.watermark_labels))
+        from scipy import stats
+
         p = float(stats.binom.sf(matches - 1, disagreements, p0)) if matches else 1.0
         return LabelEvidence(LABEL_TEST, self.n_classes, p0, len(z), disagreements, matches, p, alpha, p <= alpha)
 
@@ -656,6 +662,8 @@ class AnswerWatermark:
         p_mc = (1 + int(np.sum(null >= t))) / (n_null_keys + 1)
         mean = float(null.mean())
         std = float(null.std(ddof=1)) if n_null_keys > 1 else 1.0
+        from scipy import stats
+
         p_gauss = float(stats.norm.sf((t - mean) / std)) if std > 0 else float(t <= mean)
         return ProbabilityEvidence(
             test=PROBABILITY_TEST,
