@@ -25,6 +25,9 @@ class Policy(BaseModel):
     daily_quota: int | None = Field(default=None, ge=0, description="rows per UTC day; null = unlimited")
     rate_per_s: float | None = Field(default=None, gt=0, description="rows per second; null = unlimited")
     blocked: bool = False
+    answer_watermark: Literal["all", "flagged", "off"] | None = Field(
+        default=None, description="whether this client's answers are marked; null: the deployment's mode"
+    )
     reason: str = Field(default="", max_length=500)
     extra: dict[str, Any] = Field(default_factory=dict)
 
