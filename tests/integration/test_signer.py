@@ -100,6 +100,7 @@ def test_signer_refuses_to_start_without_a_token(tmp_path: Path) -> None:
 
 def test_a_worker_refuses_to_start_in_prod_without_a_signer(tmp_path: Path) -> None:
     env = {**os.environ, "MODELCUSTODY_ENV": "prod", "MODELCUSTODY_ADMIN_TOKEN": secrets.token_urlsafe(24),
+           "MODELCUSTODY_ANSWER_WATERMARK_SECRET": secrets.token_urlsafe(24),
            "MODELCUSTODY_DATA_DIR": str(tmp_path), "MODELCUSTODY_REDIS_URL": "redis://127.0.0.1:1/0"}
     env.pop("MODELCUSTODY_SIGNER_URL", None)
     done = subprocess.run([sys.executable, "-m", "services.cli", "serve", "worker"],

@@ -15,7 +15,7 @@ SUBJECTS = [{"name": "m", "digest": {"sha256": "cd" * 32}}]
 
 
 def test_prod_without_a_signer_url_refuses_and_never_touches_a_key(tmp_path: Path) -> None:
-    settings = Settings(env="prod", admin_token="a-real-admin-token", data_dir=tmp_path)
+    settings = Settings(env="prod", admin_token="a-real-admin-token", answer_watermark_mode="off", data_dir=tmp_path)
     with pytest.raises(SignerNotConfigured, match="MODELCUSTODY_SIGNER_URL"):
         require_signer(settings)
     with pytest.raises(SignerNotConfigured):
