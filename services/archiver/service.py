@@ -24,10 +24,11 @@ import time
 from typing import Any
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from services.core import keys
 from services.core.archive import SegmentWriter
+from services.core.metrics import counter, gauge
 from services.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,28 +39,26 @@ HEAD_KEY = keys.ARCHIVE_HEAD
 
 class ArchiverMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.stream_entries = Gauge(
-            "modelcustody_querylog_stream_entries", "Entries in the query-log stream (XLEN).", registry=registry
+        r = registry
+        self.stream_entries = gauge(
+            r, "modelcustody_querylog_stream_entries", "Entries in the query-log stream (XLEN)."
         )
-        self.stream_bound = Gauge(
+        self.stream_bound = gauge(
+            r,
             "modelcustody_querylog_stream_bound_entries",
             "The gateways' approximate MAXLEN bound of the stream: entries beyond it are cut, archived or not.",
-            registry=registry,
         )
-        self.archived = Counter(
-            "modelcustody_archive_records_total", "Query-log records written to archive segments.", registry=registry
+        self.archived = counter(
+            r, "modelcustody_archive_records_total", "Query-log records written to archive segments."
         )
-        self.segments = Counter(
-            "modelcustody_archive_segments_total", "Archive segments written.", registry=registry
-        )
-        self.trimmed = Counter(
+        self.segments = counter(r, "modelcustody_archive_segments_total", "Archive segments written.")
+        self.trimmed = counter(
+            r,
             "modelcustody_archive_trimmed_records_total",
             "Stream entries trimmed after every consumer group had read them and the archive held them.",
-            registry=registry,
         )
-        self.last_segment = Gauge(
-            "modelcustody_archive_last_segment_timestamp_seconds", "When the last segment was written.",
-            registry=registry,
+        self.last_segment = gauge(
+            r, "modelcustody_archive_last_segment_timestamp_seconds", "When the last segment was written."
         )
 
 
