@@ -30,6 +30,7 @@ from services.core import keys
 from services.core.archive import SegmentWriter
 from services.core.metrics import counter, gauge
 from services.core.settings import Settings
+from services.core.streams import ensure_group
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,7 @@ class Archiver:
         metrics.stream_bound.set(settings.queries_stream_maxlen)
 
     def ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        ensure_group(self.r, self.stream, GROUP)
 
     def stop(self) -> None:
         self._stop.set()

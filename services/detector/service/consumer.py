@@ -53,6 +53,7 @@ from services.core.protocols import FLOAT32_MAX
 from services.core.records import QueryRecord
 from services.core.response import ResponseConfig, TierStore, apply_enforcement, decide, enforcement_reverted
 from services.core.settings import Settings
+from services.core.streams import ensure_group
 from services.detector.engine import Assessment, ClientState
 from services.detector.service.metrics import DetectorMetrics
 from services.detector.service.runtime import EngineSet
@@ -125,12 +126,8 @@ class DetectorWorker:
 
     # ------------------------------------------------------------------ lifecycle
     def ensure_group(self) -> None:
-        try:
-            # From the start of the stream: a detector deployed later still analyses earlier queries.
-            self.r.xgroup_create(self.config.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        # From the start of the stream: a detector deployed later still analyses earlier queries.
+        ensure_group(self.r, self.config.stream, GROUP)
 
     def stop(self) -> None:
         self._stop.set()
