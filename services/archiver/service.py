@@ -30,7 +30,7 @@ from services.core import keys
 from services.core.archive import SegmentWriter
 from services.core.metrics import counter, gauge
 from services.core.settings import Settings
-from services.core.streams import ensure_group
+from services.core.streams import ensure_group, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +114,7 @@ class Archiver:
     def run(self) -> None:
         self.ensure_group()
         self.recover()
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.warning("Redis unavailable (%s); retrying", type(exc).__name__)
-                self._stop.wait(1.0)
+        run_steps(self.step, self._stop, log)
         self.flush()
 
     def step(self, block_ms: int = 1000) -> int:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
+
 import redis
 
 
@@ -13,3 +17,14 @@ def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def run_steps(step: Callable[[], object], stop: threading.Event, log: logging.Logger) -> None:
+    """Call ``step`` until ``stop`` is set; while Redis is unreachable, log it and retry every second (a
+    consumer outlives a Redis restart instead of exiting)."""
+    while not stop.is_set():
+        try:
+            step()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("Redis unavailable (%s); retrying", type(exc).__name__)
+            stop.wait(1.0)

@@ -53,7 +53,7 @@ from services.core.protocols import FLOAT32_MAX
 from services.core.records import QueryRecord
 from services.core.response import ResponseConfig, TierStore, apply_enforcement, decide, enforcement_reverted
 from services.core.settings import Settings
-from services.core.streams import ensure_group
+from services.core.streams import ensure_group, run_steps
 from services.detector.engine import Assessment, ClientState
 from services.detector.service.metrics import DetectorMetrics
 from services.detector.service.runtime import EngineSet
@@ -135,12 +135,7 @@ class DetectorWorker:
     def run(self) -> None:
         self.ensure_group()
         log.info("detector %s consuming %s", self.consumer, self.config.stream)
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.warning("Redis unavailable (%s); retrying", type(exc).__name__)
-                self._stop.wait(1.0)
+        run_steps(self.step, self._stop, log)
 
     def step(self) -> int:
         """Reclaim stale entries if due, read one batch, analyse and commit it. Returns entries handled."""
