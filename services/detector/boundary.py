@@ -74,6 +74,7 @@ class BoundaryState(Record):
 
 class BoundarySignal(Signal[BoundaryState]):
     name = "boundary"
+    PARAMS = ("window", "alpha", "min_answers")
 
     def __init__(
         self,
@@ -152,9 +153,6 @@ class BoundarySignal(Signal[BoundaryState]):
         if kind == "small":
             b = self._baseline
             b.rate_a, b.rate_b = cap_concentration(b.rate_a, b.rate_b, positive_float("concentration", concentration))
-
-    def params(self) -> dict[str, Any]:
-        return {"window": self.window, "alpha": self.alpha, "min_answers": self.min_answers}
 
     def baseline(self) -> BoundaryBaseline:
         return self._baseline

@@ -71,6 +71,7 @@ class OODState(Record):
 
 class OODSignal(Signal[OODState]):
     name = "ood"
+    PARAMS = ("window", "alpha", "min_queries")
 
     def __init__(
         self,
@@ -179,9 +180,6 @@ class OODSignal(Signal[OODState]):
             b.rate_a, b.rate_b = cap_concentration(b.rate_a, b.rate_b, c)
         elif kind == "extreme" and b.extreme > 0:
             b.xrate_a, b.xrate_b = cap_concentration(b.xrate_a, b.xrate_b, c)
-
-    def params(self) -> dict[str, Any]:
-        return {"window": self.window, "alpha": self.alpha, "min_queries": self.min_queries}
 
     def baseline(self) -> OODBaseline:
         return self._baseline

@@ -111,6 +111,7 @@ class PradaState(Record):
 
 class PradaSignal(Signal[PradaState]):
     name = "prada"
+    PARAMS = ("delta", "max_set_size", "window", "min_class_count", "min_distances", "outlier_sigma")
 
     def __init__(
         self,
@@ -222,16 +223,6 @@ class PradaSignal(Signal[PradaState]):
             benign_w_q01=float(np.quantile(ws, 0.01)),
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "delta": self.delta,
-            "max_set_size": self.max_set_size,
-            "window": self.window,
-            "min_class_count": self.min_class_count,
-            "min_distances": self.min_distances,
-            "outlier_sigma": self.outlier_sigma,
-        }
 
     def baseline(self) -> PradaBaseline:
         return self._baseline

@@ -92,6 +92,7 @@ class SweepState(Record):
 
 class SweepSignal(Signal[SweepState]):
     name = "sweep"
+    PARAMS = ("max_changed", "collinear_cos", "window", "coverage_window", "coverage_margin", "alpha", "min_pairs")
 
     def __init__(
         self,
@@ -183,17 +184,6 @@ class SweepSignal(Signal[SweepState]):
             volume_sd=sd,
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "max_changed": self.max_changed,
-            "collinear_cos": self.collinear_cos,
-            "window": self.window,
-            "coverage_window": self.coverage_window,
-            "coverage_margin": self.coverage_margin,
-            "alpha": self.alpha,
-            "min_pairs": self.min_pairs,
-        }
 
     def baseline(self) -> SweepBaseline:
         return self._baseline
