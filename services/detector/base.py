@@ -173,6 +173,7 @@ class Signal(ABC, Generic[S]):
     """Base class of every signal: a fitted baseline, validated parameters, per-client state as bytes."""
 
     name: ClassVar[str]
+    STATE: type[S]  # the class of a client's state (a class attribute of each signal)
     PARAMS: ClassVar[tuple[str, ...]]  # the constructor keywords params() saves, each stored under its name
 
     def __init__(self, *, n_features: int, n_classes: int) -> None:
@@ -206,8 +207,8 @@ class Signal(ABC, Generic[S]):
         self.update(state, X, outputs, labels, now=now)
         return self.evaluate(state, now=now)
 
-    @abstractmethod
-    def state_type(self) -> type[S]: ...
+    def state_type(self) -> type[S]:
+        return self.STATE
 
     def layout(self) -> str:
         """Everything that fixes the shapes in a state (checked when a state is read back)."""

@@ -74,6 +74,7 @@ class BoundaryState(Record):
 
 class BoundarySignal(Signal[BoundaryState]):
     name = "boundary"
+    STATE = BoundaryState
     PARAMS = ("window", "alpha", "min_answers")
 
     def __init__(
@@ -159,9 +160,6 @@ class BoundarySignal(Signal[BoundaryState]):
 
     def layout(self) -> str:
         return f"{super().layout()},w={self.window}"
-
-    def state_type(self) -> type[BoundaryState]:
-        return BoundaryState
 
     def new_state(self) -> BoundaryState:
         return BoundaryState(flags=np.zeros(self.window, dtype=np.uint8), classes=np.zeros(self.window, dtype=np.int16))

@@ -71,6 +71,7 @@ class OODState(Record):
 
 class OODSignal(Signal[OODState]):
     name = "ood"
+    STATE = OODState
     PARAMS = ("window", "alpha", "min_queries")
 
     def __init__(
@@ -186,9 +187,6 @@ class OODSignal(Signal[OODState]):
 
     def layout(self) -> str:
         return f"{super().layout()},w={self.window}"
-
-    def state_type(self) -> type[OODState]:
-        return OODState
 
     def new_state(self) -> OODState:
         w = self.window

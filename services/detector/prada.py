@@ -111,6 +111,7 @@ class PradaState(Record):
 
 class PradaSignal(Signal[PradaState]):
     name = "prada"
+    STATE = PradaState
     PARAMS = ("delta", "max_set_size", "window", "min_class_count", "min_distances", "outlier_sigma")
 
     def __init__(
@@ -229,9 +230,6 @@ class PradaSignal(Signal[PradaState]):
 
     def layout(self) -> str:
         return f"{super().layout()},K={self.max_set_size},w={self.window}"
-
-    def state_type(self) -> type[PradaState]:
-        return PradaState
 
     def new_state(self) -> PradaState:
         c, k, d = self.n_classes, self.max_set_size, self.n_features

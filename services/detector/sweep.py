@@ -92,6 +92,7 @@ class SweepState(Record):
 
 class SweepSignal(Signal[SweepState]):
     name = "sweep"
+    STATE = SweepState
     PARAMS = ("max_changed", "collinear_cos", "window", "coverage_window", "coverage_margin", "alpha", "min_pairs")
 
     def __init__(
@@ -190,9 +191,6 @@ class SweepSignal(Signal[SweepState]):
 
     def layout(self) -> str:
         return f"{super().layout()},w={self.window},cw={self.coverage_window}"
-
-    def state_type(self) -> type[SweepState]:
-        return SweepState
 
     def new_state(self) -> SweepState:
         d = self.n_features
