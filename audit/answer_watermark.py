@@ -183,8 +183,18 @@ class LabelProbes:
         return len(self.original_labels)
 
 
+class _Claim:
+    """The decision of a piece of evidence, from its ``claimed`` field (the subclasses are the dataclasses)."""
+
+    claimed: bool
+
+    @property
+    def decision(self) -> str:
+        return CLAIMED if self.claimed else NOT_CLAIMED
+
+
 @dataclass(frozen=True)
-class LabelEvidence:
+class LabelEvidence(_Claim):
     test: str
     n_classes: int
     null_rate: float  # 1/(k−1): P(match | disagreement) for a model independent of the key
@@ -194,10 +204,6 @@ class LabelEvidence:
     p_value: float
     alpha: float
     claimed: bool
-
-    @property
-    def decision(self) -> str:
-        return CLAIMED if self.claimed else NOT_CLAIMED
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -216,7 +222,7 @@ class LabelEvidence:
 
 
 @dataclass(frozen=True)
-class ProbabilityEvidence:
+class ProbabilityEvidence(_Claim):
     test: str
     n_probes: int
     n_null_keys: int
@@ -229,10 +235,6 @@ class ProbabilityEvidence:
     labels_only: bool  # the suspect gave labels, tested as one-hot probabilities
     alpha: float
     claimed: bool
-
-    @property
-    def decision(self) -> str:
-        return CLAIMED if self.claimed else NOT_CLAIMED
 
     def to_dict(self) -> dict[str, Any]:
         return {

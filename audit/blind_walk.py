@@ -51,6 +51,7 @@ import numpy as np
 
 from audit.configs import JsonConfig
 from audit.suspects.base import Suspect
+from audit.validation import clip_range
 
 FAMILIES = ("uniform", "gaussian", "laplace")
 PRIVATE, PUBLIC = 0, 1  # the "side" that, with the sample id and the seed, names a sample's directions
@@ -98,18 +99,14 @@ class BlindWalkConfig(JsonConfig):
     use_correctness: bool = True
 
     def __post_init__(self) -> None:
-        families = tuple(self.families)
-        object.__setattr__(self, "families", families)
-        if not families or len(set(families)) != len(families) or any(f not in FAMILIES for f in families):
-            raise ValueError(f"families must be distinct names from {FAMILIES}, got {families}")
+        self._require_distinct_names("families", FAMILIES)
         self._require_positive_ints("directions_per_family", "batch_size", "n_regressor", "n_revealed")
         self._require_int_in("bisection_steps", 0, 30)
         if not (math.isfinite(self.initial_step) and math.isfinite(self.max_distance)):
             raise ValueError("initial_step and max_distance must be finite")
         if not 0.0 < self.initial_step <= self.max_distance:
             raise ValueError(f"need 0 < initial_step <= max_distance, got {self.initial_step}, {self.max_distance}")
-        if self.clip and not self.input_low < self.input_high:
-            raise ValueError(f"clipping needs input_low < input_high, got {self.input_low}, {self.input_high}")
+        clip_range(self.clip, self.input_low, self.input_high)
         if not (math.isfinite(self.regressor_c) and self.regressor_c > 0):
             raise ValueError(f"regressor_c must be positive, got {self.regressor_c}")
         if isinstance(self.direction_seed, bool) or not isinstance(self.direction_seed, int) or self.direction_seed < 0:

@@ -33,6 +33,13 @@ class JsonConfig:
     def _require_int_in(self, name: str, low: int, high: int) -> None:
         int_in(name, getattr(self, name), low, high)
 
+    def _require_distinct_names(self, name: str, allowed: tuple[str, ...]) -> None:
+        """The field as a tuple (JSON gives a list) of distinct names, each one of ``allowed``, at least one."""
+        values = tuple(getattr(self, name))
+        object.__setattr__(self, name, values)  # frozen dataclass: __post_init__ normalises through object
+        if not values or len(set(values)) != len(values) or any(v not in allowed for v in values):
+            raise ValueError(f"{name} must be distinct names from {allowed}, got {values}")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Self:
         d = dict(d or {})

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from audit.configs import JsonConfig
+from audit.validation import clip_range
 
 if TYPE_CHECKING:  # torch is imported when a descent runs, so the config loads without it
     import torch
@@ -114,10 +115,7 @@ class MinGDConfig(JsonConfig):
     use_correctness: bool = True
 
     def __post_init__(self) -> None:
-        norms = tuple(self.norms)
-        object.__setattr__(self, "norms", norms)
-        if not norms or len(set(norms)) != len(norms) or any(n not in NORMS for n in norms):
-            raise ValueError(f"norms must be distinct names from {NORMS}, got {norms}")
+        self._require_distinct_names("norms", NORMS)
         for name in ("step_linf", "step_l2", "step_l1", "regressor_c"):
             value = getattr(self, name)
             number = isinstance(value, int | float) and not isinstance(value, bool)
@@ -125,8 +123,7 @@ class MinGDConfig(JsonConfig):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         self._require_positive_ints("l1_topk", "max_iter", "feature_ranks", "batch_size", "n_regressor", "n_revealed")
         self._require_int_in("refine_steps", 0, 30)
-        if self.clip and not self.input_low < self.input_high:
-            raise ValueError(f"clipping needs input_low < input_high, got {self.input_low}, {self.input_high}")
+        clip_range(self.clip, self.input_low, self.input_high)
         if self.num_classes is not None and (
             isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2
         ):

@@ -46,3 +46,9 @@ def unit_interval(name: str, value: Any, *, open_low: bool = True, open_high: bo
     if not (math.isfinite(v) and low_ok and high_ok):
         raise ValueError(f"{name} must lie in {'(' if open_low else '['}0, 1{')' if open_high else ']'}, got {v}")
     return v
+
+
+def clip_range(clip: bool, input_low: float, input_high: float) -> None:
+    """Clipping inputs to [input_low, input_high] needs input_low < input_high (unchecked when off)."""
+    if clip and not input_low < input_high:
+        raise ValueError(f"clipping needs input_low < input_high, got {input_low}, {input_high}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -40,6 +40,9 @@ GENERIC = {
 }
 
 
+T = TypeVar("T")
+
+
 class ProblemDetail(BaseModel):
     """An RFC 9457 problem: what the admin API answers on every error."""
 
@@ -57,6 +60,13 @@ class Problem(HTTPException):
     def __init__(self, status: int, slug: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(status, detail, headers=headers)
         self.slug = slug
+
+
+def found(value: T | None, what: str, ident: str) -> T:
+    """``value``, or a 404 ``{what}-not-found`` problem ("no {what} '{ident}'") when it is None."""
+    if value is None:
+        raise Problem(404, f"{what.replace(' ', '-')}-not-found", f"no {what} '{ident}'")
+    return value
 
 
 def problem_response(

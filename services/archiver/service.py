@@ -24,11 +24,13 @@ import time
 from typing import Any
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from services.core import keys
 from services.core.archive import SegmentWriter
+from services.core.metrics import counter, gauge
 from services.core.settings import Settings
+from services.core.streams import ensure_group, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +40,26 @@ HEAD_KEY = keys.ARCHIVE_HEAD
 
 class ArchiverMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.stream_entries = Gauge(
-            "modelcustody_querylog_stream_entries", "Entries in the query-log stream (XLEN).", registry=registry
+        r = registry
+        self.stream_entries = gauge(
+            r, "modelcustody_querylog_stream_entries", "Entries in the query-log stream (XLEN)."
         )
-        self.stream_bound = Gauge(
+        self.stream_bound = gauge(
+            r,
             "modelcustody_querylog_stream_bound_entries",
             "The gateways' approximate MAXLEN bound of the stream: entries beyond it are cut, archived or not.",
-            registry=registry,
         )
-        self.archived = Counter(
-            "modelcustody_archive_records_total", "Query-log records written to archive segments.", registry=registry
+        self.archived = counter(
+            r, "modelcustody_archive_records_total", "Query-log records written to archive segments."
         )
-        self.segments = Counter(
-            "modelcustody_archive_segments_total", "Archive segments written.", registry=registry
-        )
-        self.trimmed = Counter(
+        self.segments = counter(r, "modelcustody_archive_segments_total", "Archive segments written.")
+        self.trimmed = counter(
+            r,
             "modelcustody_archive_trimmed_records_total",
             "Stream entries trimmed after every consumer group had read them and the archive held them.",
-            registry=registry,
         )
-        self.last_segment = Gauge(
-            "modelcustody_archive_last_segment_timestamp_seconds", "When the last segment was written.",
-            registry=registry,
+        self.last_segment = gauge(
+            r, "modelcustody_archive_last_segment_timestamp_seconds", "When the last segment was written."
         )
 
 
@@ -86,11 +86,7 @@ class Archiver:
         metrics.stream_bound.set(settings.queries_stream_maxlen)
 
     def ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        ensure_group(self.r, self.stream, GROUP)
 
     def stop(self) -> None:
         self._stop.set()
@@ -118,12 +114,7 @@ class Archiver:
     def run(self) -> None:
         self.ensure_group()
         self.recover()
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.warning("Redis unavailable (%s); retrying", type(exc).__name__)
-                self._stop.wait(1.0)
+        run_steps(self.step, self._stop, log)
         self.flush()
 
     def step(self, block_ms: int = 1000) -> int:

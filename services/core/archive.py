@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from services.core.storage import replace_synced
+
 GENESIS = "0" * 64
 HEAD_FILE = "head.json"
 SEGMENT_NAME = re.compile(r"^segment-(\d{8})\.jsonl\.gz$")
@@ -74,12 +76,7 @@ class Head:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_synced(path.with_name(f".{path.name}.tmp"), path, data)
     _fsync_dir(path.parent)
 
 

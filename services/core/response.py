@@ -184,6 +184,16 @@ class PolicyConflict(Exception):
     """The change cannot be made as asked (already reverted, policy changed since, ...)."""
 
 
+def _watch_alert(pipe: redis.client.Pipeline, key: str, alert_id: str) -> Alert:
+    """WATCH the alert and the policies (a concurrent change to either retries the transaction), then read
+    the alert; KeyError when it does not exist."""
+    pipe.watch(key, POLICIES_KEY)
+    raw = pipe.get(key)
+    if raw is None:
+        raise KeyError(alert_id)
+    return Alert.from_json(raw)  # type: ignore[arg-type]
+
+
 def apply_enforcement(
     r: redis.Redis,
     alerts: AlertStore,
@@ -204,11 +214,7 @@ def apply_enforcement(
     with r.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(key, POLICIES_KEY)
-                raw = pipe.get(key)
-                if raw is None:
-                    raise KeyError(alert_id)
-                alert = Alert.from_json(raw)  # type: ignore[arg-type]
+                alert = _watch_alert(pipe, key, alert_id)
                 raw_policy = pipe.hget(POLICIES_KEY, alert.client_id)
                 before = OutputPolicy.from_dict(orjson.loads(raw_policy)) if raw_policy else OutputPolicy()  # type: ignore[arg-type]
                 after = before.tightened(OutputPolicy(**{**target.to_dict(), "reason": f"alert {alert.id}"}))
@@ -258,11 +264,7 @@ def revert_change(
     with r.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(key, POLICIES_KEY)
-                raw = pipe.get(key)
-                if raw is None:
-                    raise KeyError(alert_id)
-                alert = Alert.from_json(raw)  # type: ignore[arg-type]
+                alert = _watch_alert(pipe, key, alert_id)
                 change = next((c for c in alert.policy_changes if c["id"] == change_id), None)
                 if change is None:
                     raise KeyError(change_id)

@@ -30,13 +30,18 @@ def reports_dir(settings: Settings) -> Path:
 def write_atomic(path: Path, data: bytes) -> Path:
     """Write via a temporary file and rename: readers never see half a report."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    replace_synced(path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp"), path, data)
+    return path
+
+
+def replace_synced(tmp: Path, path: Path, data: bytes) -> None:
+    """Write ``data`` to ``tmp``, fsync it, then rename it onto ``path``: the rename never exposes a file
+    whose bytes are not on disk yet."""
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return path
 
 
 def store_content_addressed(tmp: Path, directory: Path, sha256: str) -> Path:

@@ -173,6 +173,8 @@ class Signal(ABC, Generic[S]):
     """Base class of every signal: a fitted baseline, validated parameters, per-client state as bytes."""
 
     name: ClassVar[str]
+    STATE: type[S]  # the class of a client's state (a class attribute of each signal)
+    PARAMS: ClassVar[tuple[str, ...]]  # the constructor keywords params() saves, each stored under its name
 
     def __init__(self, *, n_features: int, n_classes: int) -> None:
         self.n_features = positive_int("n_features", n_features)
@@ -205,8 +207,8 @@ class Signal(ABC, Generic[S]):
         self.update(state, X, outputs, labels, now=now)
         return self.evaluate(state, now=now)
 
-    @abstractmethod
-    def state_type(self) -> type[S]: ...
+    def state_type(self) -> type[S]:
+        return self.STATE
 
     def layout(self) -> str:
         """Everything that fixes the shapes in a state (checked when a state is read back)."""
@@ -222,9 +224,9 @@ class Signal(ABC, Generic[S]):
         return self.state_type().from_record(*parts[self.name])
 
     # ------------------------------------------------------------------ persistence of the baseline
-    @abstractmethod
     def params(self) -> dict[str, Any]:
-        """The constructor keywords (JSON-able), for saving."""
+        """The constructor keywords (JSON-able), for saving: the attributes named in ``PARAMS``."""
+        return {name: getattr(self, name) for name in self.PARAMS}
 
     @abstractmethod
     def baseline(self) -> Record:

@@ -74,6 +74,8 @@ class BoundaryState(Record):
 
 class BoundarySignal(Signal[BoundaryState]):
     name = "boundary"
+    STATE = BoundaryState
+    PARAMS = ("window", "alpha", "min_answers")
 
     def __init__(
         self,
@@ -153,17 +155,11 @@ class BoundarySignal(Signal[BoundaryState]):
             b = self._baseline
             b.rate_a, b.rate_b = cap_concentration(b.rate_a, b.rate_b, positive_float("concentration", concentration))
 
-    def params(self) -> dict[str, Any]:
-        return {"window": self.window, "alpha": self.alpha, "min_answers": self.min_answers}
-
     def baseline(self) -> BoundaryBaseline:
         return self._baseline
 
     def layout(self) -> str:
         return f"{super().layout()},w={self.window}"
-
-    def state_type(self) -> type[BoundaryState]:
-        return BoundaryState
 
     def new_state(self) -> BoundaryState:
         return BoundaryState(flags=np.zeros(self.window, dtype=np.uint8), classes=np.zeros(self.window, dtype=np.int16))

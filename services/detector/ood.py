@@ -71,6 +71,8 @@ class OODState(Record):
 
 class OODSignal(Signal[OODState]):
     name = "ood"
+    STATE = OODState
+    PARAMS = ("window", "alpha", "min_queries")
 
     def __init__(
         self,
@@ -180,17 +182,11 @@ class OODSignal(Signal[OODState]):
         elif kind == "extreme" and b.extreme > 0:
             b.xrate_a, b.xrate_b = cap_concentration(b.xrate_a, b.xrate_b, c)
 
-    def params(self) -> dict[str, Any]:
-        return {"window": self.window, "alpha": self.alpha, "min_queries": self.min_queries}
-
     def baseline(self) -> OODBaseline:
         return self._baseline
 
     def layout(self) -> str:
         return f"{super().layout()},w={self.window}"
-
-    def state_type(self) -> type[OODState]:
-        return OODState
 
     def new_state(self) -> OODState:
         w = self.window

@@ -111,6 +111,8 @@ class PradaState(Record):
 
 class PradaSignal(Signal[PradaState]):
     name = "prada"
+    STATE = PradaState
+    PARAMS = ("delta", "max_set_size", "window", "min_class_count", "min_distances", "outlier_sigma")
 
     def __init__(
         self,
@@ -223,24 +225,11 @@ class PradaSignal(Signal[PradaState]):
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "delta": self.delta,
-            "max_set_size": self.max_set_size,
-            "window": self.window,
-            "min_class_count": self.min_class_count,
-            "min_distances": self.min_distances,
-            "outlier_sigma": self.outlier_sigma,
-        }
-
     def baseline(self) -> PradaBaseline:
         return self._baseline
 
     def layout(self) -> str:
         return f"{super().layout()},K={self.max_set_size},w={self.window}"
-
-    def state_type(self) -> type[PradaState]:
-        return PradaState
 
     def new_state(self) -> PradaState:
         c, k, d = self.n_classes, self.max_set_size, self.n_features

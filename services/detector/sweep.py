@@ -92,6 +92,8 @@ class SweepState(Record):
 
 class SweepSignal(Signal[SweepState]):
     name = "sweep"
+    STATE = SweepState
+    PARAMS = ("max_changed", "collinear_cos", "window", "coverage_window", "coverage_margin", "alpha", "min_pairs")
 
     def __init__(
         self,
@@ -184,25 +186,11 @@ class SweepSignal(Signal[SweepState]):
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "max_changed": self.max_changed,
-            "collinear_cos": self.collinear_cos,
-            "window": self.window,
-            "coverage_window": self.coverage_window,
-            "coverage_margin": self.coverage_margin,
-            "alpha": self.alpha,
-            "min_pairs": self.min_pairs,
-        }
-
     def baseline(self) -> SweepBaseline:
         return self._baseline
 
     def layout(self) -> str:
         return f"{super().layout()},w={self.window},cw={self.coverage_window}"
-
-    def state_type(self) -> type[SweepState]:
-        return SweepState
 
     def new_state(self) -> SweepState:
         d = self.n_features

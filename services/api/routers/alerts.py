@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Query
 
 from services.api.deps import OperatorDep, ReaderDep, RedisDep, SettingsDep
-from services.api.problems import Problem, errors
+from services.api.problems import Problem, errors, found
 from services.api.schemas import Alert, AlertAction, AlertPage
 from services.core import keys
 from services.core.alerts import Alert as AlertRecord
@@ -87,10 +87,7 @@ def list_alerts(
 
 @router.get("/{alert_id}", response_model=Alert, responses=errors(404))
 def read_alert(alert_id: str, r: RedisDep, settings: SettingsDep, _: ReaderDep) -> Alert:
-    alert = _store(r, settings).get(alert_id)
-    if alert is None:
-        raise Problem(404, "alert-not-found", f"no alert '{alert_id}'")
-    return Alert(**alert.__dict__)
+    return Alert(**found(_store(r, settings).get(alert_id), "alert", alert_id).__dict__)
 
 
 def _transition(alert_id: str, to: Any, actor: str, body: AlertAction | None, r: Any, settings: Any) -> Alert:

@@ -23,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 
 from services.api.deps import AuditorDep, CeleryDep, ReaderDep, RedisDep, SettingsDep
-from services.api.problems import Problem, errors
+from services.api.problems import Problem, errors, found
 from services.api.schemas import Audit
 from services.api.uploads import (
     StoredFile,
@@ -84,9 +84,7 @@ def _normalise(method: str | None, params: Any) -> dict[str, Any]:
 def _check_protected(r: Any, protected_id: str | None, method: str) -> None:
     if not protected_id:
         raise HTTPException(422, "missing 'protected_model' (the id of a registered protected model)")
-    record = ProtectedIndex(r).get(protected_id)
-    if record is None:
-        raise Problem(404, "protected-model-not-found", f"no protected model '{protected_id}'")
+    record = found(ProtectedIndex(r).get(protected_id), "protected model", protected_id)
     if record.status != "ready":
         raise Problem(409, "protected-model-not-ready",
                       f"protected model '{protected_id}' is {record.status}, not ready")
@@ -245,10 +243,7 @@ def list_audits(
 
 
 def get_record(r: Any, audit_id: str) -> AuditRecord:
-    record = AuditStore(r).get(audit_id)
-    if record is None:
-        raise Problem(404, "audit-not-found", f"no audit '{audit_id}'")
-    return record
+    return found(AuditStore(r).get(audit_id), "audit", audit_id)
 
 
 @router.get("/{audit_id}", response_model=Audit, responses=errors(404))

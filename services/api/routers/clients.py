@@ -12,7 +12,7 @@ import orjson
 from fastapi import APIRouter, Query, Response
 
 from services.api.deps import OperatorDep, ReaderDep, RedisDep
-from services.api.problems import Problem, errors
+from services.api.problems import Problem, errors, found
 from services.api.schemas import Client, ClientCreate, ClientWithKey, Policy, PolicyChange, Risk, Usage
 from services.core import keys
 from services.core.clients import POLICY_HISTORY_MAX, ClientInfo, ClientRegistry
@@ -27,10 +27,7 @@ def _client(reg: ClientRegistry, info: ClientInfo) -> Client:
 
 
 def _existing(reg: ClientRegistry, client_id: str) -> ClientInfo:
-    info = reg.get(client_id)
-    if info is None:
-        raise Problem(404, "client-not-found", f"no client '{client_id}'")
-    return info
+    return found(reg.get(client_id), "client", client_id)
 
 
 def _policy(body: Policy) -> OutputPolicy:

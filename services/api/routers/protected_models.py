@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from services.api.deps import AdminDep, CeleryDep, RedisDep, SettingsDep
-from services.api.problems import Problem, errors
+from services.api.problems import errors, found
 from services.api.schemas import ProtectedModel
 from services.api.uploads import StoredFile, form_file, form_json, form_text, read_form, store_upload
 from services.core.protected import ProtectedIndex, ProtectedRecord, new_protected_id
@@ -172,10 +172,7 @@ def list_protected_models(r: RedisDep, _: AdminDep, limit: int = Query(100, ge=1
 
 
 def _get(r: Any, protected_id: str) -> ProtectedRecord:
-    record = ProtectedIndex(r).get(protected_id)
-    if record is None:
-        raise Problem(404, "protected-model-not-found", f"no protected model '{protected_id}'")
-    return record
+    return found(ProtectedIndex(r).get(protected_id), "protected model", protected_id)
 
 
 @router.get("/{protected_id}", response_model=ProtectedModel, responses=errors(404))

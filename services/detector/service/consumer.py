@@ -53,6 +53,7 @@ from services.core.protocols import FLOAT32_MAX
 from services.core.records import QueryRecord
 from services.core.response import ResponseConfig, TierStore, apply_enforcement, decide, enforcement_reverted
 from services.core.settings import Settings
+from services.core.streams import ensure_group, run_steps
 from services.detector.engine import Assessment, ClientState
 from services.detector.service.metrics import DetectorMetrics
 from services.detector.service.runtime import EngineSet
@@ -125,12 +126,8 @@ class DetectorWorker:
 
     # ------------------------------------------------------------------ lifecycle
     def ensure_group(self) -> None:
-        try:
-            # From the start of the stream: a detector deployed later still analyses earlier queries.
-            self.r.xgroup_create(self.config.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        # From the start of the stream: a detector deployed later still analyses earlier queries.
+        ensure_group(self.r, self.config.stream, GROUP)
 
     def stop(self) -> None:
         self._stop.set()
@@ -138,12 +135,7 @@ class DetectorWorker:
     def run(self) -> None:
         self.ensure_group()
         log.info("detector %s consuming %s", self.consumer, self.config.stream)
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.warning("Redis unavailable (%s); retrying", type(exc).__name__)
-                self._stop.wait(1.0)
+        run_steps(self.step, self._stop, log)
 
     def step(self) -> int:
         """Reclaim stale entries if due, read one batch, analyse and commit it. Returns entries handled."""
