@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,33 +30,12 @@ def _ask(base: str, key: str, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture()
-def softmax_upstream(tmp_path: Path) -> Iterator[Server]:
-    """A real HTTP classifier that starts in about a second (the demo model server trains three models first)."""
+def model_server(tmp_path: Path) -> Iterator[Server]:
+    """Overrides the conftest's upstream for ``start_gateway``: a real HTTP classifier that starts in about a
+    second (the demo model server trains three models first). Each gateway here names its own instance id."""
     server = start_server("tests.utils.upstreams:create_softmax_app", {}, tmp_path / "logs", "softmax")
     yield server
     server.stop()
-
-
-@pytest.fixture()
-def start_gateway(tmp_path: Path, redis_url: str, softmax_upstream: Server) -> Iterator[Callable[..., Server]]:
-    """Gateways in front of the fast upstream, sharing one data dir (as instances of one deployment do)."""
-    started: list[Server] = []
-
-    def _start(**overrides: str) -> Server:
-        env = {
-            "MODELCUSTODY_ENV": "test",
-            "MODELCUSTODY_REDIS_URL": redis_url,
-            "MODELCUSTODY_DATA_DIR": str(tmp_path / "data"),
-            "MODELCUSTODY_GATEWAY_UPSTREAM_URL": softmax_upstream.url,
-            "MODELCUSTODY_GATEWAY_CLIENT_REFRESH_S": "0.2",
-            **overrides,
-        }
-        started.append(start_server("services.gateway.app:create_app", env, tmp_path / "logs", "gateway"))
-        return started[-1]
-
-    yield _start
-    for server in started:
-        server.stop()
 
 
 def test_two_gateways_serve_the_same_marked_answers_and_log_the_mark(
