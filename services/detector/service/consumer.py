@@ -69,22 +69,27 @@ LEVEL_ORDER = ("low", "medium", "high")
 LAG_COUNT_CAP = 10_000  # without Redis 7's lag field, lag is counted and shown as at most this
 
 
+def _default(name: str) -> Any:
+    """A default of ``Settings`` (defaults live there only; the service passes the configured values)."""
+    return field(default_factory=lambda: getattr(Settings.model_construct(), name))
+
+
 @dataclass
 class DetectorConfig:
     stream: str = keys.QUERIES_STREAM
     consumer: str = ""
-    batch_max: int = 2000
+    batch_max: int = _default("detector_batch_max")
     block_ms: int = 500
     # An entry unacknowledged this long belongs to a detector that died or hangs: take it over.
-    reclaim_idle_s: float = 10.0
+    reclaim_idle_s: float = _default("detector_reclaim_idle_s")
     # How the detector responds to a detection (services/core/response.py); defaults from the settings.
     response: ResponseConfig = field(default_factory=lambda: ResponseConfig.from_settings(Settings.model_construct()))
     # Overrides ``response.enforce_on`` when set: "" never enforces (benchmarks), "medium" or "high".
     tighten_on: str | None = None
-    max_models_per_client: int = 8  # see Settings.detector_max_models_per_client
+    max_models_per_client: int = _default("detector_max_models_per_client")
     # Decoded client states kept between batches (~100 kB each for 64 features): a hit skips reading and
     # decoding the state, when no other detector changed it since (checked by a version token).
-    state_cache_clients: int = 1000
+    state_cache_clients: int = _default("detector_state_cache_clients")
 
     def __post_init__(self) -> None:
         if self.tighten_on is not None:
