@@ -31,7 +31,7 @@ from services.core.alerts import AlertStore
 from services.core.clients import ClientRegistry
 from services.core.protocols import Protocol, encode_request, oip_request, request_path
 from services.core.records import QueryRecord
-from services.demo.model_server.models import DigitsSplit, digits_split, holdout_halves, train_model
+from services.demo.model_server.models import ServingSplit, digits_split, holdout_halves, train_model
 from services.demo.processes import (
     ManagedProcess,
     PrivateRedis,
@@ -241,7 +241,7 @@ def run_demo(rows_per_client: int = 300, attack_budget: int = 1200) -> int:
 
 
 def run_attacker(
-    gateway_url: str, key: str, x_traffic: np.ndarray, x_test: np.ndarray, split: DigitsSplit, budget: int
+    gateway_url: str, key: str, x_traffic: np.ndarray, x_test: np.ndarray, split: ServingSplit, budget: int
 ) -> tuple[int, float, str | None]:
     """Papernot's JBDA through the gateway: 100 natural seeds, then Jacobian-augmented synthetic points.
 

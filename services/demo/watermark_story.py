@@ -39,7 +39,7 @@ from audit.signing import (
 )
 from audit.suspects.base import CallableSuspect
 from services.core.settings import Settings
-from services.demo.model_server.models import DigitsSplit, train_model
+from services.demo.model_server.models import ServingSplit, train_model
 from services.demo.redteam import Domain, Knockoff, OracleError
 from services.demo.redteam.http_oracle import GatewayOracle, OracleRefused
 from workers.api_watermark import read_logged_answers
@@ -93,7 +93,7 @@ def audit_and_sign(
     stream: str,
     thief: str,
     copy: Any,
-    split: DigitsSplit,
+    split: ServingSplit,
     x_test: np.ndarray,
     x_independent: np.ndarray,
     y_independent: np.ndarray,

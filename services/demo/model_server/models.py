@@ -21,22 +21,26 @@ DIGITS_MAX = 16.0  # pixel intensities in load_digits are integers 0..16
 
 
 @dataclass(frozen=True)
-class DigitsSplit:
+class ServingSplit:
+    """The demo model server's split of raw digits (pixels 0..16): the owner's private training half and the
+    holdout benign users and attackers draw from. (``audit.data.DigitsSplit`` is another split: scaled to
+    [0, 1], owner / pool / test, for the ownership audits' experiments.)"""
+
     x_private: np.ndarray  # the owner's training data
     y_private: np.ndarray
     x_holdout: np.ndarray  # same distribution, never used for training (benign users, test data)
     y_holdout: np.ndarray
 
 
-def digits_split(seed: int = 0, private_fraction: float = 0.5) -> DigitsSplit:
+def digits_split(seed: int = 0, private_fraction: float = 0.5) -> ServingSplit:
     x, y = load_digits(return_X_y=True)
     xp, xh, yp, yh = train_test_split(
         x.astype(np.float64), y, train_size=private_fraction, random_state=seed, stratify=y
     )
-    return DigitsSplit(xp, yp, xh, yh)
+    return ServingSplit(xp, yp, xh, yh)
 
 
-def holdout_halves(split: DigitsSplit, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def holdout_halves(split: ServingSplit, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The holdout cut in two stratified halves: (x_reference, y_reference, x_traffic, y_traffic).
 
     The *reference* half is the owner's benign reference data: the detector's baselines are fitted on it, and
@@ -54,7 +58,7 @@ def _scale(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64) / DIGITS_MAX
 
 
-def train_model(kind: str, split: DigitsSplit, seed: int = 0) -> Pipeline:
+def train_model(kind: str, split: ServingSplit, seed: int = 0) -> Pipeline:
     """A fitted pipeline taking raw digits features (0..16) and giving class probabilities."""
     if kind == "mlp":
         # One hidden layer of 64: ~0.97 holdout accuracy, trains in ~1 s on one core.
