@@ -29,14 +29,11 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from audit.suspects.base import BudgetExceeded  # one error for "more queries than the budget"
 from audit.validation import positive_int
 
 Oracle = Callable[[np.ndarray], np.ndarray]
 AnswerKind = Literal["labels", "probabilities"]
-
-
-class BudgetExceeded(RuntimeError):
-    """An attack asked for more queries than its budget; a bug in the attack, never expected."""
 
 
 class OracleError(ValueError):
