@@ -18,6 +18,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -69,6 +70,19 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 # ``content-type`` is set from the validated value, ``x-request-id`` and ``x-forwarded-for`` by the gateway.
 FORWARD_HEADERS = frozenset({b"accept", b"user-agent", b"traceparent", b"tracestate"})
 
+
+
+@dataclass(slots=True)
+class _Admitted:
+    """A request that passed every check, with what forwarding and logging it need."""
+
+    client_id: str
+    request_id: str
+    received_at: float
+    body: bytes
+    rows: np.ndarray
+    policy: Any
+    headers: dict[str, str]  # to the upstream: allow-listed, plus content type and request id
 
 class Gateway:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
@@ -192,7 +206,40 @@ class Gateway:
     async def _proxy_inner(
         self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, model: str, upstream_path: str
     ) -> int:
+        """Admit the request, forward it, answer, log: each step answers the client itself when it refuses."""
         assert self.session is not None and self.clients is not None and self.querylog is not None
+        request = await self._admit(scope, receive, send, protocol, model)
+        if isinstance(request, int):
+            return request
+        upstream = await self._forward(scope, send, request, upstream_path)
+        if isinstance(upstream, int):
+            return upstream
+        up_status, up_body, up_headers, upstream_s = upstream
+        self.metrics.upstream_duration.labels(protocol).observe(upstream_s)
+        outputs: np.ndarray | None = None
+        kind: OutputKind = "none"
+        policy_name = "none"
+        marks: list[str] | None = None
+        if up_status == 200:
+            outputs, kind, up_body, policy_name, marks = self._outputs(up_body, protocol, request.rows, request.policy)
+        await _respond(send, up_status, up_body, up_headers)
+        self.metrics.rows.inc(len(request.rows))
+        # Only answered queries teach the client something; errors are counted, not logged as queries.
+        if up_status == 200:
+            self.querylog.offer(
+                AnsweredRequest(
+                    request.received_at, request.client_id, model, protocol, request.request_id, request.rows,
+                    outputs, kind, up_status, upstream_s, policy_name, marks,
+                )
+            )
+        return up_status
+
+    async def _admit(
+        self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, model: str
+    ) -> _Admitted | int:
+        """Headers (declared length 413) → API key (401) → content type (415) → body (413) → rows (400) →
+        policy (403, 429) → room in the query log (503). The admitted request, or the status already sent."""
+        assert self.clients is not None and self.querylog is not None
         s = self.settings
         headers = scope["headers"]
         api_key = content_type = request_id = None
@@ -228,19 +275,7 @@ class Gateway:
         if body is None:
             return await _error(send, 413, f"request body over the limit of {s.gateway_max_body_bytes} bytes")
         try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return await _error(send, 400, f"malformed JSON ({exc.msg}; NaN and Infinity are not valid JSON)")
-        try:
-            if protocol == "oip-v2":
-                rows = protocols.oip_rows(parsed, s.gateway_input_dim)
-            elif protocol == "kserve-v1":
-                rows = protocols.kserve_rows(parsed, s.gateway_input_dim)
-            else:
-                rows = protocols.generic_rows(parsed, s.gateway_generic_input_path, s.gateway_input_dim)
-            input_range = s.gateway_input_ranges.get(model) or s.gateway_input_ranges.get("*")
-            if input_range is not None:
-                protocols.check_range(rows, input_range[0], input_range[1], model)
+            rows = self._rows(body, protocol, model)
         except protocols.BadRequest as exc:
             return await _error(send, 400, str(exc))
         n = len(rows)
@@ -253,50 +288,55 @@ class Gateway:
             return await _error(send, 429, refusal)
         if not self.querylog.has_room(n) and not s.gateway_log_fail_open:
             return await _error(send, 503, "query log buffer full; retry later", [(b"retry-after", b"1")])
-
         if request_id is None:
             request_id = f"{self.instance}-{next(self._request_ids)}"
         allowed = self.forward_headers - connection_named
         fwd_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in allowed}
         fwd_headers["content-type"] = content_type.decode("latin-1")
         fwd_headers["x-request-id"] = request_id
+        return _Admitted(client_id, request_id, now, body, rows, policy, fwd_headers)
+
+    def _rows(self, body: bytes, protocol: Protocol, model: str) -> np.ndarray:
+        """The request's rows, validated (``protocols.BadRequest`` with the reason)."""
+        s = self.settings
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise protocols.BadRequest(f"malformed JSON ({exc.msg}; NaN and Infinity are not valid JSON)") from None
+        if protocol == "oip-v2":
+            rows = protocols.oip_rows(parsed, s.gateway_input_dim)
+        elif protocol == "kserve-v1":
+            rows = protocols.kserve_rows(parsed, s.gateway_input_dim)
+        else:
+            rows = protocols.generic_rows(parsed, s.gateway_generic_input_path, s.gateway_input_dim)
+        input_range = s.gateway_input_ranges.get(model) or s.gateway_input_ranges.get("*")
+        if input_range is not None:
+            protocols.check_range(rows, input_range[0], input_range[1], model)
+        return rows
+
+    async def _forward(
+        self, scope: Scope, send: Send, request: _Admitted, upstream_path: str
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], float] | int:
+        """The upstream's (status, body, headers, seconds), or the 502/504 already sent."""
+        assert self.session is not None
+        headers = request.headers
         client_addr = scope.get("client")
         if client_addr:  # the peer this gateway saw; a client's own X-Forwarded-For is never passed on
-            fwd_headers["x-forwarded-for"] = client_addr[0]
+            headers["x-forwarded-for"] = client_addr[0]
         # Written from the parsed route, never the client's raw path (services/gateway/routing.py).
         url = self.upstream + upstream_path
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
         t_up = time.perf_counter()
         try:
-            async with self.session.post(url, data=body, headers=fwd_headers) as resp:
+            async with self.session.post(url, data=request.body, headers=headers) as resp:
                 up_body = await resp.read()
-                up_status = resp.status
                 up_headers = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP_BY_HOP]
+                return resp.status, up_body, up_headers, time.perf_counter() - t_up
         except TimeoutError:
             return await _error(send, 504, "upstream model API timed out")
         except aiohttp.ClientError as exc:
             return await _error(send, 502, f"upstream model API unreachable ({type(exc).__name__})")
-        upstream_s = time.perf_counter() - t_up
-        self.metrics.upstream_duration.labels(protocol).observe(upstream_s)
-
-        outputs: np.ndarray | None = None
-        kind: OutputKind = "none"
-        policy_name = "none"
-        marks: list[str] | None = None
-        if up_status == 200:
-            outputs, kind, up_body, policy_name, marks = self._outputs(up_body, protocol, rows, policy)
-        await _respond(send, up_status, up_body, up_headers)
-        self.metrics.rows.inc(n)
-        # Only answered queries teach the client something; errors are counted, not logged as queries.
-        if up_status == 200:
-            self.querylog.offer(
-                AnsweredRequest(
-                    now, client_id, model, protocol, request_id, rows, outputs, kind, up_status, upstream_s,
-                    policy_name, marks,
-                )
-            )
-        return up_status
 
     def _outputs(
         self, up_body: bytes, protocol: Protocol, rows: np.ndarray, policy: Any
