@@ -126,6 +126,11 @@ def stack(redis_server: PrivateRedis, tmp_path_factory: pytest.TempPathFactory) 
         "MODELCUSTODY_WORKER_METRICS_PORT": str(metrics_port),
         "MODELCUSTODY_AUDIT_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024),
         "OMP_NUM_THREADS": "1",  # two cores shared by the API, the worker, the upstream and the test
+        # One answer-watermark key and share for the gateway and the worker (a deployment shares them): a fixed
+        # key keeps the api_watermark test's marked rows the same from run to run. 5 %, not the default 1 %:
+        # the thief's pool there is only ~450 digits.
+        "MODELCUSTODY_ANSWER_WATERMARK_SECRET": "e2e-answer-watermark-key-0123456789abcdef",
+        "MODELCUSTODY_ANSWER_WATERMARK_LABEL_SHARE": "0.05",
     }
     # The key lives outside the data directory the API and the worker see, and only the signer is told where.
     signer_token, signing_key = secrets.token_urlsafe(24), base / "signer-keys" / "signing_ed25519.pem"
@@ -428,8 +433,8 @@ def test_api_watermark_claims_a_copy_trained_on_gateway_answers_and_not_an_indep
 ) -> None:
     """The owner's model behind a real gateway; a thief on a label-only policy copies it from the answers;
     ``api_watermark`` (the worker reads the thief's rows from the query log) claims the copy in a signed
-    report and does not claim the independent model. The gateway and the worker share the data dir, hence
-    the dev secret. A 5 % label share (not the default 1 %): the thief's pool is only ~450 digits."""
+    report and does not claim the independent model. The gateway and the worker share the stack's watermark
+    key and label share (5 %, see the stack's environment)."""
     from audit.architectures import save_model
     from audit.data import split_digits
     from audit.watermark_embed import WatermarkEmbedder
@@ -442,8 +447,7 @@ def test_api_watermark_claims_a_copy_trained_on_gateway_answers_and_not_an_indep
                             stack.log_dir, "owner-upstream")
     gateway = start_server("services.gateway.app:create_app",
                            {**stack.env, "MODELCUSTODY_GATEWAY_UPSTREAM_URL": upstream.url,
-                            "MODELCUSTODY_GATEWAY_INSTANCE_ID": "gw-audit",
-                            "MODELCUSTODY_ANSWER_WATERMARK_LABEL_SHARE": "0.05"},
+                            "MODELCUSTODY_GATEWAY_INSTANCE_ID": "gw-audit"},
                            stack.log_dir, "gateway")
     try:
         registry = ClientRegistry(redis.Redis.from_url(stack.env["MODELCUSTODY_REDIS_URL"]))
