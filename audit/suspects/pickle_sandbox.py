@@ -167,6 +167,9 @@ def _bwrap_args() -> list[str]:
         elif system.is_dir():
             args += ["--ro-bind", str(system), str(system)]
             bound.append(str(system))
+    # An empty /tmp first: the interpreter's directories are bound after it, so a virtualenv that lives under
+    # /tmp (a CI checkout in a temporary directory) stays visible on top of the empty tmpfs.
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     # The interpreter and its packages (a virtualenv, pyenv or /usr/local build): read-only, nothing beside them.
     python_dirs = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
     python_dirs |= {sys.prefix, os.path.dirname(os.path.realpath(sys.executable))}
@@ -174,7 +177,7 @@ def _bwrap_args() -> list[str]:
         if not any(path == b or path.startswith(b + "/") for b in bound):
             args += ["--ro-bind", path, path]
             bound.append(path)
-    return [*args, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    return [*args, "--chdir", "/tmp"]
 
 
 @lru_cache(maxsize=1)
