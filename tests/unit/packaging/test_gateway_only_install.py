@@ -10,6 +10,7 @@ checkout, no extras, into a fresh venv (~20 s with pip's cache), whose ``modelcu
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -101,11 +102,16 @@ def test_a_fresh_venv_without_extras_serves_the_gateway(redis_url: str, tmp_path
     """The real thing, no blocker: ``pip install <repo>`` (no extras) into a new virtualenv, then the installed
     ``modelcustody serve gateway`` answers /healthz, and torch, scikit-learn and scipy are not importable there.
     About 30 s with pip's cache (docs/operations.md)."""
+    source = tmp_path / "source"  # pip builds in the source tree: a copy keeps build/ out of the checkout
+    for name in ("services", "workers", "audit"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-input", "--disable-pip-version-check", str(REPO)],
+        [str(python), "-m", "pip", "install", "-q", "--no-input", "--disable-pip-version-check", str(source)],
         capture_output=True, text=True, timeout=480, env={**os.environ, "PIP_NO_INPUT": "1"},
     )
     assert install.returncode == 0, install.stderr[-3000:]
