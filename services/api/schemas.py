@@ -201,3 +201,16 @@ class PublicKey(BaseModel):
 class Whoami(BaseModel):
     name: str
     scope: Literal["read", "auditor", "operator"]
+
+
+class Verification(BaseModel):
+    """What ``POST /v1/reports/verify`` found: valid or not, and for a valid statement what it says."""
+
+    valid: bool
+    kind: Literal["audit", "compliance", "registration"] = Field(description="the predicate type asked for")
+    keyid: str = Field(description="the service key the signature was checked against")
+    error: str | None = Field(default=None, description="why the statement is not valid")
+    predicate_type: str | None = None
+    subject: list[dict[str, Any]] | None = None
+    decision: str | None = None
+    method: str | None = None

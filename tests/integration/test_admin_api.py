@@ -283,11 +283,10 @@ def test_openapi_names_every_response_model_and_the_security_scheme(api: Server)
     schemas = spec["components"]["schemas"]
     assert {"ProblemDetail", "Client", "ClientWithKey", "Policy", "Alert", "AlertPage", "Audit", "Usage",
             "DeadLetterPage", "Health"} <= set(schemas)
-    # Files served as stored bytes (signed envelopes, HTML, the metrics exposition) have no model; report
-    # verification still answers a free-form object (services/api/routers/reports.py).
+    # Files served as stored bytes (signed envelopes, HTML, the metrics exposition) have no model.
     untyped_ok = {("get", "/metrics"), ("get", "/v1/audits/{audit_id}/report"),
                   ("get", "/v1/protected-models/{protected_id}/registration"),
-                  ("get", "/v1/reports/compliance/{name}"), ("post", "/v1/reports/verify")}
+                  ("get", "/v1/reports/compliance/{name}")}
     missing = []
     for path, ops in spec["paths"].items():
         for method, op in ops.items():

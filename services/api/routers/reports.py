@@ -14,6 +14,7 @@ from services.api.deps import AdminDep, RedisDep, SettingsDep
 from services.api.ratelimit import TokenBucket
 from services.api.routers.audits import get_record
 from services.api.routers.keys import public_key_bytes
+from services.api.schemas import Verification
 from services.api.uploads import read_body
 from services.core.settings import Settings
 from services.core.storage import reports_dir
@@ -60,7 +61,7 @@ def _verify_limiter(request: Request, settings: Settings) -> TokenBucket:
     return limiter
 
 
-@router.post("/v1/reports/verify")
+@router.post("/v1/reports/verify", response_model=Verification, response_model_exclude_none=True)
 async def verify_report(
     request: Request, settings: SettingsDep, kind: Literal["audit", "compliance", "registration"] = "audit"
 ) -> dict[str, Any]:
