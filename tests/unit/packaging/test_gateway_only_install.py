@@ -16,6 +16,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -66,6 +67,24 @@ def _run_cli(argv: list[str], env: dict[str, str], **kwargs: object) -> subproce
     return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, **kwargs)  # type: ignore[call-overload]
 
 
+def _assert_healthy(proc: subprocess.Popen[bytes], port: int, log: Any, log_path: Path) -> None:
+    """The gateway answers /healthz with 200 within 60 s (else the log's tail); then it is stopped."""
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert status == 200, log_path.read_text()[-3000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
 def test_the_blocker_really_blocks() -> None:
     """Without this, a typo in the blocker would make the serve test below pass vacuously."""
     code = BLOCKER.format(heavy=HEAVY, argv=["--help"]).replace("from services.cli import app\napp()", "import torch")
@@ -80,20 +99,7 @@ def test_serve_gateway_without_the_ml_stack(redis_url: str, tmp_path: Path) -> N
            "MODELCUSTODY_DATA_DIR": str(tmp_path), "MODELCUSTODY_GATEWAY_INSTANCE_ID": "gw-light"}
     log = (tmp_path / "gateway.log").open("wb")
     proc = _run_cli(["serve", "gateway", "--port", str(port)], env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        assert status == 200, (tmp_path / "gateway.log").read_text()[-3000:]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    _assert_healthy(proc, port, log, tmp_path / "gateway.log")
 
 
 @pytest.mark.slow
@@ -125,17 +131,4 @@ def test_a_fresh_venv_without_extras_serves_the_gateway(redis_url: str, tmp_path
     log = (tmp_path / "gateway.log").open("wb")
     proc = subprocess.Popen([str(venv / "bin" / "modelcustody"), "serve", "gateway", "--port", str(port)],
                             env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        assert status == 200, (tmp_path / "gateway.log").read_text()[-3000:]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    _assert_healthy(proc, port, log, tmp_path / "gateway.log")
