@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit.configs import JsonConfig
+from audit.configs import DatasetInferenceFields
 from audit.suspects.base import Suspect
 from audit.validation import clip_range
 
@@ -58,7 +58,7 @@ PRIVATE, PUBLIC = 0, 1  # the "side" that, with the sample id and the seed, name
 
 
 @dataclass(frozen=True)
-class BlindWalkConfig(JsonConfig):
+class BlindWalkConfig(DatasetInferenceFields):
     """Every parameter of a Blind Walk dataset-inference audit. Defaults are for digits in [0, 1]^64, and why:
 
     - ``directions_per_family`` 10 × three families = 30 walks per sample: the official code's 10 per norm.
@@ -69,15 +69,9 @@ class BlindWalkConfig(JsonConfig):
       smallest flip distances measured (~0.2); 0.05·2^8 < 16 gives 10 exponential probes at most.
     - ``bisection_steps`` 6: the flip is then known to 1/128 of its distance (bracket [t/2, t] halved 6
       times), finer than the spread between models, for 16 queries per uncensored walk at most.
-    - ``clip`` False (``input_low``/``input_high`` 0/1 apply when it is on): see the module docstring.
-    - ``n_regressor`` 100 and ``n_revealed`` 150 samples per side: the regressor's training set (it has only a
-      handful of weights) and the most samples an audit can reveal (m); power grows like √m, and digits' public
-      split (450 rows) holds both. With less data each part gets half of what there is.
-    - ``regressor_c`` 0.1: L2 strength of the non-negative logistic regression; 0.1 vs 1.0 moved the owner's
-      mean t by < 0.1.
-    - ``use_correctness`` True: whether the suspect labels x correctly, beside the distances (see
-      ``audit.dataset_inference``).
-    - ``batch_size`` 8192 rows per ``labels()`` call: ~2 MB of float32 per request to an HTTP suspect.
+    - ``clip`` False (``input_low``/``input_high`` apply when it is on): see the module docstring.
+    - ``input_low``, ``input_high``, ``batch_size`` (rows per ``labels()`` call) and the regressor's fields:
+      ``DatasetInferenceFields``.
     """
 
     LABEL = "Blind Walk"
@@ -89,26 +83,18 @@ class BlindWalkConfig(JsonConfig):
     max_distance: float = 16.0
     bisection_steps: int = 6
     clip: bool = False
-    input_low: float = 0.0
-    input_high: float = 1.0
     direction_seed: int = 0
-    batch_size: int = 8192
-    n_regressor: int = 100
-    n_revealed: int = 150
-    regressor_c: float = 0.1
-    use_correctness: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._require_distinct_names("families", FAMILIES)
-        self._require_positive_ints("directions_per_family", "batch_size", "n_regressor", "n_revealed")
+        self._require_positive_ints("directions_per_family")
         self._require_int_in("bisection_steps", 0, 30)
         if not (math.isfinite(self.initial_step) and math.isfinite(self.max_distance)):
             raise ValueError("initial_step and max_distance must be finite")
         if not 0.0 < self.initial_step <= self.max_distance:
             raise ValueError(f"need 0 < initial_step <= max_distance, got {self.initial_step}, {self.max_distance}")
         clip_range(self.clip, self.input_low, self.input_high)
-        if not (math.isfinite(self.regressor_c) and self.regressor_c > 0):
-            raise ValueError(f"regressor_c must be positive, got {self.regressor_c}")
         if isinstance(self.direction_seed, bool) or not isinstance(self.direction_seed, int) or self.direction_seed < 0:
             raise ValueError(f"direction_seed must be a non-negative integer, got {self.direction_seed!r}")
 

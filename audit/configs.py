@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Self
 
-from audit.validation import int_in, positive_int
+from audit.validation import int_in, positive_float, positive_int
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening) — every long computation takes one
 
@@ -60,3 +60,37 @@ class JsonConfig:
         if isinstance(config, Mapping):
             return cls.from_dict(config)
         raise ValueError(f"config must be a {cls.__name__} or a dict, got {type(config).__name__}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetInferenceFields(JsonConfig):
+    """The fields both dataset-inference embeddings' configs share (``BlindWalkConfig``, ``MinGDConfig``):
+    dataset inference runs the same regressor and test on either embedding. Defaults are for digits in
+    [0, 1]^64, and why:
+
+    - ``input_low``/``input_high`` 0/1: the input box probes are clipped to when the config's ``clip`` is on.
+    - ``batch_size`` 8192 rows per model call: one ``labels()`` call of the Blind Walk (~2 MB of float32 per
+      request to an HTTP suspect) or one forward/backward pass of MinGD (a few MB of activations for an MLP).
+    - ``n_regressor`` 100 and ``n_revealed`` 150 samples per side: the regressor's training set (it has only a
+      handful of weights) and the most samples an audit can reveal (m); power grows like √m, and digits' public
+      split (450 rows) holds both. With less data each part gets half of what there is.
+    - ``regressor_c`` 0.1: L2 strength of the non-negative logistic regression; 0.1 vs 1.0 moved the owner's
+      mean t by < 0.1.
+    - ``use_correctness`` True: whether the suspect labels x correctly, beside the distances (see
+      ``audit.dataset_inference``).
+
+    Keyword-only: a base dataclass's fields come first, and these would otherwise take the front of each
+    config's positional order.
+    """
+
+    input_low: float = 0.0
+    input_high: float = 1.0
+    batch_size: int = 8192
+    n_regressor: int = 100
+    n_revealed: int = 150
+    regressor_c: float = 0.1
+    use_correctness: bool = True
+
+    def __post_init__(self) -> None:
+        self._require_positive_ints("batch_size", "n_regressor", "n_revealed")
+        positive_float("regressor_c", self.regressor_c)

@@ -43,15 +43,14 @@ Where this differs from the official code, and why:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from audit.configs import JsonConfig
-from audit.validation import clip_range
+from audit.configs import DatasetInferenceFields
+from audit.validation import clip_range, positive_float
 
 if TYPE_CHECKING:  # torch is imported when a descent runs, so the config loads without it
     import torch
@@ -63,7 +62,7 @@ L1_GAP = 0.001  # the official ``gap``: a coordinate this close to the box edge 
 
 
 @dataclass(frozen=True)
-class MinGDConfig(JsonConfig):
+class MinGDConfig(DatasetInferenceFields):
     """Every parameter of a MinGD dataset-inference audit. Defaults are for digits in [0, 1]^64, and why:
 
     - ``norms`` ℓ∞, ℓ2, ℓ1: the official three.
@@ -88,9 +87,9 @@ class MinGDConfig(JsonConfig):
       benchmark's digits victim (3 seeds, 250 private + 250 public samples, 24 null models, Welch t of the
       owner's normalised feature, null models' t centred at 0 with sd ~1): nearest class 1.7-2.0, 1.9, 1.1-1.4
       per norm; the mean over all 9 targets 0.8-1.2, 1.0-1.4, 0.1-0.7.
-    - ``batch_size`` 8192 (sample, target) rows per forward/backward pass: a few MB of activations for an MLP.
-    - ``n_regressor`` 100, ``n_revealed`` 150, ``regressor_c`` 0.1, ``use_correctness`` True: as
-      ``BlindWalkConfig`` (dataset inference uses the same regressor and test for both embeddings).
+    - ``batch_size`` ((sample, target) rows per forward/backward pass), ``input_low``/``input_high`` and the
+      regressor's fields: ``DatasetInferenceFields`` (dataset inference uses the same regressor and test for
+      both embeddings).
     """
 
     LABEL = "MinGD"
@@ -104,24 +103,15 @@ class MinGDConfig(JsonConfig):
     max_iter: int = 100
     refine_steps: int = 5
     clip: bool = True
-    input_low: float = 0.0
-    input_high: float = 1.0
     num_classes: int | None = None
     feature_ranks: int = 1
-    batch_size: int = 8192
-    n_regressor: int = 100
-    n_revealed: int = 150
-    regressor_c: float = 0.1
-    use_correctness: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._require_distinct_names("norms", NORMS)
-        for name in ("step_linf", "step_l2", "step_l1", "regressor_c"):
-            value = getattr(self, name)
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not (number and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        self._require_positive_ints("l1_topk", "max_iter", "feature_ranks", "batch_size", "n_regressor", "n_revealed")
+        for name in ("step_linf", "step_l2", "step_l1"):
+            positive_float(name, getattr(self, name))
+        self._require_positive_ints("l1_topk", "max_iter", "feature_ranks")
         self._require_int_in("refine_steps", 0, 30)
         clip_range(self.clip, self.input_low, self.input_high)
         if self.num_classes is not None and (
