@@ -122,44 +122,39 @@ class AlertAction(BaseModel):
     note: str = Field(default="", max_length=2000)
 
 
-class Audit(BaseModel):
+class _Job(BaseModel):
+    """What an audit and a registration share: both are a queued task whose worker reports its progress."""
+
     model_config = ConfigDict(extra="allow")
 
     id: str
+    progress: float
+    message: str
+    created_at: float
+    finished_at: float | None = None
+    task_id: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+class Audit(_Job):
     method: str
     protected_model: str
     suspect: dict[str, Any]
     params: dict[str, Any]
     status: Literal["queued", "running", "done", "failed", "cancelled"]
-    progress: float
-    message: str
-    created_at: float
     started_at: float | None = None
-    finished_at: float | None = None
-    task_id: str | None = None
     decision: str | None = None
-    error: str | None = None
-    attempts: int = 0
     cancel_requested_by: str | None = None
 
 
-class ProtectedModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    id: str
+class ProtectedModel(_Job):
     name: str
     spec: dict[str, Any] = Field(description="formats, parameters and the inputs' digests (never paths or tokens)")
     status: str
-    progress: float
-    message: str
-    created_at: float
-    finished_at: float | None = None
     registered_at: str | None = None
     registration_sha256: str | None = None
     methods: list[str]
-    error: str | None = None
-    attempts: int = 0
-    task_id: str | None = None
 
 
 class DeadLetter(BaseModel):
