@@ -7,6 +7,7 @@ integration tests also run MLServer, a server nobody here wrote.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +18,15 @@ from fastapi.responses import JSONResponse, Response
 from sklearn.pipeline import Pipeline
 
 from services.demo.model_server.models import MODEL_KINDS, digits_split, train_model
+
+
+class _Refused(Exception):
+    """A request answered with an error (404 unknown model, 400 unreadable body) as ``{"error": ...}``."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -35,14 +45,25 @@ def create_app(model_names: tuple[str, ...] = tuple(MODEL_KINDS), seed: int = 0)
 
     app = FastAPI(title="Model Custody demo model server", lifespan=lifespan)
 
-    def _model(name: str) -> Pipeline | None:
-        return models.get(name)
+    def _model(name: str) -> Pipeline:
+        model = models.get(name)
+        if model is None:
+            raise _Refused(404, f"model '{name}' not found")
+        return model
 
     def _rows(data: Any, shape: list[int] | None = None) -> np.ndarray:
         x = np.asarray(data, dtype=np.float64)
         if shape is not None:
             x = x.reshape(shape)
         return x.reshape(x.shape[0], -1) if x.ndim > 1 else x[None, :]
+
+    async def _read(request: Request, rows_of: Callable[[Any], np.ndarray]) -> tuple[Any, np.ndarray]:
+        """The JSON body and its rows, or a 400 naming what was wrong with them."""
+        try:
+            body = orjson.loads(await request.body())
+            return body, rows_of(body)
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            raise _Refused(400, f"bad request: {exc}") from exc
 
     @app.get("/v2/health/live")
     @app.get("/v2/health/ready")
@@ -51,8 +72,7 @@ def create_app(model_names: tuple[str, ...] = tuple(MODEL_KINDS), seed: int = 0)
 
     @app.get("/v2/models/{name}")
     async def metadata(name: str) -> Response:
-        if _model(name) is None:
-            return _json({"error": f"model '{name}' not found"}, 404)
+        _model(name)  # 404 for a model this server does not hold
         return _json(
             {
                 "name": name,
@@ -65,14 +85,7 @@ def create_app(model_names: tuple[str, ...] = tuple(MODEL_KINDS), seed: int = 0)
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> Response:
         model = _model(name)
-        if model is None:
-            return _json({"error": f"model '{name}' not found"}, 404)
-        try:
-            body = orjson.loads(await request.body())
-            tensor = body["inputs"][0]
-            x = _rows(tensor["data"], tensor.get("shape"))
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
-            return _json({"error": f"bad request: {exc}"}, 400)
+        body, x = await _read(request, lambda b: _rows(b["inputs"][0]["data"], b["inputs"][0].get("shape")))
         proba = model.predict_proba(x)
         return _json(
             {
@@ -87,23 +100,19 @@ def create_app(model_names: tuple[str, ...] = tuple(MODEL_KINDS), seed: int = 0)
     @app.post("/v1/models/{name}:predict")
     async def predict_v1(name: str, request: Request) -> Response:
         model = _model(name)
-        if model is None:
-            return _json({"error": f"model '{name}' not found"}, 404)
-        try:
-            x = _rows(orjson.loads(await request.body())["instances"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            return _json({"error": f"bad request: {exc}"}, 400)
+        _, x = await _read(request, lambda b: _rows(b["instances"]))
         return _json({"predictions": model.predict_proba(x)})
 
     @app.post("/predict")
     async def predict_generic(request: Request) -> Response:
         """Generic JSON: {"inputs": rows} → {"outputs": probabilities} with the first model."""
         model = next(iter(models.values()))
-        try:
-            x = _rows(orjson.loads(await request.body())["inputs"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            return _json({"error": f"bad request: {exc}"}, 400)
+        _, x = await _read(request, lambda b: _rows(b["inputs"]))
         return _json({"outputs": model.predict_proba(x)})
+
+    @app.exception_handler(_Refused)
+    async def refused(request: Request, exc: _Refused) -> Response:
+        return _json({"error": exc.error}, exc.status)
 
     @app.exception_handler(ValueError)
     async def value_error(request: Request, exc: ValueError) -> JSONResponse:

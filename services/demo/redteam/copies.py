@@ -24,7 +24,7 @@ from scipy.special import log_softmax, softmax
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from services.demo.redteam.base import Domain
+from services.demo.redteam.base import Attack, Domain, positive_int
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -224,3 +224,42 @@ def train_mlp(
                 loss.backward()
                 opt.step()
     return MLPCopy(net, n_classes)
+
+
+class MLPCopyAttack(Attack):
+    """An attack whose copy is a torch MLP, trained from scratch on the first answers and refitted,
+    warm-started, on all answers after every later batch (JBDA, Knockoff): the checks of the training
+    keywords and the fit, in one place.
+
+    ``batch_size``: queries per oracle call, and the refit cadence. ``hidden``: the MLP's widths. ``epochs``
+    for the first fit, ``refit_epochs`` for each warm-started refit.
+    """
+
+    def __init__(self, *, domain: Domain, n_classes: int, budget: int, seed: int) -> None:
+        super().__init__(budget=budget, seed=seed, n_classes=n_classes)
+        if not isinstance(domain, Domain):
+            raise ValueError("domain must be a Domain")
+        self.domain = domain
+
+    def _set_training(self, *, batch_size: int, hidden: Sequence[int], epochs: int, refit_epochs: int) -> None:
+        """Check and keep the training keywords (each attack's constructor calls this after ``__init__``)."""
+        self.batch_size = positive_int("batch_size", batch_size)
+        if not hidden or any(int(h) < 1 for h in hidden):
+            raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden!r}")
+        self.hidden = tuple(int(h) for h in hidden)
+        self.epochs = positive_int("epochs", epochs)
+        self.refit_epochs = positive_int("refit_epochs", refit_epochs)
+
+    def _fit(self, X: np.ndarray, targets: np.ndarray, init: MLPCopy | None, fit_no: int) -> MLPCopy:
+        """The first fit (``init`` None) or a warm-started refit; ``fit_no`` varies the seed per fit."""
+        assert self.n_classes is not None
+        return train_mlp(
+            X,
+            targets,
+            n_classes=self.n_classes,
+            domain=self.domain,
+            hidden=self.hidden,
+            epochs=self.epochs if init is None else self.refit_epochs,
+            seed=self.seed + fit_no,
+            init=init,
+        )

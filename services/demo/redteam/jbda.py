@@ -32,16 +32,15 @@ import numpy as np
 
 from audit.validation import positive_float, positive_int
 from services.demo.redteam.base import (
-    Attack,
     Domain,
     Progress,
     QuerySession,
     natural_points,
 )
-from services.demo.redteam.copies import ConstantCopy, MLPCopy, train_mlp
+from services.demo.redteam.copies import ConstantCopy, MLPCopyAttack
 
 
-class JacobianAugmentation(Attack):
+class JacobianAugmentation(MLPCopyAttack):
     needs = "labels"
 
     def __init__(
@@ -69,35 +68,14 @@ class JacobianAugmentation(Attack):
         passes over all answers after every later batch (enough because each batch adds at most as many
         points as the substitute has already seen).
         """
-        super().__init__(budget=budget, seed=seed, n_classes=n_classes)
-        if not isinstance(domain, Domain):
-            raise ValueError("domain must be a Domain")
-        self.domain = domain
+        super().__init__(domain=domain, n_classes=n_classes, budget=budget, seed=seed)
+        self._set_training(batch_size=batch_size, hidden=hidden, epochs=epochs, refit_epochs=refit_epochs)
         self.seed_set = natural_points("seed_set", seed_set, domain, minimum=2)
         if len(self.seed_set) > self.budget:
             raise ValueError(f"the seed set ({len(self.seed_set)}) is larger than the budget ({self.budget})")
         self.rounds = positive_int("rounds", rounds)
         self.step = positive_float("step", step, maximum=1.0)
         self.sign_period = positive_int("sign_period", sign_period)
-        self.batch_size = positive_int("batch_size", batch_size)
-        if not hidden or any(int(h) < 1 for h in hidden):
-            raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden!r}")
-        self.hidden = tuple(int(h) for h in hidden)
-        self.epochs = positive_int("epochs", epochs)
-        self.refit_epochs = positive_int("refit_epochs", refit_epochs)
-
-    def _fit(self, X: np.ndarray, y: np.ndarray, init: MLPCopy | None, fit_no: int) -> MLPCopy:
-        assert self.n_classes is not None
-        return train_mlp(
-            X,
-            y,
-            n_classes=self.n_classes,
-            domain=self.domain,
-            hidden=self.hidden,
-            epochs=self.epochs if init is None else self.refit_epochs,
-            seed=self.seed + fit_no,
-            init=init,
-        )
 
     def _steps(self, session: QuerySession, rng: np.random.Generator) -> Iterator[Progress]:
         assert self.n_classes is not None

@@ -27,14 +27,13 @@ import numpy as np
 
 from services.demo.redteam.base import (
     AnswerKind,
-    Attack,
     Domain,
     Progress,
     QuerySession,
     natural_points,
     positive_int,
 )
-from services.demo.redteam.copies import MLPCopy, train_mlp
+from services.demo.redteam.copies import MLPCopy, MLPCopyAttack
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -65,7 +64,7 @@ def image_shifts(height: int, width: int, *, max_shift: int = 1) -> Transform:
     return shift
 
 
-class Knockoff(Attack):
+class Knockoff(MLPCopyAttack):
     def __init__(
         self,
         *,
@@ -88,21 +87,13 @@ class Knockoff(Attack):
         ``batch_size``: queries per oracle call, and the copy-refit cadence.
         ``epochs`` for the first fit, ``refit_epochs`` for each warm-started refit over all answers.
         """
-        super().__init__(budget=budget, seed=seed, n_classes=n_classes)
-        if not isinstance(domain, Domain):
-            raise ValueError("domain must be a Domain")
-        self.domain = domain
+        super().__init__(domain=domain, n_classes=n_classes, budget=budget, seed=seed)
+        self._set_training(batch_size=batch_size, hidden=hidden, epochs=epochs, refit_epochs=refit_epochs)
         self.pool = natural_points("pool", pool, domain, minimum=2)
         self.needs: AnswerKind = "probabilities" if use_probabilities else "labels"
         if transform is not None and not callable(transform):
             raise ValueError("transform must be a callable (X, rng) -> X")
         self.transform = transform
-        self.batch_size = positive_int("batch_size", batch_size)
-        if not hidden or any(int(h) < 1 for h in hidden):
-            raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden!r}")
-        self.hidden = tuple(int(h) for h in hidden)
-        self.epochs = positive_int("epochs", epochs)
-        self.refit_epochs = positive_int("refit_epochs", refit_epochs)
 
     def _steps(self, session: QuerySession, rng: np.random.Generator) -> Iterator[Progress]:
         assert self.n_classes is not None
@@ -119,14 +110,5 @@ class Knockoff(Attack):
                 X = self.domain.clip(self.transform(X, rng))
             X_seen.append(X)
             answers.append(session.ask(X))
-            copy = train_mlp(
-                np.vstack(X_seen),
-                np.concatenate(answers),
-                n_classes=self.n_classes,
-                domain=self.domain,
-                hidden=self.hidden,
-                epochs=self.epochs if copy is None else self.refit_epochs,
-                seed=self.seed + fit_no,
-                init=copy,
-            )
+            copy = self._fit(np.vstack(X_seen), np.concatenate(answers), copy, fit_no)
             yield session.progress(copy, "query")
