@@ -55,7 +55,7 @@ def read_report(
 
 def _verify_limiter(request: Request, settings: Settings) -> TokenBucket:
     limiter: TokenBucket | None = getattr(request.app.state, "verify_limiter", None)
-    if limiter is None:  # built on first use from this app's settings (no state at import, design.md habit 6)
+    if limiter is None:  # built on first use from this app's settings (no state at import: docs/design.md, habit 6)
         limiter = TokenBucket(settings.api_verify_rate_per_s, settings.api_verify_burst)
         request.app.state.verify_limiter = limiter
     return limiter
