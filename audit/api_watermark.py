@@ -200,6 +200,10 @@ def run_api_watermark(
             "p_value": prob_ev.p_value,
             "p_gaussian_approximate": prob_ev.p_gaussian,
             "amplitude": prob_ev.amplitude,
+            "half_wave_probes": prob_ev.half_wave_probes,
+            "half_wave_statistic": prob_ev.half_wave_statistic,
+            "half_wave_null_mean": prob_ev.half_wave_null_mean,
+            "half_wave_null_std": prob_ev.half_wave_null_std,
             "n_null_keys": prob_ev.n_null_keys,
             "decision": "ownership claimed" if prob_ev.claimed else "not claimed",
         }
