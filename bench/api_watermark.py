@@ -76,6 +76,7 @@ AGREEMENT_WORTH_STEALING = 0.8  # stolen_claim_rate counts copies at least this 
 # 4: the sequential label test (p0 = 1/9) needs 4 reproduced replaced labels out of 4 to reach p ≤ 1e-3
 # (mixture wealth 1/p ≈ 1,476 at 4 of 4, 205 at 3 of 3: α = 1e-3 needs 1,000).
 MIN_MARKED_LABELS = 4
+DEFAULT_FREQUENCY = float(Settings.model_fields["answer_watermark_frequency"].default)  # the gateway's default
 SECRET = "bench-answer-watermark-secret-0001"
 
 
@@ -191,7 +192,8 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     x, y, parts, victim, domain = w["x"], w["y"], w["parts"], w["victim"], w["domain"]
     x_test = x[parts["test"]]
     settings = Settings(env="test", answer_watermark_secret=SECRET, answer_watermark_amplitude=args.amplitude,
-                        answer_watermark_label_share=args.label_share)
+                        answer_watermark_label_share=args.label_share,
+                        answer_watermark_frequency=args.frequency or DEFAULT_FREQUENCY)
     marker = AnswerMarker(settings, GatewayMetrics(CollectorRegistry()))
     mark = AnswerWatermark(SECRET.encode(), n_classes=K, input_dim=x.shape[1],
                            amplitude=settings.answer_watermark_amplitude,
@@ -403,11 +405,13 @@ def main() -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--amplitude", type=float, default=0.1, help="the gateway's largest probability change")
     parser.add_argument("--label-share", type=float, default=0.01, help="share of label answers the mark replaces")
+    parser.add_argument("--frequency", type=float, default=None, help="radians per unit of <v, x> (default: settings)")
     args, _ = parser.parse_known_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
     out = {name: run_world(name, args) for name in args.worlds}
     result = {"api_watermark": out, "amplitude": args.amplitude, "label_share": args.label_share,
+              "frequency": args.frequency or DEFAULT_FREQUENCY,
               "wall_s": round(time.perf_counter() - started, 1)}
     return result
 
