@@ -9,10 +9,10 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 
 - **Victim**: a scikit-learn MLP on the owner's rows (digits 600, MNIST 10,000).
 - **Marking**: the gateway's own function (``services.gateway.answer_mark.AnswerMarker.serve``, default settings:
-  amplitude 0.1, frequency 23 rad per unit, label share 1 %) applied in-process to the victim's answers, so
-  every copy here is trained on exactly what a gateway would have served. A live gateway per copy is too slow on
-  two shared cores; ``tests/integration/test_audits_e2e.py`` and ``modelcustody demo`` run one copy through the
-  real gateway end to end.
+  amplitude 0.1, frequency 5.75 rad per unit, label share 1 %; ``--frequency`` overrides) applied in-process
+  to the victim's answers, so every copy here is trained on exactly what a gateway would have served. A live
+  gateway per copy is too slow on two shared cores; ``tests/integration/test_audits_e2e.py`` and
+  ``modelcustody demo`` run one copy through the real gateway end to end.
 - **Thieves** (``services.demo.redteam``, ``--budget`` answered queries each): Knockoff in-distribution on
   probabilities and on labels (label-only policy), Knockoff with another domain's natural images (digits ↔
   MNIST, resized) on probabilities, JBDA (labels), adaptive retraining (labels), equation solving
@@ -25,6 +25,9 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
   thief): the false-claim side when the suspected clients' logs exist but the suspect never saw them.
 - **Removal**: the Knockoff-probabilities copy fine-tuned on 300 clean true-labelled rows (20 epochs), and
   re-distilled (a fresh student trained on the copy's own probabilities over other natural inputs).
+- **Diagnosis** per copy (the owner's view with the key, not a test; ``diagnosis``): replaced labels served and
+  reproduced (label copies), share of the served move reproduced (probability copies). The same ensemble is
+  audited again with a 1,000-query budget (``extra_…``, not counted).
 - **Benign side**: over the test rows, how many served top-1 labels differ from the upstream's on probability
   answers (must be 0) and the share of label answers the mark replaced.
 """
