@@ -14,8 +14,9 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    data (``probability_probes``, chosen without looking at the key). Baseline: the owner's own unmarked
    probabilities on the probes, subtracted before the test (removes the class structure every accurate copy
    shares with the owner's model). Test: the exact Monte-Carlo rank test against random wrong keys
-   (``verify_probabilities``), looked at twice (half and all of the budget), each look at half of the phase's
-   α (Bonferroni over looks), so it stops early when the first half suffices.
+   (``verify_probabilities``: the better of the cosine and the half-wave statistics, calibrated jointly by
+   the same wrong keys), looked at twice (half and all of the budget), each look at half of the phase's α
+   (Bonferroni over looks), so it stops early when the first half suffices.
 
 False claims. Each phase gets a share of α (half each when both run, all of it when one does); a claim by
 either phase is a claim, so the false-claim probability is at most α (union bound). The reported p-value is
@@ -200,6 +201,10 @@ def run_api_watermark(
             "p_value": prob_ev.p_value,
             "p_gaussian_approximate": prob_ev.p_gaussian,
             "amplitude": prob_ev.amplitude,
+            "half_wave_probes": prob_ev.half_wave_probes,
+            "half_wave_statistic": prob_ev.half_wave_statistic,
+            "half_wave_null_mean": prob_ev.half_wave_null_mean,
+            "half_wave_null_std": prob_ev.half_wave_null_std,
             "n_null_keys": prob_ev.n_null_keys,
             "decision": "ownership claimed" if prob_ev.claimed else "not claimed",
         }

@@ -9,10 +9,10 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 
 - **Victim**: a scikit-learn MLP on the owner's rows (digits 600, MNIST 10,000).
 - **Marking**: the gateway's own function (``services.gateway.answer_mark.AnswerMarker.serve``, default settings:
-  amplitude 0.1, frequency 23 rad per unit, label share 1 %) applied in-process to the victim's answers, so
-  every copy here is trained on exactly what a gateway would have served. A live gateway per copy is too slow on
-  two shared cores; ``tests/integration/test_audits_e2e.py`` and ``modelcustody demo`` run one copy through the
-  real gateway end to end.
+  amplitude 0.1, frequency 5.75 rad per unit, label share 1 %; ``--frequency`` overrides) applied in-process
+  to the victim's answers, so every copy here is trained on exactly what a gateway would have served. A live
+  gateway per copy is too slow on two shared cores; ``tests/integration/test_audits_e2e.py`` and
+  ``modelcustody demo`` run one copy through the real gateway end to end.
 - **Thieves** (``services.demo.redteam``, ``--budget`` answered queries each): Knockoff in-distribution on
   probabilities and on labels (label-only policy), Knockoff with another domain's natural images (digits ↔
   MNIST, resized) on probabilities, JBDA (labels), adaptive retraining (labels), equation solving
@@ -25,6 +25,9 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
   thief): the false-claim side when the suspected clients' logs exist but the suspect never saw them.
 - **Removal**: the Knockoff-probabilities copy fine-tuned on 300 clean true-labelled rows (20 epochs), and
   re-distilled (a fresh student trained on the copy's own probabilities over other natural inputs).
+- **Diagnosis** per copy (the owner's view with the key, not a test; ``diagnosis``): replaced labels served and
+  reproduced (label copies), share of the served move reproduced (probability copies). The same ensemble is
+  audited again with a 1,000-query budget (``extra_…``, not counted).
 - **Benign side**: over the test rows, how many served top-1 labels differ from the upstream's on probability
   answers (must be 0) and the share of label answers the mark replaced.
 """
@@ -52,7 +55,7 @@ from sklearn.neural_network import MLPClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audit.answer_watermark import AnswerWatermark  # noqa: E402
+from audit.answer_watermark import QUIET_BELOW, AnswerWatermark  # noqa: E402
 from audit.api_watermark import LoggedAnswers, run_api_watermark  # noqa: E402
 from audit.suspects.base import CallableSuspect  # noqa: E402
 from services.core.policy import OutputPolicy  # noqa: E402
@@ -73,6 +76,10 @@ K = 10
 ALPHA = 1e-3  # the issue's bar for a claim
 MAX_QUERIES = 500  # the issue's bar for the suspect's cost
 AGREEMENT_WORTH_STEALING = 0.8  # stolen_claim_rate counts copies at least this close to the victim
+# 4: the sequential label test (p0 = 1/9) needs 4 reproduced replaced labels out of 4 to reach p ≤ 1e-3
+# (mixture wealth 1/p ≈ 1,476 at 4 of 4, 205 at 3 of 3: α = 1e-3 needs 1,000).
+MIN_MARKED_LABELS = 4
+DEFAULT_FREQUENCY = float(Settings.model_fields["answer_watermark_frequency"].default)  # the gateway's default
 SECRET = "bench-answer-watermark-secret-0001"
 
 
@@ -188,7 +195,8 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     x, y, parts, victim, domain = w["x"], w["y"], w["parts"], w["victim"], w["domain"]
     x_test = x[parts["test"]]
     settings = Settings(env="test", answer_watermark_secret=SECRET, answer_watermark_amplitude=args.amplitude,
-                        answer_watermark_label_share=args.label_share)
+                        answer_watermark_label_share=args.label_share,
+                        answer_watermark_frequency=args.frequency or DEFAULT_FREQUENCY)
     marker = AnswerMarker(settings, GatewayMetrics(CollectorRegistry()))
     mark = AnswerWatermark(SECRET.encode(), n_classes=K, input_dim=x.shape[1],
                            amplitude=settings.answer_watermark_amplitude,
@@ -246,6 +254,10 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     rows.append(audit_row("ensemble_3_knockoff_probabilities", ensemble, merge(logs), mark, owner, x_test,
                           victim_test, False, args))
     log(f"[{name}] ensemble: {rows[-1]} ({time.perf_counter() - t:.0f} s)")
+    # The same ensemble with twice the suspect queries (3 clients' logs: 3,000 answers): a diagnostic row, not
+    # counted in the summary, showing what the 500-query budget leaves on the table for a diluted signal.
+    rows.append(audit_row("extra_ensemble_1000_suspect_queries", ensemble, merge(logs), mark, owner, x_test,
+                          victim_test, False, args, max_queries=2 * MAX_QUERIES))
 
     # Removal attacks on the Knockoff-probabilities copy.
     base_copy, base_log = copies["knockoff_probabilities"]
@@ -284,13 +296,18 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     served = marker.serve(benign.astype(np.float64), p_up, "probabilities", OutputPolicy(), rng)
     served_labels = marker.serve(benign.astype(np.float64), p_up, "probabilities", OutputPolicy(label_only=True), rng)
     assert served is not None and served_labels is not None
-    stolen = [r for r in rows if not r["kind"].startswith("removal")]
+    stolen = [r for r in rows if not r["kind"].startswith(("removal", "extra"))]
     worth = [r for r in stolen if r["agreement"] >= AGREEMENT_WORTH_STEALING]
+    # Copies whose thief received enough marks for any copy to be claimable: every probability copy; a label
+    # copy with ≥ MIN_MARKED_LABELS replaced answers (fewer cannot reach α = 1e-3 even if all are reproduced).
+    carrying = [r for r in worth if r.get("marked_answers", MIN_MARKED_LABELS) >= MIN_MARKED_LABELS]
     claimed_q = [r["queries_used"] for r in stolen if r["claimed"]]
     return {
         "queries_to_claim": statistics.median(claimed_q) if claimed_q else None,
         "stolen_claim_rate": (sum(r["claimed"] for r in worth) / len(worth)) if worth else None,
         "stolen_worth_stealing": len(worth),
+        "stolen_claim_rate_enough_marks": (sum(r["claimed"] for r in carrying) / len(carrying)) if carrying else None,
+        "stolen_enough_marks": len(carrying),
         "independent_false_claim_rate": claims / len(independents),
         "independent_trials": len(independents),
         "independent_models": args.independents,
@@ -328,12 +345,13 @@ def audit_row(
     victim_test: np.ndarray,
     label_answers: bool,
     args: argparse.Namespace,
+    max_queries: int = MAX_QUERIES,
 ) -> dict[str, Any]:
     suspect = CallableSuspect(copy.predict, copy.predict_proba)
-    params = {"clients": sorted(set(logged.clients)), "alpha": ALPHA, "max_queries": MAX_QUERIES,
+    params = {"clients": sorted(set(logged.clients)), "alpha": ALPHA, "max_queries": max_queries,
               "n_null_keys": args.null_keys, "batch_size": 10}
     ev = run_api_watermark(suspect, mark, params, logged=logged, owner=owner)
-    return {
+    return {**diagnosis(copy, logged, mark, owner, label_answers),
         "kind": kind,
         "answers": "labels" if label_answers else "probabilities",
         "agreement": round(float(np.mean(copy.predict(x_test) == victim_test)), 4),
@@ -347,6 +365,39 @@ def audit_row(
     }
 
 
+def diagnosis(copy: Any, logged: LoggedAnswers, mark: AnswerWatermark, owner: CallableSuspect,
+              label_answers: bool) -> dict[str, Any]:
+    """What of the mark the copy carries on its own training inputs (the owner's view, with the key; not a test).
+
+    Label copies: how many marked (replaced) answers the thief got, and on how many the copy answers the
+    served label. Probability copies: ``move_reproduced``, the least-squares slope (both centred) of the copy's
+    class-c* residual (copy − owner) on the served move of class c*, over the thief's distinct logged inputs
+    where the owner gives c* < ``QUIET_BELOW`` (there the move is the cosine's positive half, and the residual
+    of a model that never saw the mark carries no class structure the move follows: independents measure
+    −0.1 to 0); 1: the copy reproduces the mark fully, 0: not at all.
+    """
+    tags = np.asarray(logged.tags, dtype=object)
+    if label_answers:
+        flipped = np.flatnonzero(tags == "label-flipped").tolist()
+        x = logged.inputs[flipped]
+        served = np.array([int(logged.outputs[i][0]) for i in flipped], dtype=np.int64)  # type: ignore[index]
+        _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True) if len(x) else (None, [])
+        first = np.sort(np.asarray(first, dtype=np.int64))
+        reproduced = int(np.sum(copy.predict(x[first]) == served[first])) if len(first) else 0
+        return {"marked_answers": len(first), "marked_reproduced": reproduced}
+    x = np.asarray(logged.inputs, dtype=np.float32)
+    _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)
+    x = x[np.sort(first)].astype(np.float64)
+    upstream = owner.probabilities(x)
+    assert upstream is not None
+    c = mark.target_class
+    quiet = upstream[:, c] < QUIET_BELOW
+    move = mark.mark_probabilities(x, upstream).probabilities[quiet, c] - upstream[quiet, c]
+    residual = copy.predict_proba(x[quiet])[:, c] - upstream[quiet, c]
+    move, residual = move - move.mean(), residual - residual.mean()
+    return {"move_reproduced": round(float(residual @ move / max(float(move @ move), 1e-12)), 3)}
+
+
 def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worlds", nargs="+", default=["digits", "mnist"], choices=["digits", "mnist"])
@@ -357,11 +408,13 @@ def main() -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--amplitude", type=float, default=0.1, help="the gateway's largest probability change")
     parser.add_argument("--label-share", type=float, default=0.01, help="share of label answers the mark replaces")
+    parser.add_argument("--frequency", type=float, default=None, help="radians per unit of <v, x> (default: settings)")
     args, _ = parser.parse_known_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
     out = {name: run_world(name, args) for name in args.worlds}
     result = {"api_watermark": out, "amplitude": args.amplitude, "label_share": args.label_share,
+              "frequency": args.frequency or DEFAULT_FREQUENCY,
               "wall_s": round(time.perf_counter() - started, 1)}
     return result
 

@@ -122,9 +122,11 @@ class Settings(BaseSettings):
     # three thieves (p 0.008) and the demo's copy (p 0.016) were not within 500 queries; at 0.1 both were
     # (docs/benchmarks.md). The top-1 label never changes. Capped at 0.2 so the mark stays a perturbation.
     answer_watermark_amplitude: float = Field(default=0.1, gt=0.0, le=0.2)
-    # Radians per unit of the keyed projection <v, x>: 23 ≈ one cycle per standard deviation of a random
+    # Radians per unit of the keyed projection <v, x>: 5.75 ≈ a quarter cycle per standard deviation of a random
     # projection of [0, 1]-scaled images (digits, MNIST); AnswerWatermark.suggest_frequency for other scales.
-    answer_watermark_frequency: float = Field(default=23.0, gt=0.0)
+    # At 23 (one cycle per std) copies carried the cosine only on their own training inputs: a logistic copy
+    # (equation solving) and a 3-thief ensemble on MNIST were not claimed; at 5.75 both were (docs/benchmarks.md).
+    answer_watermark_frequency: float = Field(default=5.75, gt=0.0)
     # 1 %: DAWN's order of magnitude (0.5 %); ~10 marked labels per 1,000 answers claim an MLP copy.
     answer_watermark_label_share: float = Field(default=0.01, gt=0.0, le=0.1)
     # Classes of a model whose upstream answers labels (a probability answer tells the gateway by its width).

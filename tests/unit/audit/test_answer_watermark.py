@@ -27,6 +27,7 @@ from audit.answer_watermark import (
     AnswerWatermark,
     LabelProbes,
     SequentialLabelTest,
+    _rank_p,
     mixture_log_wealth,
     probability_probes,
 )
@@ -284,6 +285,67 @@ def test_suggest_frequency_does_not_depend_on_the_key() -> None:
     assert f == pytest.approx(2 * np.pi * 0.25 / spread)
     probes = probability_probes(x, 800, seed=1, mix=0.5)
     assert probes.shape == (800, D) and probes.dtype == np.float32
+
+
+# --- the probability test on synthetic answers (no training) ---------------------------------------------
+
+
+def test_rank_p_values_count_ties_and_the_key_itself() -> None:
+    np.testing.assert_allclose(_rank_p(np.array([3.0, 1.0, 2.0, 2.0])), [0.25, 1.0, 0.75, 0.75])
+
+
+def _diluted_copy(w: AnswerWatermark, n: int, seed: int, share: float) -> tuple[np.ndarray, ...]:
+    """Owner answers where c* is mostly near zero (as on MNIST), and a suspect that carries ``share`` of the
+    served move (a third: one of three ensembled thieves) under errors of its own: now and then a large
+    share of c* (a confusion), and a factor e^N(0, 0.5) on c* everywhere. ``share`` 0: an independent model."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, D)).astype(np.float32)
+    logits = 3 * rng.standard_normal((n, K))
+    top = rng.integers(0, K, n)
+    logits[np.arange(n), top] += 8
+    logits[:, w.target_class] -= 6 * (top != w.target_class)
+    owner = np.exp(logits - logits.max(1, keepdims=True))
+    owner /= owner.sum(1, keepdims=True)
+    q = owner + share * (w.mark_probabilities(x, owner).probabilities - owner)
+    confused = rng.random(n) < 0.1
+    q[confused, w.target_class] += rng.uniform(0.2, 0.9, int(confused.sum()))
+    q[:, w.target_class] *= np.exp(0.5 * rng.standard_normal(n))
+    return x, owner, q / q.sum(1, keepdims=True)
+
+
+def test_half_wave_statistic_claims_a_diluted_copy_the_cosine_misses() -> None:
+    """The copy's own large c* errors swamp the cosine correlation (|z| < 3); on the probes where the owner
+    gives c* < 1 % the served move is the cosine's positive half, and the log-residual keeps it (z > 6)."""
+    w = _watermark(amplitude=0.1, frequency=23.0)
+    x, owner, q = _diluted_copy(w, 400, seed=0, share=1 / 3)
+    ev = w.verify_probabilities(x, q, baseline=owner, alpha=1e-3, n_null_keys=3999)
+    z_cos = (ev.statistic - ev.null_mean) / ev.null_std
+    assert ev.half_wave_statistic is not None and ev.half_wave_null_mean is not None and ev.half_wave_null_std
+    z_half = (ev.half_wave_statistic - ev.half_wave_null_mean) / ev.half_wave_null_std
+    print(f"\ndiluted copy: z cosine {z_cos:.2f}, half-wave {z_half:.2f} ({ev.half_wave_probes} probes) p {ev.p_value}")
+    assert abs(z_cos) < 3 and z_half > 6
+    assert ev.claimed and ev.p_value <= 1e-3
+    assert 0.8 * len(x) < ev.half_wave_probes < len(x)
+    # labels as the baseline (no probabilities to find the quiet probes): the half-wave statistic is not used
+    labels = w.verify_probabilities(x, q, baseline=owner.argmax(1), alpha=1e-3, n_null_keys=99)
+    assert labels.half_wave_probes == 0 and labels.half_wave_statistic is None
+
+
+def test_combined_probability_test_false_claims_over_keys() -> None:
+    """Independent suspects (share 0) under 150 deployment keys: the min-of-two-ranks statistic is calibrated
+    by the same wrong keys, so the claim rate at α = 0.1 stays about 0.1 (no multiplicity inflation)."""
+    alpha, claims, trials = 0.1, 0, 0
+    for i in range(150):
+        w = AnswerWatermark(f"combined-null-{i:04d}".encode().ljust(32, b"."), n_classes=K, input_dim=D,
+                            amplitude=0.1, frequency=23.0)
+        x, owner, q = _diluted_copy(w, 200, seed=1000 + i, share=0.0)
+        ev = w.verify_probabilities(x, q, baseline=owner, alpha=alpha, n_null_keys=99, seed=i)
+        assert ev.half_wave_probes > 0
+        claims += ev.claimed
+        trials += 1
+    bound = alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)
+    print(f"\ncombined probability test: {claims}/{trials} false claims at α = {alpha}")
+    assert claims <= bound
 
 
 # --- audits of copies and independent models on digits ---------------------------------------------------
