@@ -44,8 +44,9 @@ from services.demo.redteam import Domain, Knockoff, OracleError
 from services.demo.redteam.http_oracle import GatewayOracle, OracleRefused
 from workers.api_watermark import read_logged_answers
 
-# The demo's inputs are raw digits pixels (0..16): 23 rad per unit suits [0, 1] inputs, so divide by 16.
-DEMO_FREQUENCY = 23.0 / 16.0
+# The demo's inputs are raw digits pixels (0..16): the default 5.75 rad per unit suits [0, 1] inputs, so
+# divide by 16.
+DEMO_FREQUENCY = 5.75 / 16.0
 THIEF_BUDGET = 1000  # the bar: copies from ≤ 1,000 answered queries
 
 
