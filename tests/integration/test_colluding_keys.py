@@ -14,6 +14,7 @@ gateway sees real, different TCP peers.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,51 @@ def test_keys_behind_one_proxy_network_raise_a_group_alert_spread_keys_and_spoof
         assert metric(port, "modelcustody_detector_group_detections_total") >= 1
     finally:
         detector.stop()
+
+
+def test_groups_are_bounded_and_counted(redis_url: str, detector_baseline: Path) -> None:
+    """At most group_max groups in Redis: the least recently seen are dropped and counted; one-client
+    networks pool nothing (counted as single)."""
+    from prometheus_client import CollectorRegistry
+
+    from services.core.records import QueryRecord
+    from services.detector.service.consumer import DetectorConfig, DetectorWorker
+    from services.detector.service.metrics import DetectorMetrics
+    from services.detector.service.runtime import load_engines
+
+    r = redis.Redis.from_url(redis_url)
+    metrics = DetectorMetrics(CollectorRegistry())
+    worker = DetectorWorker(
+        r, load_engines(detector_baseline), AlertStore(r), metrics, DetectorConfig(group_max=3, block_ms=10)
+    )
+    worker.ensure_group()
+    x = np.random.default_rng(0).uniform(0, 16, size=(5, 64))
+    now = time.time()  # groups idle for a day leave the index: the records must be recent
+    for seq, net in enumerate(range(5), start=1):  # five networks, one client and one row each, in time order
+        rec = QueryRecord(
+            record_id=f"t:{seq}",
+            gateway="t",
+            seq=seq,
+            ts=now + seq,
+            client_id=f"c{net}",
+            model="digits-mlp",
+            protocol="oip-v2",
+            request_id=str(seq),
+            row=0,
+            batch_size=1,
+            input=x[net].tolist(),
+            output=None,
+            output_kind="none",
+            status=200,
+            upstream_latency_s=0.0,
+            policy="none",
+            network=f"198.51.{net}.0/24",
+        )
+        r.xadd("mc:queries", rec.to_stream_fields())  # type: ignore[arg-type]
+        worker.step()
+    kept: Any = r.zrange("mc:det:groups", 0, -1)
+    assert [g.decode() for g in kept] == [f"digits-mlp|198.51.{n}.0/24" for n in (2, 3, 4)]
+    assert not r.exists("mc:det:group:digits-mlp|198.51.0.0/24")
+    get = metrics.registry.get_sample_value
+    assert get("modelcustody_detector_groups_evicted_total") == 2
+    assert get("modelcustody_detector_group_rows_not_pooled_total", {"reason": "single"}) == 5
