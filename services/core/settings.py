@@ -194,11 +194,12 @@ class Settings(BaseSettings):
     detector_max_models_per_client: int = Field(default=8, ge=1)
     # --- colluding keys: the cross-client test per source network (docs/detector.md "Colluding keys") ----
     detector_groups: bool = True  # pool each source network's clients and test the pooled stream
-    # A group alert needs this many member clients that each contributed at least min_share of the pooled
-    # rows (and did not alert on their own): one or two keys are each client's own test's business, and a
-    # network where one client does nearly everything is that client, not a coalition.
+    # A group alert needs this many member clients that did not alert on their own and each contributed at
+    # least min_share of an equal split of the pool: one or two keys are each client's own test's business,
+    # and clients that sent a few rows beside a bulk scorer are not a coalition; relative to an equal split
+    # (not to the pool) so that splitting over more keys never hides them.
     detector_group_min_members: int = Field(default=3, ge=2)
-    detector_group_min_share: float = Field(default=0.05, gt=0.0, lt=0.5)
+    detector_group_min_share: float = Field(default=0.25, gt=0.0, le=1.0)
     # Rows one member may add to its group's pooled stream per window: a bulk scorer (10-100x the median
     # volume of 150) adds as much as three ordinary clients and cannot make the pool its own stream.
     detector_group_member_cap: int = Field(default=500, ge=20)

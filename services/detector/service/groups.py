@@ -13,7 +13,10 @@ false positives down (measured in ``bench/detection.py``, docs/detector.md "Coll
 - a client whose own stream alerted is *explained*: its rows leave the pool from then on and it does not
   count as a member (its own alert already names it);
 - each member adds at most ``member_cap`` rows, so a bulk scorer cannot turn the pool into its own stream;
-- an alert needs ``min_members`` members that each contributed at least ``min_share`` of the pooled rows.
+- an alert needs ``min_members`` members that each contributed at least ``min_share`` of an equal split of the
+  pool (its rows over its members): a member that sent a handful of rows beside a bulk scorer does not make a
+  coalition, while an attacker who splits over more keys keeps every key counted (an absolute share would let
+  one that used more than 1 / share keys go unseen).
 
 Pooling starts with a network's second client: the first client's earlier rows were its own stream only.
 State is bounded: at most ``max_members`` members per group (rows of further clients are counted, not pooled)
@@ -41,15 +44,15 @@ NOT_POOLED_REASONS = ("single", "members", "cap", "explained")
 @dataclass(frozen=True)
 class GroupConfig:
     min_members: int = 3
-    min_share: float = 0.05
+    min_share: float = 0.25
     member_cap: int = 500
     max_members: int = 64
 
     def __post_init__(self) -> None:
         if self.min_members < 2 or self.max_members < self.min_members:
             raise ValueError("need 2 <= min_members <= max_members")
-        if not 0.0 < self.min_share < 0.5:
-            raise ValueError(f"min_share must be in (0, 0.5), got {self.min_share}")
+        if not 0.0 < self.min_share <= 1.0:
+            raise ValueError(f"min_share must be in (0, 1], got {self.min_share}")
         if self.member_cap < 1:
             raise ValueError("member_cap must be positive")
 
@@ -82,7 +85,7 @@ class GroupVerdict:
 
     assessment: Assessment | None
     alert: bool
-    members: tuple[str, ...]  # counted members: not explained, each with at least min_share of the rows
+    members: tuple[str, ...]  # counted members: not explained, each with min_share of an equal split or more
     pooled_rows: int  # the pool's rows after this call
     kept: np.ndarray  # indices of this call's rows that entered the pool
     not_pooled: dict[str, int]  # rows of this call left out, by reason (NOT_POOLED_REASONS)
@@ -145,13 +148,13 @@ class GroupTester:
         return GroupVerdict(assessment, alert, counted, pooled, np.flatnonzero(keep), dict(not_pooled))
 
     def counted(self, group: GroupState) -> tuple[str, ...]:
-        """Members that carry a group alert: not explained, each with at least ``min_share`` of the pool."""
-        total = sum(m.rows for m in group.members.values())
-        if total == 0:
+        """Members that carry a group alert: not explained, each with at least ``min_share`` of an equal split
+        of the rows the pool holds from such members."""
+        active = {c: m.rows for c, m in group.members.items() if not m.explained and m.rows > 0}
+        if not active:
             return ()
-        return tuple(
-            sorted(c for c, m in group.members.items() if not m.explained and m.rows >= self.config.min_share * total)
-        )
+        floor = self.config.min_share * sum(active.values()) / len(active)
+        return tuple(sorted(c for c, rows in active.items() if rows >= floor))
 
     # ------------------------------------------------------------------ storage
     def members_to_bytes(self, group: GroupState) -> bytes:

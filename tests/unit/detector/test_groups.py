@@ -57,7 +57,7 @@ def test_a_client_that_alerted_alone_leaves_the_pool_and_is_not_counted(
 
 def test_member_cap_share_and_member_table_are_bounded(engine: DetectionEngine, victim: Victim) -> None:
     x, p, y = probe(victim, 200, seed=2)
-    tester = GroupTester(engine, GroupConfig(min_members=3, min_share=0.2, member_cap=50, max_members=4))
+    tester = GroupTester(engine, GroupConfig(min_members=3, min_share=0.8, member_cap=50, max_members=4))
     group = tester.new_state()
     # A bulk client sends 120 rows, three others 20 each, then a fifth client arrives with 20.
     owners = ["bulk"] * 120 + ["a"] * 20 + ["b"] * 20 + ["c"] * 20 + ["late"] * 20
@@ -66,7 +66,7 @@ def test_member_cap_share_and_member_table_are_bounded(engine: DetectionEngine, 
     assert {c: m.rows for c, m in group.members.items()} == {"bulk": 0, "a": 20, "b": 20, "c": 20}
     more = tester.observe(group, ["bulk"] * 60, x[:60], p[:60], y[:60])
     assert more.not_pooled == {"cap": 10}  # 50 rows at most from one member
-    # 50 of 110 pooled rows are the bulk client's; a, b and c have 18 % each, under the 20 % share.
+    # An equal split of the 110 pooled rows is 27.5: a, b and c (20 each) are under 80 % of it, bulk is not.
     assert tester.counted(group) == ("bulk",)
 
 
@@ -97,4 +97,12 @@ def test_config_is_validated() -> None:
     with pytest.raises(ValueError):
         GroupConfig(min_members=1)
     with pytest.raises(ValueError):
-        GroupConfig(min_share=0.6)
+        GroupConfig(min_share=1.5)
+
+
+def test_splitting_over_more_keys_keeps_every_key_counted(engine: DetectionEngine, victim: Victim) -> None:
+    """Fifty keys with 2 % of the pool each: an absolute share of 5 % would count none of them."""
+    x, p, y = probe(victim, 200, seed=4)
+    tester = GroupTester(engine)
+    verdict = tester.observe(tester.new_state(), round_robin(200, 50), x, p, y)
+    assert len(verdict.members) == 50 and verdict.alert
