@@ -27,9 +27,9 @@ through the model server, the gateway, Redis and the detector service.
 Colluding keys: one attack's queries go round-robin to 10 keys. Per-client detection sees each key
 alone; the cross-client test is the detector service's own (``services/detector/service/groups.py``): the
 clients of one source network (the /24 a trusted proxy reports) pooled into one stream, tested with the same
-engine, with its rules (explained clients left out, a row cap per member, >= 3 members with >= 5 % each).
-Benign clients are spread over networks with a heavy-tailed size (most 1-2 clients, a few NATs of 10-40)
-to measure that test's false-positive rate.
+engine, with its rules (explained clients left out, a row cap per member, >= 3 members each with >= 1/4 of
+an equal split). Benign clients are spread over networks with a heavy-tailed size (most 1-2 clients, a few
+NATs of 10-40) to measure that test's false-positive rate.
 """
 
 from __future__ import annotations
