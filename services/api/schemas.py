@@ -109,6 +109,10 @@ class Alert(BaseModel):
     queries_at_open: int = 0
     model: str = ""
     risk_threshold: float = 0.0
+    kind: Literal["client", "group"] = Field(
+        default="client", description="group: colluding keys, the pooled clients of one source network"
+    )
+    members: list[str] = Field(default_factory=list, description="group alerts: the member clients counted")
 
 
 class AlertPage(BaseModel):

@@ -58,6 +58,10 @@ class Alert:
     response: dict[str, Any] = field(default_factory=dict)
     # Every policy change made for this alert (automatic or confirmed), with reason; reversible via the API.
     policy_changes: list[dict[str, Any]] = field(default_factory=list)
+    # "client": one client's own stream; "group": the pooled stream of a source network's clients (colluding
+    # keys), whose client_id is "group:<network>" and whose members are the clients it counted.
+    kind: str = "client"
+    members: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -104,6 +108,8 @@ class AlertStore:
         risk_threshold: float = 0.0,
         queries_at_test: int | None = None,  # the client's query count at the test that fired
         response: dict[str, Any] | None = None,  # the response decided for this detection
+        kind: str = "client",
+        members: list[str] | None = None,
     ) -> tuple[Alert, bool]:
         """Open an alert for the client, or fold this detection into its open one. Returns (alert, is_new).
 
@@ -143,6 +149,8 @@ class AlertStore:
                             model=model,
                             risk_threshold=risk_threshold,
                             response=dict(response or {}),
+                            kind=kind,
+                            members=sorted(members or []),
                         )
                         event = "opened"
                     else:
@@ -154,6 +162,7 @@ class AlertStore:
                         if risk_score >= alert.risk_score:
                             alert.risk_score, alert.signals = risk_score, signals
                         alert.fired_signals = sorted(set(alert.fired_signals) | set(fired))
+                        alert.members = sorted(set(alert.members) | set(members or []))
                         event = "updated"
                         if severity == "high" and alert.severity != "high":
                             alert.severity = "high"

@@ -15,6 +15,7 @@ have their defaults here too.
 | ``mc:client:tiers`` | hash | API | detector |
 | ``mc:det:state:<client>`` | hash | detector | detector |
 | ``mc:det:streaks`` | hash | detector | detector |
+| ``mc:det:group:<model>|<network>``, ``mc:det:groups`` | hash, zset | detector | detector |
 | ``mc:risk:<client>``, ``mc:risk:levels`` | string, hash | detector | API, compliance |
 | ``mc:alerts`` | stream | detector | SOC integrations |
 | ``mc:alert:<id>``, ``mc:alert:open:<client>``, ``mc:alerts:index`` | str, str, zset | detector, API | API |
@@ -39,6 +40,8 @@ CLIENT_TIERS = "mc:client:tiers"
 
 DETECTOR_STATE_PREFIX = "mc:det:state:"
 DETECTOR_STREAKS = "mc:det:streaks"
+DETECTOR_GROUP_PREFIX = "mc:det:group:"
+DETECTOR_GROUPS = "mc:det:groups"  # zset: group id -> last seen (bounds how many groups are kept)
 RISK_PREFIX = "mc:risk:"
 RISK_LEVELS = "mc:risk:levels"
 
@@ -80,6 +83,11 @@ def alert(alert_id: str) -> str:
 
 def open_alert(client_id: str) -> str:
     return f"mc:alert:open:{client_id}"
+
+
+def detector_group(group_id: str) -> str:
+    """A colluding-keys group's pooled state; ``group_id`` is ``<model>|<source network>``."""
+    return DETECTOR_GROUP_PREFIX + group_id
 
 
 def webhook_processing(instance: str) -> str:

@@ -43,6 +43,9 @@ class QueryRecord:
     # "label" a label that went through the label mark unchanged, "label-flipped" one it replaced.
     # Added in 0.2 with a default, so v1 records written before it still read (same schema version).
     watermark: str = ""
+    # The request's source network ("203.0.113.0/24", "2001:db8:1::/48"; services/gateway/source.py): the
+    # TCP peer's, or a trusted proxy's client-address header's. "" from gateways before 0.3 (not grouped).
+    network: str = ""
 
     def to_stream_fields(self) -> dict[str, bytes]:
         return {"v": str(self.schema).encode(), "r": orjson.dumps(asdict(self))}

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -95,6 +95,16 @@ class Settings(BaseSettings):
     gateway_log_fail_open: bool = False  # False: a full buffer answers 503 rather than lose a record
     gateway_redis_retry_s: float = 1.0
     gateway_client_refresh_s: float = 2.0  # how soon a revoked key or a tightened policy takes effect
+    # Source network of a request (recorded on each query record; the detector pools a network's clients,
+    # docs/detector.md "Colluding keys"). CIDRs of the operator's own reverse proxies / load balancers: only
+    # when the TCP peer is inside one is ``gateway_client_ip_header`` believed (its right-most address that
+    # is not itself a trusted proxy); any other peer is the source, whatever header it sends.
+    gateway_trusted_proxies: list[str] = Field(default_factory=list)
+    gateway_client_ip_header: str = "x-forwarded-for"
+    # /24 and /48: the block one site, NAT or cloud tenant typically holds; an attacker renting addresses in
+    # one block lands in one group, while unrelated customers rarely share one.
+    gateway_source_ipv4_prefix: int = Field(default=24, ge=8, le=32)
+    gateway_source_ipv6_prefix: int = Field(default=48, ge=16, le=128)
     queries_stream: str = keys.QUERIES_STREAM
     # XADD MAXLEN ~ bound: at ~1 KB a record, 1M entries is ~1 GB of Redis memory (compose sets maxmemory
     # 2gb). The archiver keeps the stream far below it; the bound only bites when archiver or detectors stop.
@@ -184,6 +194,25 @@ class Settings(BaseSettings):
     # one or a few models; past this many, records of further models are counted and not analysed, so
     # made-up model names cannot grow a client's state without bound.
     detector_max_models_per_client: int = Field(default=8, ge=1)
+    # --- colluding keys: the cross-client test per source network (docs/detector.md "Colluding keys") ----
+    detector_groups: bool = True  # pool each source network's clients and test the pooled stream
+    # A group alert needs this many member clients that did not alert on their own and each contributed at
+    # least min_share of an equal split of the pool: one or two keys are each client's own test's business,
+    # and clients that sent a few rows beside a bulk scorer are not a coalition; relative to an equal split
+    # (not to the pool) so that splitting over more keys never hides them.
+    detector_group_min_members: int = Field(default=3, ge=2)
+    detector_group_min_share: float = Field(default=0.25, gt=0.0, le=1.0)
+    # Rows one member may add to its group's pooled stream per window: a bulk scorer (10-100x the median
+    # volume of 150) adds as much as three ordinary clients and cannot make the pool its own stream.
+    detector_group_member_cap: int = Field(default=500, ge=20)
+    # Members tracked per group: a carrier-grade NAT holding thousands of clients pools its first 64.
+    detector_group_max_members: int = Field(default=64, ge=2)
+    # Groups held in Redis (each up to one engine state, ~100 kB at 64 features): the least recently seen
+    # is dropped beyond this and counted; an idle group expires after a day.
+    detector_group_max: int = Field(default=10_000, ge=1)
+    detector_group_idle_s: float = Field(default=86_400.0, gt=0.0)
+    # A group alert notifies (or only records, "observe"); it never changes a policy by itself.
+    detector_group_response: Literal["observe", "notify"] = "notify"
     # --- detector response (docs/detector.md, "Response levels") ---------------------------------
     # The highest response the detector takes by itself: observe (record the alert, no webhook), notify
     # (alert + webhook), enforce (also tighten the client's output policy, when the evidence persists).
@@ -229,16 +258,16 @@ class Settings(BaseSettings):
     # Signed compliance reports (workers/compliance_report.py), one per interval; 0 disables the schedule.
     compliance_report_interval_s: float = 86_400.0
 
-    @field_validator("egress_allow_networks")
+    @field_validator("egress_allow_networks", "gateway_trusted_proxies")
     @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
+    def _networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
         import ipaddress
 
         for net in value:
             try:
                 ipaddress.ip_network(net, strict=False)
             except ValueError as exc:
-                raise ValueError(f"MODELCUSTODY_EGRESS_ALLOW_NETWORKS: {exc}") from None
+                raise ValueError(f"MODELCUSTODY_{str(info.field_name).upper()}: {exc}") from None
         return value
     @classmethod
     def settings_customise_sources(

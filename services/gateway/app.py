@@ -38,6 +38,7 @@ from services.gateway.answer_mark import AnswerMarker
 from services.gateway.clientcache import ClientCache
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.querylog import AnsweredRequest, QueryLogWriter
+from services.gateway.source import SourceNetworks
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class _Admitted:
     rows: np.ndarray
     policy: Any
     headers: dict[str, str]  # to the upstream: allow-listed, plus content type and request id
+    network: str  # the source network (services/gateway/source.py), recorded for the cross-client test
 
 class Gateway:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
@@ -95,6 +97,12 @@ class Gateway:
         self._rng = np.random.default_rng()  # noise policy: must not be predictable by clients
         self.forward_headers = FORWARD_HEADERS | {h.strip().lower().encode("latin-1")
                                                   for h in settings.gateway_forward_extra_headers}
+        self.sources = SourceNetworks(
+            settings.gateway_trusted_proxies,
+            settings.gateway_client_ip_header,
+            settings.gateway_source_ipv4_prefix,
+            settings.gateway_source_ipv6_prefix,
+        )
         self.session: aiohttp.ClientSession | None = None
         self.redis: aioredis.Redis | None = None
         self.querylog: QueryLogWriter | None = None
@@ -229,7 +237,7 @@ class Gateway:
             self.querylog.offer(
                 AnsweredRequest(
                     request.received_at, request.client_id, model, protocol, request.request_id, request.rows,
-                    outputs, kind, up_status, upstream_s, policy_name, marks,
+                    outputs, kind, up_status, upstream_s, policy_name, marks, request.network,
                 )
             )
         return up_status
@@ -294,7 +302,9 @@ class Gateway:
         fwd_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in allowed}
         fwd_headers["content-type"] = content_type.decode("latin-1")
         fwd_headers["x-request-id"] = request_id
-        return _Admitted(client_id, request_id, now, body, rows, policy, fwd_headers)
+        peer = scope.get("client")
+        network = self.sources.source(peer[0] if peer else None, headers)
+        return _Admitted(client_id, request_id, now, body, rows, policy, fwd_headers, network)
 
     def _rows(self, body: bytes, protocol: Protocol, model: str) -> np.ndarray:
         """The request's rows, validated (``protocols.BadRequest`` with the reason)."""

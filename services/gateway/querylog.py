@@ -59,6 +59,7 @@ class AnsweredRequest:
     upstream_latency_s: float
     policy: str
     watermark: list[str] | None = None  # per row, the answer watermark served (QueryRecord.watermark)
+    network: str = ""  # the request's source network (QueryRecord.network)
 
 
 class QueryLogWriter:
@@ -224,6 +225,7 @@ class QueryLogWriter:
                 upstream_latency_s=e.upstream_latency_s,
                 policy=e.policy,
                 watermark=e.watermark[i] if e.watermark is not None else "",
+                network=e.network,
             )
             for i in range(n)
         ]

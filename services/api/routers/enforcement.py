@@ -131,6 +131,8 @@ def confirm_enforcement(
         raise HTTPException(404, f"no alert '{alert_id}'")
     if alert.status == "resolved":
         raise HTTPException(409, f"alert {alert_id} is resolved; enforce on an open or acknowledged alert")
+    if alert.kind == "group":  # a network, not a client: tighten the member clients one by one, if at all
+        raise HTTPException(409, f"alert {alert_id} is a group alert; enforce on its member clients' own alerts")
     config = ResponseConfig.from_settings(settings)
     try:
         alert, change = apply_enforcement(

@@ -33,11 +33,13 @@ class GatewayOracle:
         protocol: Literal["oip-v2", "kserve-v1"] = "oip-v2",
         max_batch: int = 256,
         timeout_s: float = 30.0,
+        outputs: tuple[str, ...] = (),  # OIP v2 outputs to ask for, e.g. MLServer's ("predict_proba",)
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.model = model
         self.protocol = protocol
+        self.outputs = outputs
         self.max_batch = max_batch
         self.http = httpx.Client(
             base_url=base_url,
@@ -57,6 +59,8 @@ class GatewayOracle:
     def _one(self, x: np.ndarray) -> np.ndarray:
         n = len(x)
         body = encode_request(self.protocol, x)
+        if self.outputs:
+            body["outputs"] = [{"name": name} for name in self.outputs]
         resp = self.http.post(request_path(self.protocol, self.model), content=orjson.dumps(body))
         if resp.status_code != 200:
             try:

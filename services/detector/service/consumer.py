@@ -55,6 +55,7 @@ from services.core.response import ResponseConfig, TierStore, apply_enforcement,
 from services.core.settings import Settings
 from services.core.streams import ensure_group, run_steps
 from services.detector.engine import Assessment, ClientState
+from services.detector.service.groups import GroupConfig, GroupState, GroupTester, GroupVerdict
 from services.detector.service.metrics import DetectorMetrics
 from services.detector.service.runtime import EngineSet
 
@@ -90,6 +91,11 @@ class DetectorConfig:
     # Decoded client states kept between batches (~100 kB each for 64 features): a hit skips reading and
     # decoding the state, when no other detector changed it since (checked by a version token).
     state_cache_clients: int = _default("detector_state_cache_clients")
+    # Colluding keys (groups.py): each source network's clients pooled per model; None turns it off.
+    groups: GroupConfig | None = field(default_factory=lambda: GroupConfig.from_settings(Settings.model_construct()))
+    group_max: int = _default("detector_group_max")
+    group_idle_s: float = _default("detector_group_idle_s")
+    group_response: str = _default("detector_group_response")
 
     def __post_init__(self) -> None:
         if self.tighten_on is not None:
@@ -128,6 +134,7 @@ class DetectorWorker:
         self.consumer = self.config.consumer or f"{socket.gethostname()}-{id(self):x}"
         self._stop = threading.Event()
         self._last_reclaim = 0.0
+        self._testers: dict[str, GroupTester] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def ensure_group(self) -> None:
@@ -184,6 +191,7 @@ class DetectorWorker:
     def process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
         t0 = time.perf_counter()
         by_client: dict[str, list[QueryRecord]] = defaultdict(list)
+        by_group: dict[str, list[QueryRecord]] = defaultdict(list)  # "<model>|<network>" -> records in order
         ids: list[bytes] = []
         malformed: list[tuple[bytes, dict[bytes, bytes]]] = []
         skipped = 0
@@ -201,9 +209,11 @@ class DetectorWorker:
                 malformed.append((entry_id, fields))
             else:
                 by_client[rec.client_id].append(rec)
+                if rec.network and self.config.groups is not None:
+                    by_group[f"{rec.model}|{rec.network}"].append(rec)
         for attempt in range(20):
             try:
-                over_cap = self._analyse_and_commit(by_client, ids, malformed)
+                over_cap = self._analyse_and_commit(by_client, by_group, ids, malformed)
                 break
             except redis.WatchError:
                 self.metrics.commit_conflicts.inc()
@@ -218,22 +228,27 @@ class DetectorWorker:
             self.metrics.malformed.inc(len(malformed))
         if skipped:
             self.metrics.skipped.inc(skipped)
+        if by_group:
+            self._bound_groups()
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         return len(ids)
 
     def _analyse_and_commit(
         self,
         by_client: dict[str, list[QueryRecord]],
+        by_group: dict[str, list[QueryRecord]],
         ids: list[bytes],
         malformed: list[tuple[bytes, dict[bytes, bytes]]],
     ) -> int:
         """Analyse and commit; returns the records not analysed because of the per-client model cap."""
         clients = sorted(by_client)
-        keys = [STATE_PREFIX + c for c in clients]
+        group_ids = sorted(by_group)
+        watched = [STATE_PREFIX + c for c in clients] + [keys.detector_group(g) for g in group_ids]
         with self.r.pipeline() as pipe:
-            if keys:
-                pipe.watch(*keys)
+            if watched:
+                pipe.watch(*watched)
             entries = self._load(clients)
+            groups = self._load_groups(group_ids)
             try:
                 updates: dict[str, dict[str, bytes | str | float | int]] = {}
                 risks: dict[str, bytes] = {}
@@ -244,12 +259,17 @@ class DetectorWorker:
                         client, entries[client], by_client[client]
                     )
                     over_cap += over
+                group_updates = {g: self._analyse_group(g, *groups[g], by_group[g], entries) for g in group_ids}
                 pipe.multi()
                 for client, mapping in updates.items():
                     pipe.hset(STATE_PREFIX + client, mapping=mapping)  # type: ignore[arg-type]
                     pipe.set(RISK_PREFIX + client, risks[client])
                 if levels:
                     pipe.hset(LEVELS_KEY, mapping=levels)  # type: ignore[arg-type]
+                for group_id, (group_fields, last_ts) in group_updates.items():
+                    pipe.hset(keys.detector_group(group_id), mapping=group_fields)  # type: ignore[arg-type]
+                    pipe.expire(keys.detector_group(group_id), int(self.config.group_idle_s))
+                    pipe.zadd(keys.DETECTOR_GROUPS, {group_id: last_ts})
                 for entry_id, fields in malformed:
                     entry: dict[Any, Any] = {**fields, b"source_id": entry_id}
                     pipe.xadd(MALFORMED_STREAM, entry, maxlen=100_000, approximate=True)
@@ -438,6 +458,117 @@ class DetectorWorker:
             if change is not None:
                 self.metrics.policy_changes.labels("shadow" if config.shadow else "applied").inc()
 
+    # ------------------------------------------------------------------ colluding keys (groups.py)
+    def _tester(self, model: str) -> GroupTester:
+        tester = self._testers.get(model)
+        if tester is None:
+            engine = self.engines.for_model(model)
+            assert engine is not None and self.config.groups is not None
+            tester = self._testers[model] = GroupTester(engine, self.config.groups)
+        return tester
+
+    def _load_groups(self, group_ids: list[str]) -> dict[str, tuple[GroupState, float | None]]:
+        """Each group's state and first-seen time, read after WATCH like the clients' states."""
+        if not group_ids:
+            return {}
+        with self.r.pipeline(transaction=False) as reader:
+            for group_id in group_ids:
+                reader.hgetall(keys.detector_group(group_id))
+            stored = reader.execute()
+        out: dict[str, tuple[GroupState, float | None]] = {}
+        for group_id, raw in zip(group_ids, stored, strict=True):
+            tester = self._tester(group_id.rsplit("|", 1)[0])
+            try:
+                state = tester.state_from_parts(raw.get(b"members"), raw.get(b"engine"))
+            except ValueError as exc:  # corrupt, or written by an engine with another layout: start again
+                log.warning("group %s: state unreadable (%s); starting a new one", group_id, exc)
+                state = tester.new_state()
+            out[group_id] = (state, float(raw[b"first_ts"]) if b"first_ts" in raw else None)
+        return out
+
+    def _analyse_group(
+        self,
+        group_id: str,
+        group: GroupState,
+        first_ts: float | None,
+        records: list[QueryRecord],
+        entries: dict[str, _ClientEntry],
+    ) -> tuple[dict[str, bytes | float], float]:
+        """Fold a network's records (stream order) into its pooled stream and test it; the hash fields to
+        store and the last record's time."""
+        model, network = group_id.rsplit("|", 1)
+        tester = self._tester(model)
+        # Only rows the clients' own tests analysed (not over a client's model cap).
+        kept = [r for r in records if model in entries[r.client_id].states]
+        now = max(r.ts for r in records)
+        first_ts = min([r.ts for r in records] + ([first_ts] if first_ts is not None else []))
+        mapping: dict[str, bytes | float] = {"first_ts": first_ts}
+        if kept:
+            explained = {r.client_id for r in kept if entries[r.client_id].states[model].alerts > 0}
+            x, outputs, labels = _arrays(kept, tester.engine.n_classes)
+            verdict = tester.observe(
+                group, [r.client_id for r in kept], x, outputs, labels, explained=explained, now=now
+            )
+            for reason, n in verdict.not_pooled.items():
+                self.metrics.group_rows_not_pooled.labels(reason).inc(n)
+            if verdict.alert:
+                self._raise_group(model, network, verdict, first_ts, now)
+        mapping["members"] = tester.members_to_bytes(group)
+        if group.pooled is not None:
+            mapping["engine"] = tester.engine.state_to_bytes(group.pooled)
+        return mapping, now
+
+    def _raise_group(self, model: str, network: str, verdict: GroupVerdict, first_ts: float, now: float) -> None:
+        """A group alert: notify (or only record); never a policy change, whatever the level."""
+        a = verdict.assessment
+        assert a is not None
+        severity = a.level if a.level in ("medium", "high") else "medium"
+        members = list(verdict.members)
+        response = {
+            "level": self.config.group_response,
+            "reason": f"the pooled queries of {len(members)} clients of source network {network} look like "
+            f"extraction; no automatic policy change for a group",
+            "shadow": self.config.response.shadow,
+            "at": now,
+        }
+        alert, is_new = self.alerts.raise_or_update(
+            client_id=f"group:{network}",
+            severity=severity,
+            risk_score=float(a.risk_score),
+            signals=[s.to_dict() for s in a.signals],
+            fired=list(a.fired),
+            window_start=first_ts,
+            window_end=now,
+            queries_seen=verdict.pooled_rows,
+            model=model,
+            risk_threshold=float(a.threshold),
+            queries_at_test=a.first_alert_at,
+            response=response,
+            kind="group",
+            members=members,
+        )
+        self.metrics.group_detections.inc()
+        if is_new:
+            self.metrics.group_alerts_opened.inc()
+            log.warning(
+                "colluding-keys alert %s on network %s, model %s: %d members (risk %.3f)",
+                alert.id,
+                network,
+                model,
+                len(members),
+                a.risk_score,
+            )
+
+    def _bound_groups(self) -> None:
+        """At most ``group_max`` groups: the least recently seen go first (their pooling starts again)."""
+        excess = int(self.r.zcard(keys.DETECTOR_GROUPS)) - self.config.group_max  # type: ignore[arg-type]
+        if excess <= 0:
+            return
+        popped: Any = self.r.zpopmin(keys.DETECTOR_GROUPS, excess)
+        if popped:
+            self.r.delete(*[keys.detector_group(g.decode()) for g, _ in popped])
+            self.metrics.groups_evicted.inc(len(popped))
+
     def _update_gauges(self) -> None:
         try:
             info = self.r.xinfo_groups(self.config.stream)
@@ -457,6 +588,9 @@ class DetectorWorker:
                 counts[raw.decode()] += 1
             for level in LEVEL_ORDER:
                 self.metrics.clients_at_level.labels(level).set(counts.get(level, 0))
+            if self.config.groups is not None:  # idle groups' hashes expired: drop them from the index too
+                self.r.zremrangebyscore(keys.DETECTOR_GROUPS, "-inf", time.time() - self.config.group_idle_s)
+                self.metrics.groups.set(float(self.r.zcard(keys.DETECTOR_GROUPS)))  # type: ignore[arg-type]
         except redis.ResponseError:
             pass
 

@@ -21,6 +21,7 @@ from services.core.egress import EgressPolicy
 from services.core.response import ResponseConfig
 from services.core.settings import Settings, get_settings
 from services.detector.service.consumer import DetectorConfig, DetectorWorker
+from services.detector.service.groups import GroupConfig
 from services.detector.service.metrics import DetectorMetrics
 from services.detector.service.runtime import EngineSet, ReferenceResolver, load_or_fit_engines
 from services.detector.service.webhook import WebhookSender
@@ -53,6 +54,10 @@ def build_worker(
         response=ResponseConfig.from_settings(settings),
         max_models_per_client=settings.detector_max_models_per_client,
         state_cache_clients=settings.detector_state_cache_clients,
+        groups=GroupConfig.from_settings(settings) if settings.detector_groups else None,
+        group_max=settings.detector_group_max,
+        group_idle_s=settings.detector_group_idle_s,
+        group_response=settings.detector_group_response,
     )
     return DetectorWorker(r, engines, alerts, metrics, config)
 

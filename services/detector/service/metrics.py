@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Histogram
 
 from services.core.metrics import counter, gauge, setup_registry
+from services.detector.service.groups import NOT_POOLED_REASONS
 
 # Every label value a series can take, created at start with value 0: an increase()-based alert rule needs the
 # series to exist before its first increment, or the first alert after a restart goes unseen.
@@ -97,6 +98,29 @@ class DetectorMetrics:
         )
         self.reclaimed = counter(
             r, "modelcustody_detector_reclaimed_total", "Stale pending entries taken over from a detector that stopped."
+        )
+        # Colluding keys (groups.py): no label per group or client, only totals and reasons.
+        self.group_detections = counter(
+            r,
+            "modelcustody_detector_group_detections_total",
+            "Cross-client (per source network) tests whose pooled stream alerted with enough members.",
+        )
+        self.group_alerts_opened = counter(
+            r, "modelcustody_detector_group_alerts_opened_total", "New group (colluding keys) alerts opened."
+        )
+        self.group_rows_not_pooled = counter(
+            r,
+            "modelcustody_detector_group_rows_not_pooled_total",
+            "Rows left out of their network's pooled stream: the network's only client so far (single), over the "
+            "member table (members), over the member's row cap (cap), or of a client that alerted alone (explained).",
+            ["reason"],
+            NOT_POOLED_REASONS,
+        )
+        self.groups = gauge(r, "modelcustody_detector_groups", "Source-network groups held in Redis.")
+        self.groups_evicted = counter(
+            r,
+            "modelcustody_detector_groups_evicted_total",
+            "Groups dropped, least recently seen first, to keep at most MODELCUSTODY_DETECTOR_GROUP_MAX.",
         )
         for severity in SEVERITIES:
             for signal in SIGNALS:
