@@ -15,8 +15,9 @@ TUNING variation (``services.detector.augment``: translation, rotation, sensor n
 ``services.demo.baseline`` does for the demo. Benign clients then query with a device each: tuning
 families (clean, translate, rotate, noise, and bulk scorers with 10-100x the median volume) and HELD-OUT
 families (``services.demo.benign_heldout``: blur, stroke thickness, contrast/gamma, elastic distortion,
-other writers, drift of the class mix), which no design or calibration step imports (import-linter
-contract). Behaviour comes from ``benign_population`` (shuffled, skewed, topical users; batch sizes 1-64;
+other writers, drift of the class mix; occlusion, zoom and low resolution, added unseen later and also
+reported alone as ``new_heldout``), which no design or calibration step imports (import-linter contract).
+Behaviour comes from ``benign_population`` (shuffled, skewed, topical users; batch sizes 1-64;
 retries; near-duplicates). Volumes: log-normal, median 150 queries (bulk: x10-100).
 
 Why in-process: 1,000+ benign clients x ~200 queries x 2 worlds through HTTP is hours of CPU on 2 cores.
@@ -49,7 +50,7 @@ from scipy.stats import beta
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.demo.baseline import DIGITS_VARIATION  # noqa: E402
-from services.demo.benign_heldout import HeldoutVariation, drifting_client  # noqa: E402
+from services.demo.benign_heldout import HELDOUT_IMAGE_FAMILIES, HeldoutVariation, drifting_client  # noqa: E402
 from services.demo.mnist import load_mnist, optdigits_other_writers  # noqa: E402
 from services.demo.model_server.models import digits_split, holdout_halves, train_model  # noqa: E402
 from services.demo.redteam import (  # noqa: E402
@@ -67,7 +68,9 @@ from services.detector.augment import ImageVariation  # noqa: E402
 from services.detector.engine import DetectionEngine  # noqa: E402
 
 TUNING = ("clean", "translate", "rotate", "noise", "bulk")
-HELDOUT = ("blur", "thickness", "contrast", "elastic", "writers", "drift")
+HELDOUT = ("blur", "thickness", "contrast", "elastic", "writers", "drift", "occlusion", "zoom", "lowres")
+# Added unseen after the contrast family had been looked at (services/demo/benign_heldout.py).
+NEW_HELDOUT = ("occlusion", "zoom", "lowres")
 KEYS = 10  # colluding keys per split attack (the bench row)
 
 
@@ -323,7 +326,7 @@ def benign_clients(world: World, n_heldout: int, n_tuning: int, seed: int) -> li
             c.variation = world.variation.for_client(crng)
         elif fam in ("translate", "rotate", "noise"):
             c.variation = world.variation.for_client(crng, fam)
-        elif fam in ("blur", "thickness", "contrast", "elastic"):
+        elif fam in HELDOUT_IMAGE_FAMILIES:
             c.variation = HeldoutVariation(fam, world.shape, 0.0, world.high).for_client(crng)
         elif fam == "writers":
             c = BenignClient(
@@ -420,6 +423,7 @@ def run_benign(world: World, n_heldout: int, n_tuning: int, seed: int) -> dict[s
     return {
         **held,
         "families_heldout": list(HELDOUT),
+        "new_heldout": rates(NEW_HELDOUT),
         "tuning": rates(TUNING),
         "families": {
             f: {
