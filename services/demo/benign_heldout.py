@@ -11,11 +11,11 @@ uses it, for the reported run.
 Image families (client-level parameters, a little jitter per row, values clipped to ``[low, high]``):
 - ``blur``: Gaussian blur (an out-of-focus camera, a low-resolution scan);
 - ``thickness``: strokes thickened by grey dilation or thinned by grey erosion (another pen);
-- ``contrast``: contrast, brightness and gamma changes (another scanner or exposure);
 - ``elastic``: elastic distortion (Simard et al., ICDAR 2003: a smoothed random displacement field),
   the hand-writing wobble of another writer.
-Added unseen on 2026-12-03, after ``contrast`` had been looked at and became a tuning family (no code path
-has measured the detector on these before the run they are reported in):
+``contrast`` (contrast, brightness, gamma) was held out here until its first report; it is now a tuning
+family in ``services.detector.augment``. Added unseen on 2026-12-03, after that (no code path has
+measured the detector on these before the run they are reported in):
 - ``occlusion``: part of the digit hidden by a background-coloured rectangle (a finger, a sticker, the
   edge of a cropped scan): 10-25 % of the image area, at a client-specific place, jittered per row;
 - ``zoom``: the digit scaled about the image centre by 0.8-1.2 (another camera distance or crop box);
@@ -36,7 +36,7 @@ from scipy import ndimage
 from services.demo.redteam.base import Domain
 from services.demo.redteam.benign import BenignBatch, BenignClient, BenignProfile
 
-HELDOUT_IMAGE_FAMILIES = ("blur", "thickness", "contrast", "elastic", "occlusion", "zoom", "lowres")
+HELDOUT_IMAGE_FAMILIES = ("blur", "thickness", "elastic", "occlusion", "zoom", "lowres")
 HELDOUT_FAMILIES = (*HELDOUT_IMAGE_FAMILIES, "writers", "drift")
 Variation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -68,7 +68,9 @@ class HeldoutVariation:
         # On 8x8 one pixel is a 4x4 block of the 32x32 bitmap: a blend weight of 1/4 of a block dilation is a
         # 1-px pen change there, the size of MNIST's 2x2 dilation; 0.15-0.35 spans ~0.6-1.4 px.
         weight = rng.uniform(0.15, 0.35)
-        gain, bias, gamma = rng.uniform(0.6, 1.3), rng.uniform(-0.05, 0.1) * span, rng.uniform(0.6, 1.6)
+        # Three draws of the former contrast family, kept so every other family's clients are the ones of
+        # the earlier reports (same parameters from the same seeds).
+        rng.uniform(0.6, 1.3), rng.uniform(-0.05, 0.1), rng.uniform(0.6, 1.6)
         alpha = rng.uniform(1.0, 2.5) * max(px, 0.25)  # largest elastic displacement: 1-2.5 px on MNIST
         sigma_el = max(4.0 * px, 1.0)  # smoothness of the field: a wobble, not noise
         # occlusion: the rectangle's share of each side, and its centre (fractions of the image), per client
@@ -92,9 +94,6 @@ class HeldoutVariation:
                     out = np.stack([op(im, size=(2, 2)) for im in imgs])
                 else:
                     out = np.stack([(1 - weight) * im + weight * op(im, size=(2, 2)) for im in imgs])
-            elif family == "contrast":
-                unit = np.clip((imgs - self.low) / span, 0.0, 1.0) ** gamma
-                out = self.low + gain * unit * span + bias
             elif family == "occlusion":
                 out = imgs.copy()
                 for i in range(len(out)):
