@@ -18,8 +18,9 @@ changes (|v_i| > 1e-9 of the value scale):
 - they are at least ``min_support`` of all coordinates (JBDA moves every coordinate the clip leaves free;
   a re-scan that changes a few pixels is not a step);
 - at least ``same_share`` of them have the same magnitude, within ``tolerance`` of the median |v_i|;
-- both signs occur, the rarer on at least ``minority`` of them (a gradient sign pattern; a benign re-scan
-  whose brightness moved changes every pixel by the same amount in the *same* direction).
+- among those of the common magnitude both signs occur, the rarer on at least ``minority`` of them (a
+  gradient sign pattern; a benign re-scan whose brightness moved changes every pixel by the same amount
+  in the *same* direction, and clipping leaves only smaller steps of the other sign).
 Benign behaviours and why they are not sign steps: retries (v = 0, no coordinate changes), near-duplicates
 re-scanned with noise (|v_i| spread like |N(0, σ)|: ~4 % of them within ±5 % of the median), the same
 image at another brightness (one sign), another image (magnitudes as varied as the images).
@@ -115,10 +116,12 @@ def sign_steps(
     for i in np.flatnonzero(support >= max(2, min_support * d)):
         ai = a[i, changed[i]]
         med = float(np.median(ai))
-        same = float(np.mean(np.abs(ai - med) <= tolerance * med))
-        pos = int(np.count_nonzero(diff[i, changed[i]] > 0))
-        rare = min(pos, ai.size - pos) / ai.size
-        out[i] = same >= same_share and rare >= minority
+        same = np.abs(ai - med) <= tolerance * med
+        # The signs are counted among the steps of the common size only: clipping leaves smaller steps of
+        # either sign (two re-scans of one document at different exposures), a gradient sign pattern does not.
+        pos = int(np.count_nonzero(diff[i, changed[i]][same] > 0))
+        n_same = int(same.sum())
+        out[i] = n_same >= same_share * ai.size and min(pos, n_same - pos) >= minority * n_same
     return out
 
 
