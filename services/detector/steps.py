@@ -87,7 +87,8 @@ class StepsState(Record):
             raise ValueError("corrupt steps state: memory rows do not match the queries seen")
         memory = np.zeros((cap, filled.shape[1]), dtype=np.float32)
         memory[: filled.shape[0]] = filled
-        return cls(**scalars, **{**arrays, "memory": memory})
+        fields_: dict[str, Any] = {**scalars, **arrays, "memory": memory}
+        return cls(**fields_)
 
 
 def reservoir_slot(i: int, size: int) -> int:
