@@ -538,9 +538,10 @@ def _fit_signals(
             **params.get("prada", {}),
         )
     )
-    signals.append(
-        OODSignal.fit(X_index, X_cal, y_cal, n_features=d, n_classes=n_classes, seed=seed, **params.get("ood", {}))
-    )
+    # Row-standardised OOD features by default: blind to a global gain and offset (another exposure), and on
+    # digits they cost no detection against raw features (docs/detector.md, "Global intensity changes").
+    ood_params = {"features": "standardised", **params.get("ood", {})}
+    signals.append(OODSignal.fit(X_index, X_cal, y_cal, n_features=d, n_classes=n_classes, seed=seed, **ood_params))
     signals.append(
         SweepSignal.fit(
             X,

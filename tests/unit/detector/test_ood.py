@@ -67,7 +67,7 @@ def test_row_features_ignore_what_they_claim_to_ignore(digits: Digits) -> None:
 def test_rank_ood_passes_a_contrast_change_and_still_sees_noise(digits: Digits, victim: Victim) -> None:
     X = digits.X_ref
     sig = OODSignal.fit(X[:300], X[300:], victim.labels(X[300:]), n_features=64, n_classes=10, features="rank")
-    raw = OODSignal.fit(X[:300], X[300:], victim.labels(X[300:]), n_features=64, n_classes=10)
+    raw = OODSignal.fit(X[:300], X[300:], victim.labels(X[300:]), n_features=64, n_classes=10, features="raw")
     # another exposure: gain 1.3, gamma 0.6, background lifted to 1.6 (of 16)
     dim = np.clip(16.0 * 1.3 * (digits.X_fresh / 16.0) ** 0.6 + 1.6, 0.0, 16.0)
     assert streams.min_p(streams.replay_signal(raw, dim, None, victim.labels(dim))) < 1e-6  # raw: far
