@@ -13,8 +13,8 @@ rates; ``groups``: the cross-client (per source network) test's false-positive r
 Method. Each world fits one ``DetectionEngine`` per victim on the owner's held-out reference rows with the
 TUNING variation (``services.detector.augment``: translation, rotation, sensor noise), exactly as
 ``services.demo.baseline`` does for the demo. Benign clients then query with a device each: tuning
-families (clean, translate, rotate, noise, and bulk scorers with 10-100x the median volume) and HELD-OUT
-families (``services.demo.benign_heldout``: blur, stroke thickness, contrast/gamma, elastic distortion,
+families (clean, translate, rotate, noise, contrast, and bulk scorers with 10-100x the median volume) and
+HELD-OUT families (``services.demo.benign_heldout``: blur, stroke thickness, elastic distortion,
 other writers, drift of the class mix; occlusion, zoom and low resolution, added unseen later and also
 reported alone as ``new_heldout``), which no design or calibration step imports (import-linter contract).
 Behaviour comes from ``benign_population`` (shuffled, skewed, topical users; batch sizes 1-64;
