@@ -13,10 +13,11 @@ rates; ``groups``: the cross-client (per source network) test's false-positive r
 Method. Each world fits one ``DetectionEngine`` per victim on the owner's held-out reference rows with the
 TUNING variation (``services.detector.augment``: translation, rotation, sensor noise), exactly as
 ``services.demo.baseline`` does for the demo. Benign clients then query with a device each: tuning
-families (clean, translate, rotate, noise, and bulk scorers with 10-100x the median volume) and HELD-OUT
-families (``services.demo.benign_heldout``: blur, stroke thickness, contrast/gamma, elastic distortion,
-other writers, drift of the class mix), which no design or calibration step imports (import-linter
-contract). Behaviour comes from ``benign_population`` (shuffled, skewed, topical users; batch sizes 1-64;
+families (clean, translate, rotate, noise, contrast, and bulk scorers with 10-100x the median volume) and
+HELD-OUT families (``services.demo.benign_heldout``: blur, stroke thickness, elastic distortion,
+other writers, drift of the class mix; occlusion, zoom and low resolution, added unseen later and also
+reported alone as ``new_heldout``), which no design or calibration step imports (import-linter contract).
+Behaviour comes from ``benign_population`` (shuffled, skewed, topical users; batch sizes 1-64;
 retries; near-duplicates). Volumes: log-normal, median 150 queries (bulk: x10-100).
 
 Why in-process: 1,000+ benign clients x ~200 queries x 2 worlds through HTTP is hours of CPU on 2 cores.
@@ -41,7 +42,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,10 @@ from scipy.stats import beta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services.core.response import ClientTier, ResponseConfig, decide  # noqa: E402
+from services.core.settings import Settings  # noqa: E402
 from services.demo.baseline import DIGITS_VARIATION  # noqa: E402
-from services.demo.benign_heldout import HeldoutVariation, drifting_client  # noqa: E402
+from services.demo.benign_heldout import HELDOUT_IMAGE_FAMILIES, HeldoutVariation, drifting_client  # noqa: E402
 from services.demo.mnist import load_mnist, optdigits_other_writers  # noqa: E402
 from services.demo.model_server.models import digits_split, holdout_halves, train_model  # noqa: E402
 from services.demo.redteam import (  # noqa: E402
@@ -66,12 +69,45 @@ from services.demo.redteam import (  # noqa: E402
 )
 from services.demo.redteam.benign import BenignClient  # noqa: E402
 from services.detector.augment import ImageVariation  # noqa: E402
-from services.detector.engine import DetectionEngine  # noqa: E402
+from services.detector.engine import Assessment, ClientState, DetectionEngine  # noqa: E402
+from services.detector.service.consumer import _streak  # noqa: E402
 from services.detector.service.groups import GroupTester  # noqa: E402
 
-TUNING = ("clean", "translate", "rotate", "noise", "bulk")
-HELDOUT = ("blur", "thickness", "contrast", "elastic", "writers", "drift")
+TUNING = ("clean", "translate", "rotate", "noise", "contrast", "bulk")
+HELDOUT = ("blur", "thickness", "elastic", "writers", "drift", "occlusion", "zoom", "lowres")
+# Added unseen after the contrast family had been looked at and moved to the tuning families.
+NEW_HELDOUT = ("occlusion", "zoom", "lowres")
 KEYS = 10  # colluding keys per split attack (the issue's bench row)
+RESPONSE = ResponseConfig.from_settings(Settings.model_construct())  # the service's default response rules
+
+
+class Response:
+    """The detector service's automatic response for one client, after each batch: the streak of consecutive
+    tests over the alert threshold (the consumer's ``_streak``) and ``response.decide`` with the defaults
+    (enforce = level high AND 3 consecutive alerting tests or two independent signal families)."""
+
+    def __init__(self) -> None:
+        self.streak = 0
+        self.enforced = False
+
+    def after(self, state: ClientState, tests_before: int, alerts_before: int, a: Assessment) -> bool:
+        self.streak = _streak(
+            self.streak,
+            state.evaluations - tests_before,
+            state.alerts - alerts_before,
+            last_alerted=state.last_score >= a.threshold,
+        )
+        if a.alert and not self.enforced:
+            d = decide(
+                severity=a.level,
+                fired=a.fired,
+                signals=[r.to_dict() for r in a.signals],
+                streak=self.streak,
+                tier=ClientTier(),
+                config=RESPONSE,
+            )
+            self.enforced = d.level == "enforce"
+        return self.enforced
 
 
 @dataclass
@@ -218,10 +254,17 @@ def mnist_world(scale: float) -> World:
     )
 
 
-def fit_engines(world: World, sim_length: int | None) -> None:
+def fit_engines(
+    world: World, sim_length: int | None, families: tuple[str, ...] | None = None, ood_features: str | None = None
+) -> None:
+    """``families``/``ood_features``: design alternatives compared on the tuning families (docs/detector.md)."""
     # MNIST: 20 PRADA null streams instead of 40 (each a whole pass over the varied reference rows), which
     # still gives ~300 benign W values, and keeps the 784-feature fit to a few minutes on a shared machine.
-    params = {"prada": {"null_streams": 20}} if world.name == "mnist" else None
+    params: dict[str, dict[str, Any]] = {"prada": {"null_streams": 20}} if world.name == "mnist" else {}
+    if ood_features is not None:
+        params["ood"] = {"features": ood_features}
+    if families is not None:
+        world.variation = replace(world.variation, families=families)
     for name, model in world.victims.items():
         proba = model.predict_proba
         world.engines[name] = DetectionEngine.fit(
@@ -232,7 +275,7 @@ def fit_engines(world: World, sim_length: int | None) -> None:
             seed=0,
             variation=world.variation,
             sim_length=sim_length,
-            signal_params=params,
+            signal_params=params or None,
         )
 
 
@@ -242,6 +285,8 @@ class EngineOracle:
     def __init__(self, model: Any, engine: DetectionEngine, keys: int = 1) -> None:
         self.model, self.engine, self.keys = model, engine, keys
         self.states = [engine.new_client_state() for _ in range(keys)]
+        self.responses = [Response() for _ in range(keys)]
+        self.first_enforce: int | None = None
         # The keys' source network, pooled by the detector service's own cross-client test.
         self.group = GroupTester(engine)
         self.pooled = self.group.new_state()
@@ -257,7 +302,11 @@ class EngineOracle:
         for k in range(self.keys):
             rows = np.flatnonzero(owner == k)
             if rows.size:
-                a = self.engine.observe(self.states[k], X[rows], P[rows], y[rows])
+                st = self.states[k]
+                tests, alerts = st.evaluations, st.alerts
+                a = self.engine.observe(st, X[rows], P[rows], y[rows])
+                if self.responses[k].after(st, tests, alerts, a) and self.first_enforce is None:
+                    self.first_enforce = self.sent + int(rows[-1]) + 1  # enforced after this batch
                 if a.alert and self.first_alert is None and a.first_alert_at is not None:
                     # The key's query count at its first alerting test, mapped back to the attack's count.
                     local = a.first_alert_at - (a.queries_seen - rows.size) - 1
@@ -295,6 +344,8 @@ def run_attack(world: World, name: str, victim: str, make: Callable[[], Any], ke
         "queries_total": traj[-1][0],
         "queries_to_first_alert": q,
         "copy_fidelity_at_alert": fid(q),
+        "queries_to_enforce": oracle.first_enforce,
+        "enforced_before_90pct": oracle.first_enforce is not None and (q90 is None or oracle.first_enforce < q90),
         "final_copy_fidelity": round(traj[-1][1], 4),
         "queries_to_90pct_fidelity": q90,
         "detected": q is not None,
@@ -329,9 +380,9 @@ def benign_clients(world: World, n_heldout: int, n_tuning: int, seed: int) -> li
         if fam == "bulk":
             volume = int(150 * rng.uniform(10, 100))  # 10-100x the median: a bulk scorer
             c.variation = world.variation.for_client(crng)
-        elif fam in ("translate", "rotate", "noise"):
+        elif fam in ("translate", "rotate", "noise", "contrast"):
             c.variation = world.variation.for_client(crng, fam)
-        elif fam in ("blur", "thickness", "contrast", "elastic"):
+        elif fam in HELDOUT_IMAGE_FAMILIES:
             c.variation = HeldoutVariation(fam, world.shape, 0.0, world.high).for_client(crng)
         elif fam == "writers":
             c = BenignClient(
@@ -365,10 +416,15 @@ def network_sizes(n_clients: int, rng: np.random.Generator) -> list[int]:
     return [s for s in sizes if s > 0]
 
 
-def run_benign(world: World, n_heldout: int, n_tuning: int, seed: int) -> dict[str, Any]:
+def run_benign(
+    world: World, n_heldout: int, n_tuning: int, seed: int, only: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     model, engine = world.victims["mlp"], world.engines["mlp"]
     clients = benign_clients(world, n_heldout, n_tuning, seed)
-    per_family: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # clients, alerted, high, queries
+    if only is not None:  # design comparisons on some tuning families (the clients keep their seeds)
+        clients = [c for c in clients if c[0] in only]
+    # clients, alerted, enforced (the service's automatic enforce), queries, ever at level high
+    per_family: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     signals: dict[str, int] = defaultdict(int)
     order = np.random.default_rng(seed + 2).permutation(len(clients))
     sizes = network_sizes(len(clients), np.random.default_rng(seed + 3))
@@ -383,12 +439,15 @@ def run_benign(world: World, n_heldout: int, n_tuning: int, seed: int) -> dict[s
             if done % 100 == 0:
                 print(f"# {world.name}: {done} benign clients", file=sys.stderr, flush=True)
             state = engine.new_client_state()
-            alerted = high = False
+            response = Response()
+            alerted = high = enforced = False
             t = 0.0
             for b in client.batches(volume):
                 t += b.delay_s
                 P = model.predict_proba(b.X)
+                tests, alerts = state.evaluations, state.alerts
                 a = engine.observe(state, b.X, P, P.argmax(axis=1))
+                enforced |= response.after(state, tests, alerts, a)
                 if a.alert and not alerted:
                     for s in a.fired:
                         signals[f"{fam}:{s}"] += 1
@@ -399,8 +458,9 @@ def run_benign(world: World, n_heldout: int, n_tuning: int, seed: int) -> dict[s
             f = per_family[fam]
             f[0] += 1
             f[1] += alerted
-            f[2] += high
+            f[2] += enforced
             f[3] += volume
+            f[4] += high
         if size > 1:  # the detector's cross-client test: the network's clients pooled in time order
             groups += 1
             tester = GroupTester(engine)
@@ -417,20 +477,27 @@ def run_benign(world: World, n_heldout: int, n_tuning: int, seed: int) -> dict[s
         n = sum(per_family[f][0] for f in fams)
         k = sum(per_family[f][1] for f in fams)
         h = sum(per_family[f][2] for f in fams)
+        lv = sum(per_family[f][4] for f in fams)
         return {
             "clients": n,
             "flagged": k,
             "false_positive_rate": round(k / max(n, 1), 4),
             # Clopper-Pearson upper 95 % bound: 0 of 1,000 only shows the rate is below ~0.3 %.
             "false_positive_rate_upper_95": round(float(beta.ppf(0.95, k + 1, max(n - k, 1))), 4),
+            # The enforce level: what the service does automatically (level high + persistence).
             "high": h,
             "high_rate": round(h / max(n, 1), 4),
+            "high_rate_upper_95": round(float(beta.ppf(0.95, h + 1, max(n - h, 1))), 4),
+            # Any test at the engine's level high (what enforced before persistence was required).
+            "level_high": lv,
+            "level_high_rate": round(lv / max(n, 1), 4),
         }
 
     held = rates(HELDOUT)
     return {
         **held,
         "families_heldout": list(HELDOUT),
+        "new_heldout": rates(NEW_HELDOUT),
         "tuning": rates(TUNING),
         "families": {
             f: {
@@ -438,6 +505,7 @@ def run_benign(world: World, n_heldout: int, n_tuning: int, seed: int) -> dict[s
                 "clients": v[0],
                 "flagged": v[1],
                 "high": v[2],
+                "level_high": v[4],
                 "rate": round(v[1] / max(v[0], 1), 4),
                 "mean_queries": round(v[3] / max(v[0], 1), 1),
             }
@@ -462,6 +530,10 @@ def main() -> None:
     parser.add_argument("--worlds", default="digits,mnist")
     parser.add_argument("--quick", action="store_true", help="half attack budgets, 120 + 60 benign clients")
     parser.add_argument("--no-attacks", action="store_true")
+    parser.add_argument("--no-keys", action="store_true", help="skip the colluding-keys rows")
+    parser.add_argument("--families", default=None, help="tuning families the engine is fitted with (comparison)")
+    parser.add_argument("--only", default=None, help="run only these benign families (design comparisons)")
+    parser.add_argument("--ood-features", default=None, help="raw, standardised or rank (comparison)")
     parser.add_argument("--attack-scale", type=float, default=None, help="multiply the attack budgets (default 1)")
     args = parser.parse_args()
     n_held, n_tun = (120, 60) if args.quick else (args.benign, args.tuning)
@@ -471,7 +543,8 @@ def main() -> None:
         t0 = time.time()
         world = digits_world(scale) if name == "digits" else mnist_world(scale)
         # MNIST: 400-query calibration streams (not the whole 1,500-row fold) keep the fit near a minute.
-        fit_engines(world, None if name == "digits" else 400)
+        families = tuple(args.families.split(",")) if args.families else None
+        fit_engines(world, None if name == "digits" else 400, families, args.ood_features)
         t_fit = time.time() - t0
         print(f"# {name}: engines fitted in {t_fit:.0f} s", file=sys.stderr)
         attacks: list[dict[str, Any]] = []
@@ -479,12 +552,13 @@ def main() -> None:
             for a_name, victim, make in world.attacks:
                 attacks.append(run_attack(world, a_name, victim, make, 1))
                 print(f"# {name} {json.dumps(attacks[-1])}", file=sys.stderr, flush=True)
-            for a_name, victim, make in world.attacks:
+            for a_name, victim, make in world.attacks if not args.no_keys else []:
                 if a_name in ("jbda", "equation_solving"):
                     attacks.append(run_attack(world, a_name, victim, make, KEYS))
                     print(f"# {name} {json.dumps(attacks[-1])}", file=sys.stderr, flush=True)
         t1 = time.time()
-        benign = run_benign(world, n_held, n_tun, seed=1)
+        only = tuple(args.only.split(",")) if args.only else None
+        benign = run_benign(world, n_held, n_tun, seed=1, only=only)
         print(f"# {name} benign in {time.time() - t1:.0f} s: {json.dumps(benign)}", file=sys.stderr)
         out[name] = {
             "attacks": attacks,

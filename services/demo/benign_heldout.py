@@ -11,9 +11,16 @@ uses it, for the reported run.
 Image families (client-level parameters, a little jitter per row, values clipped to ``[low, high]``):
 - ``blur``: Gaussian blur (an out-of-focus camera, a low-resolution scan);
 - ``thickness``: strokes thickened by grey dilation or thinned by grey erosion (another pen);
-- ``contrast``: contrast, brightness and gamma changes (another scanner or exposure);
 - ``elastic``: elastic distortion (Simard et al., ICDAR 2003: a smoothed random displacement field),
   the hand-writing wobble of another writer.
+``contrast`` (contrast, brightness, gamma) was held out here until its first report; it is now a tuning
+family in ``services.detector.augment``. Added unseen on 2026-12-03, after that (no code path has
+measured the detector on these before the run they are reported in):
+- ``occlusion``: part of the digit hidden by a background-coloured rectangle (a finger, a sticker, the
+  edge of a cropped scan): 10-25 % of the image area, at a client-specific place, jittered per row;
+- ``zoom``: the digit scaled about the image centre by 0.8-1.2 (another camera distance or crop box);
+- ``lowres``: captured at half the resolution (6x6 on 8x8 digits) and up-sampled again (bilinear),
+  then quantised to 3-5 bits (a cheap sensor or a strongly compressed upload).
 Stream families: ``writers`` (rows from a distinct writer population, supplied by the caller) and
 ``drift`` (a client whose class mix moves from one Dirichlet draw to another over its lifetime).
 """
@@ -29,7 +36,7 @@ from scipy import ndimage
 from services.demo.redteam.base import Domain
 from services.demo.redteam.benign import BenignBatch, BenignClient, BenignProfile
 
-HELDOUT_IMAGE_FAMILIES = ("blur", "thickness", "contrast", "elastic")
+HELDOUT_IMAGE_FAMILIES = ("blur", "thickness", "elastic", "occlusion", "zoom", "lowres")
 HELDOUT_FAMILIES = (*HELDOUT_IMAGE_FAMILIES, "writers", "drift")
 Variation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -61,9 +68,19 @@ class HeldoutVariation:
         # On 8x8 one pixel is a 4x4 block of the 32x32 bitmap: a blend weight of 1/4 of a block dilation is a
         # 1-px pen change there, the size of MNIST's 2x2 dilation; 0.15-0.35 spans ~0.6-1.4 px.
         weight = rng.uniform(0.15, 0.35)
-        gain, bias, gamma = rng.uniform(0.6, 1.3), rng.uniform(-0.05, 0.1) * span, rng.uniform(0.6, 1.6)
+        # Three draws of the former contrast family, kept so every other family's clients are the ones of
+        # the earlier reports (same parameters from the same seeds).
+        rng.uniform(0.6, 1.3), rng.uniform(-0.05, 0.1), rng.uniform(0.6, 1.6)
         alpha = rng.uniform(1.0, 2.5) * max(px, 0.25)  # largest elastic displacement: 1-2.5 px on MNIST
         sigma_el = max(4.0 * px, 1.0)  # smoothness of the field: a wobble, not noise
+        # occlusion: the rectangle's share of each side, and its centre (fractions of the image), per client
+        occ_h, occ_w = np.sqrt(rng.uniform(0.10, 0.25)) * rng.uniform(0.7, 1.3, size=2).clip(0.5, 1.0 / 0.6)
+        occ_c = rng.uniform(0.2, 0.8, size=2)
+        zoom = float(rng.uniform(0.8, 1.2))
+        levels = int(2 ** rng.integers(3, 6))  # 8, 16 or 32 grey levels
+        # Half resolution on MNIST (14x14); an 8x8 digit is already a 4x4-averaged bitmap, and halving it
+        # again (4x4) erases the digit, so it is captured at 6x6 (a 5-px block of the 32x32 bitmap).
+        factor = 0.5 if px > 0.5 else 0.75
         family = self.family
 
         def vary(X: np.ndarray, row_rng: np.random.Generator) -> np.ndarray:
@@ -77,9 +94,34 @@ class HeldoutVariation:
                     out = np.stack([op(im, size=(2, 2)) for im in imgs])
                 else:
                     out = np.stack([(1 - weight) * im + weight * op(im, size=(2, 2)) for im in imgs])
-            elif family == "contrast":
-                unit = np.clip((imgs - self.low) / span, 0.0, 1.0) ** gamma
-                out = self.low + gain * unit * span + bias
+            elif family == "occlusion":
+                out = imgs.copy()
+                for i in range(len(out)):
+                    rh, rw = max(1, round(occ_h * h)), max(1, round(occ_w * w))
+                    cy, cx = (occ_c + row_rng.normal(0.0, 0.05, size=2)) * (h, w)
+                    top, left = int(np.clip(round(cy - rh / 2), 0, h - rh)), int(np.clip(round(cx - rw / 2), 0, w - rw))
+                    out[i, top : top + rh, left : left + rw] = self.low
+            elif family == "zoom":
+                centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+                z = zoom * (1.0 + row_rng.normal(0.0, 0.02, size=len(imgs)))
+                out = np.stack(
+                    [
+                        ndimage.affine_transform(
+                            im, np.eye(2) / zi, offset=centre - centre / zi, order=1, cval=self.low
+                        )
+                        for im, zi in zip(imgs, z, strict=True)
+                    ]
+                )
+            elif family == "lowres":
+                out = np.empty_like(imgs)
+                for i, im in enumerate(imgs):
+                    small = ndimage.zoom(im, factor, order=1, grid_mode=True, mode="grid-constant", cval=self.low)
+                    up = ndimage.zoom(
+                        small, (h / small.shape[0], w / small.shape[1]), order=1, grid_mode=True, mode="nearest"
+                    )
+                    out[i] = up[:h, :w]
+                unit = np.clip((out - self.low) / span, 0.0, 1.0)
+                out = self.low + np.round(unit * (levels - 1)) / (levels - 1) * span
             else:  # elastic
                 out = np.empty_like(imgs)
                 yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")

@@ -48,6 +48,7 @@ from services.detector.prada import PradaBaseline, PradaSignal
 from services.detector.risk import METHODS, Level, Method, RiskThresholds, calibrate, combine
 from services.detector.simulate import BenignStream, benign_streams
 from services.detector.stats import client_concentration, neg_log10, top2_margin
+from services.detector.steps import StepsBaseline, StepsSignal
 from services.detector.sweep import SweepBaseline, SweepSignal
 
 FORMAT = "modelcustody.detector.baseline"
@@ -59,6 +60,7 @@ _REGISTRY: dict[str, tuple[type[Signal[Any]], type[Record]]] = {
     "prada": (PradaSignal, PradaBaseline),
     "ood": (OODSignal, OODBaseline),
     "sweep": (SweepSignal, SweepBaseline),
+    "steps": (StepsSignal, StepsBaseline),
 }
 
 
@@ -536,9 +538,10 @@ def _fit_signals(
             **params.get("prada", {}),
         )
     )
-    signals.append(
-        OODSignal.fit(X_index, X_cal, y_cal, n_features=d, n_classes=n_classes, seed=seed, **params.get("ood", {}))
-    )
+    # Row-standardised OOD features by default: blind to a global gain and offset (another exposure), and on
+    # digits they cost no detection against raw features (docs/detector.md, "Global intensity changes").
+    ood_params = {"features": "standardised", **params.get("ood", {})}
+    signals.append(OODSignal.fit(X_index, X_cal, y_cal, n_features=d, n_classes=n_classes, seed=seed, **ood_params))
     signals.append(
         SweepSignal.fit(
             X,
@@ -549,6 +552,9 @@ def _fit_signals(
             seed=seed,
             **params.get("sweep", {}),
         )
+    )
+    signals.append(
+        StepsSignal.fit(X, n_features=d, n_classes=n_classes, variation=variation, seed=seed, **params.get("steps", {}))
     )
     return signals
 

@@ -32,11 +32,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from audit.validation import positive_float, positive_int, unit_interval
 from services.detector.base import Record, Signal, SignalResult
 from services.detector.stats import cap_concentration, class_beta_binomial_test, class_rate_posterior, ring_push
 
+# Features the k-NN distances are measured on: the raw inputs, each row standardised (mean 0, sd 1: blind to
+# a global gain and bias), or each row's ranks scaled to [0, 1] (blind to any monotone intensity change:
+# gain, bias and gamma). docs/detector.md compares them.
+FEATURES = ("raw", "standardised", "rank")
 _CHUNK = 1024  # rows per distance block: bounds the [rows, index] temporary to ~4 MB at 512 index points
 
 
@@ -57,6 +62,8 @@ class OODBaseline(Record):
     extreme: float = 0.0
     xrate_a: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [C + 1] Beta posterior of the extreme rate
     xrate_b: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # Which features the distances are measured on (``FEATURES``; 0 = raw inputs, baselines saved before it)
+    features: int = 0
 
 
 @dataclass(slots=True)
@@ -112,6 +119,7 @@ class OODSignal(Signal[OODState]):
         # 1 benign row in 200 is "extreme": varied benign devices stay below it, synthetic probes (uniform noise,
         # Jacobian steps, photo patches) sit far above it, so a handful of them is evidence on its own.
         extreme_quantile: float = 0.995,
+        features: str = "raw",
         seed: int = 0,
         **params: Any,
     ) -> OODSignal:
@@ -130,8 +138,12 @@ class OODSignal(Signal[OODState]):
             raise ValueError(f"the index needs more than k={k} rows, got {len(Xi)}")
         if len(Xc) < 20:
             raise ValueError(f"need >= 20 calibration rows, got {len(Xc)}")
+        if features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+        code = FEATURES.index(features)
         if len(Xi) > size:
             Xi = Xi[np.random.default_rng(seed).choice(len(Xi), size=size, replace=False)]
+        Xi, Xc = row_features(Xi, code), row_features(Xc, code)
         index_sq = np.einsum("ij,ij->i", Xi, Xi)
         # r_j: the k-th neighbour of each index point among the *other* index points.
         scale, _ = _knn(Xi, Xi, index_sq, k + 1)
@@ -158,6 +170,7 @@ class OODSignal(Signal[OODState]):
             extreme=x_radius / radius,
             xrate_a=xa,
             xrate_b=xb,
+            features=code,
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
 
@@ -199,7 +212,8 @@ class OODSignal(Signal[OODState]):
     def scores(self, X: np.ndarray) -> np.ndarray:
         """rho / radius per row: > 1 means farther from the reference data than 95 % of benign rows."""
         b = self._baseline
-        return _density_ratio(np.asarray(X, dtype=np.float64), b.index, b.index_sq, b.index_scale, b.k) / b.radius
+        F = row_features(np.asarray(X, dtype=np.float64), b.features)
+        return _density_ratio(F, b.index, b.index_sq, b.index_scale, b.k) / b.radius
 
     def update(
         self,
@@ -259,6 +273,19 @@ class OODSignal(Signal[OODState]):
             test=test,
             evidence=evidence,
         )
+
+
+def row_features(X: np.ndarray, code: int) -> np.ndarray:
+    """The features of ``FEATURES[code]`` per row (a constant row standardises to zeros)."""
+    if code == 0:
+        return X
+    if code == 1:
+        sd = X.std(axis=1, keepdims=True)
+        return (X - X.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+    if code == 2:
+        ranks = stats.rankdata(X, axis=1)  # ties (a flat background) share their mean rank
+        return (ranks - 1.0) / max(X.shape[1] - 1, 1)
+    raise ValueError(f"unknown feature code {code}")
 
 
 def _knn(X: np.ndarray, index: np.ndarray, index_sq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

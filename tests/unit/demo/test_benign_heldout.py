@@ -49,3 +49,25 @@ def test_drifting_client_moves_its_class_mix() -> None:
     first = np.bincount(labels[:500], minlength=10) / 500
     last = np.bincount(labels[-500:], minlength=10) / 500
     assert 0.5 * np.abs(first - last).sum() > 0.3  # total variation between the start and the end of its life
+
+
+def test_occlusion_hides_a_block_and_zoom_moves_strokes_outwards() -> None:
+    rows = X[:10].astype(np.float64)
+    hidden = HeldoutVariation("occlusion", (8, 8), 0.0, 16.0).for_client(np.random.default_rng(1))(
+        rows, np.random.default_rng(2)
+    )
+    erased = (hidden == 0.0) & (rows > 0.0)
+    assert erased.any(axis=1).all() and np.all(hidden[~erased] == rows[~erased])  # only erasing, every row
+    img = np.zeros((1, 784))
+    img.reshape(28, 28)[12:16, 12:16] = 1.0  # a centred square
+    for seed in range(20):
+        var = HeldoutVariation("zoom", (28, 28), 0.0, 1.0)
+        out = var.for_client(np.random.default_rng(seed))(img, np.random.default_rng(0))
+        assert out.sum() == pytest.approx(img.sum(), rel=0.5) and not np.allclose(out, img)
+
+
+def test_lowres_quantises_to_few_levels() -> None:
+    out = HeldoutVariation("lowres", (8, 8), 0.0, 16.0).for_client(np.random.default_rng(0))(
+        X[:50].astype(np.float64), np.random.default_rng(0)
+    )
+    assert len(np.unique(out)) <= 32

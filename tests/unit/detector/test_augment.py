@@ -86,3 +86,19 @@ def test_engine_fitted_with_variation_tolerates_translated_clients(digits: Digit
 def test_variation_needs_a_reference_model(digits: Digits, victim: Victim) -> None:
     with pytest.raises(ValueError, match="reference_model"):
         DetectionEngine.fit(digits.X_ref, victim.proba(digits.X_ref), variation=DIGITS)
+
+
+def test_contrast_is_one_monotone_intensity_map_per_client(digits: Digits) -> None:
+    rng = np.random.default_rng(2)
+    X = digits.X_fresh[:40]
+    out = DIGITS.for_client(rng, "contrast")(X, rng)
+    assert out.min() >= 0.0 and out.max() <= 16.0 and not np.allclose(out, X)
+    # one device: every row maps the same input level to the same output level, in the same order
+    levels = {float(v): set() for v in np.unique(X)}
+    for v, w in zip(X.ravel(), out.ravel(), strict=True):
+        levels[float(v)].add(round(float(w), 9))
+    assert all(len(s) == 1 for s in levels.values())
+    mapped = [next(iter(levels[v])) for v in sorted(levels)]
+    assert all(b >= a for a, b in zip(mapped, mapped[1:], strict=False))
+    with pytest.raises(ValueError, match="families"):
+        ImageVariation(shape=(8, 8), families=("contrast", "blur"))
