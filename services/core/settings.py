@@ -225,9 +225,16 @@ class Settings(BaseSettings):
     # unlucky window does not persist) or two independent signal families firing in the same test.
     detector_enforce_after_tests: int = Field(default=3, ge=1)
     # Signal → family. Under benign shift (off-centre, noisy captures) boundary and ood fire together, so
-    # they count as one family; a signal not listed is its own family.
+    # they count as one family; a signal not listed is its own family. steps (sign steps to the nearest earlier
+    # query) measures the same thing as prada (a client's distances to its own earlier queries): one family.
     detector_signal_families: dict[str, str] = Field(
-        default_factory=lambda: {"boundary": "shift", "ood": "shift", "prada": "sequence", "sweep": "sequence"}
+        default_factory=lambda: {
+            "boundary": "shift",
+            "ood": "shift",
+            "prada": "sequence",
+            "sweep": "sequence",
+            "steps": "sequence",
+        }
     )
     # The policy enforcement applies (tightened field by field into the client's current policy): labels
     # only removes what equation solving and boundary attacks learn from; 1,000 rows a day is ~6x the
