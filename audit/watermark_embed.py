@@ -168,6 +168,8 @@ class WatermarkEmbedder:
         trigger_lr: float = 0.01,
         max_perturbation: float = 0.25,
         false_rate_threshold: float = 0.1,
+        closing_steps: int = 5,
+        hold_false_rate: bool = False,
         seed: int = 0,
     ) -> None:
         h, w = image_shape
@@ -194,8 +196,8 @@ class WatermarkEmbedder:
         for name, count in counts.items():
             if count < 1:
                 raise ValueError(f"{name} must be at least 1, got {count}")
-        if trigger_steps < 0:
-            raise ValueError("trigger_steps must be non-negative")
+        if trigger_steps < 0 or closing_steps < 0:
+            raise ValueError("trigger_steps and closing_steps must be non-negative")
         for name, v in (("lr", lr), ("temperature", temperature), ("trigger_lr", trigger_lr)):
             if v <= 0:
                 raise ValueError(f"{name} must be positive, got {v}")
@@ -225,6 +227,8 @@ class WatermarkEmbedder:
         self.trigger_lr = trigger_lr
         self.max_perturbation = max_perturbation
         self.false_rate_threshold = false_rate_threshold
+        self.closing_steps = closing_steps
+        self.hold_false_rate = bool(hold_false_rate)
         self.seed = seed
 
     # -- public -------------------------------------------------------------------------------------------
@@ -380,8 +384,15 @@ class WatermarkEmbedder:
         tgt: torch.Tensor,
         positions: Sequence[tuple[int, int]],
         temps: Sequence[torch.Tensor],
+        guards: Sequence[nn.Module] = (),
     ) -> torch.Tensor:
-        """EWE's signed-gradient steps on the non-trigger pixels, kept within ``max_perturbation`` of the stamp."""
+        """EWE's signed-gradient steps on the non-trigger pixels, kept within ``max_perturbation`` of the stamp.
+
+        The false-watermark check (more than ``false_rate_threshold`` of the triggers answered "target") is made on
+        the pre-trained ``model`` and on every clean model in ``guards``. With ``hold_false_rate`` the check also
+        follows every SNNL step (so the returned triggers pass it, which EWE's order does not ensure) and the
+        away-from-target steps move only the triggers some judge answers "target" (the others stay where the SNNL
+        steps put them, close to the target class)."""
         free = torch.ones(stamped.shape[1])
         for r, c in positions:
             free[r * self.image_shape[1] + c] = 0.0
@@ -389,23 +400,35 @@ class WatermarkEmbedder:
         hi = (stamped + self.max_perturbation).clamp(0.0, 1.0)
         groups = self._groups(len(stamped), len(tgt))
         taus = [t.detach().exp() for t in temps]
+        judges = [model, *guards]
+
+        def called_target(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return torch.stack([m(x).argmax(1) == self.target_class for m in judges])  # [judges, n]
 
         def away_from_target(x: torch.Tensor) -> torch.Tensor:
+            move = called_target(x).any(0).float()[:, None] if self.hold_false_rate else 1.0
             x = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(model(x)[:, self.target_class].sum(), x)
-            return torch.minimum(torch.maximum(x.detach() - self.trigger_lr * g.sign() * free, lo), hi)
+            (g,) = torch.autograd.grad(sum(m(x)[:, self.target_class].sum() for m in judges), x)
+            return torch.minimum(torch.maximum(x.detach() - self.trigger_lr * g.sign() * free * move, lo), hi)
+
+        def hold(x: torch.Tensor) -> torch.Tensor:
+            # EWE's cap: at most 50 steps away from the target per round, so a stubborn batch cannot stall
+            for _ in range(50):
+                if float(called_target(x).float().mean(1).max()) <= self.false_rate_threshold:
+                    break
+                x = away_from_target(x)
+            return x
 
         x = stamped.clone()
         for _ in range(self.trigger_steps):
-            # EWE's cap: at most 50 steps away from the target per round, so a stubborn batch cannot stall
-            for _ in range(50):
-                if self._target_rate(model, x) <= self.false_rate_threshold:
-                    break
-                x = away_from_target(x)
+            x = hold(x)
             xg = x.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(_snnl_all(model, torch.cat([xg, tgt]), groups, taus), xg)
             x = torch.minimum(torch.maximum(x + self.trigger_lr * g.sign() * free, lo), hi)
-            for _ in range(5):  # EWE's five closing steps away from the target logit after each SNNL step
+            if self.hold_false_rate:
+                x = hold(x)
+            for _ in range(self.closing_steps):  # EWE: five closing steps away from the target after each SNNL step
                 x = away_from_target(x)
         return x.detach()
 

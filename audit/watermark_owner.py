@@ -114,6 +114,8 @@ def embed_owner_model(
     holdout: float = 0.1,
     eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     seed: int = 0,
+    guard_models: int = 0,
+    guard_rows: int = 3000,
     progress: Progress | None = None,
 ) -> OwnerEmbedding:
     """Fine-tune the owner's model (``model_path``) or train ``architecture``/``config`` with EWE; see the module
@@ -121,7 +123,11 @@ def embed_owner_model(
     and ``num_classes`` are set from the arguments and the data. ``eval_data``: the owner's own test set (x, y),
     never trained on; then every row of ``x`` trains and the accuracy cost is measured on it. Without it a
     ``holdout`` share of ``x`` is held out of the watermark stage, which is a fair test only when the owner's model
-    did not train on those rows either (a fresh architecture; not a model the owner trained on all of ``x``)."""
+    did not train on those rows either (a fresh architecture; not a model the owner trained on all of ``x``).
+
+    ``guard_models``: clean models (widths ``GUARD_WIDTHS`` in turn, ``guard_rows`` random training rows each, the
+    embedder's clean recipe) on which the trigger optimisation checks the false-watermark rate besides the
+    pre-trained owner model (``WatermarkEmbedder._optimise_triggers``); 0 checks the owner model only, as EWE."""
     report = progress or (lambda f, m: None)
     started = time.perf_counter()
     h, w = image_shape
@@ -131,6 +137,8 @@ def embed_owner_model(
         raise ValueError("give exactly one of the owner's model (safetensors) or a registered architecture")
     if not 0.0 < holdout < 0.5:
         raise ValueError("holdout must be in (0, 0.5)")
+    if guard_models < 0 or guard_rows < 2:
+        raise ValueError("guard_models must be >= 0 and guard_rows >= 2")
     base = embedder or WatermarkEmbedder()
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(x))
@@ -159,7 +167,8 @@ def embed_owner_model(
     params = {k: getattr(base, k) for k in (
         "source_class", "target_class", "patch_size", "trigger_value", "trigger_positions", "epochs",
         "watermark_epochs", "batch_size", "lr", "ratio", "snnl_weight", "temperature", "temperature_lr",
-        "trigger_steps", "trigger_lr", "max_perturbation", "false_rate_threshold", "seed")}
+        "trigger_steps", "trigger_lr", "max_perturbation", "false_rate_threshold", "closing_steps",
+        "hold_false_rate", "seed")}
     emb = WatermarkEmbedder(image_shape=(h, w), num_classes=classes, hidden=base.hidden, **params)
     xt, yt = torch.as_tensor(x_train), torch.as_tensor(y_train)
     total = emb.watermark_epochs + (2 * emb.epochs + emb.watermark_epochs if mode == "train" else 0)
@@ -192,7 +201,8 @@ def embed_owner_model(
         temps = [torch.tensor(float(np.log(emb.temperature)), requires_grad=True) for _ in range(n_reps)]
         positions = emb.trigger_positions or emb._place_trigger(model, xt[src_rows], tgt, temps)
         stamped = stamp(x_train[src_rows], positions, emb.trigger_value, (h, w))
-        triggers = emb._optimise_triggers(model, torch.as_tensor(stamped), tgt, positions, temps)
+        guards = _guard_models(emb, x_train, y_train, guard_models, guard_rows, seed)
+        triggers = emb._optimise_triggers(model, torch.as_tensor(stamped), tgt, positions, temps, guards)
         rate_before = emb._target_rate(model, triggers)
         model.train()
         emb._train_watermarked(model, opt, gen, xt, yt, triggers, tgt, temps,
@@ -223,6 +233,22 @@ def embed_owner_model(
         seconds=time.perf_counter() - started,
         mode=mode,
     )
+
+
+# Widths of the guard models: the owner's (128, 64) and two one-layer MLPs, because an independent party need not
+# use the owner's architecture (audit.null_models varies widths for the same reason).
+GUARD_WIDTHS = ((128, 64), (256,), (64,))
+
+
+def _guard_models(
+    emb: WatermarkEmbedder, x: np.ndarray, y: np.ndarray, n: int, rows: int, seed: int
+) -> list[nn.Module]:
+    rng = np.random.default_rng(seed + 1)
+    out: list[nn.Module] = []
+    for i in range(n):
+        pick = np.sort(rng.choice(len(x), size=min(rows, len(x)), replace=False))
+        out.append(emb.fit_clean(x[pick], y[pick], seed=seed + 100 + i, hidden=GUARD_WIDTHS[i % len(GUARD_WIDTHS)]))
+    return out
 
 
 def _reps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

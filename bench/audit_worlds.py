@@ -10,8 +10,8 @@ Per world (one seed each; the digits world of bench/audit.py's main part adds se
 
 - **Owner model.** digits: ``WatermarkEmbedder.fit`` on the owner half (EWE from scratch, the demo path).
   MNIST: the owner's own (128, 64) MLP trained clean on 10,000 private images, then watermarked by
-  **owner-side EWE** (``audit.watermark_owner.embed_owner_model``, fine-tuning), accuracy cost on 5,000 test
-  images.
+  **owner-side EWE** (``audit.watermark_owner.embed_owner_model``, fine-tuning, with ``MNIST_EWE`` and three guard
+  models: the trigger recipe that reaches extraction copies, docs/audits.md), accuracy cost on 5,000 test images.
 - **Registration.** reference data = owner rows outside the dataset-inference private samples (digits: 648
   rows; MNIST: 7,500 rows, nulls capped at 3,000 rows each); DI private = 250 owner rows, public = the test
   split; 20 null models; MinGD off for MNIST (its white-box walks cost more than the rest of the registration;
@@ -53,7 +53,15 @@ from audit.watermark_owner import embed_owner_model
 
 AGREEMENT_BAR = 0.80  # a "copy" below 80 % test agreement is not counted for the watermark's stolen rate
 STOLEN = ("label_copy", "probability_copy", "distilled", "fine_tuned")
-N_PRIVATE = 250  # DI private samples: 100 regressor + 150 revealed (BlindWalkConfig defaults)
+N_PRIVATE = 250
+# Owner-side EWE on MNIST (docs/audits.md "Watermark transfer on MNIST"): EWE's trigger steps without its bound on
+# the perturbation and without the five closing steps away from the target, the false-watermark check held after
+# every step on the owner and three clean guard models (not only the pre-trained owner), at 0.3 per judge;
+# 10 watermark epochs. Measured on one seed's quick loop: copies 0.17-0.86 of the key "target", independents
+# <= 0.08; EWE's order (checks before each step, five closing steps, perturbation <= 0.25): copies 0.00.
+MNIST_EWE: dict[str, Any] = {"watermark_epochs": 10, "max_perturbation": 1.0, "closing_steps": 0, "trigger_steps": 30,
+             "false_rate_threshold": 0.3, "hold_false_rate": True}
+MNIST_GUARDS = 3  # DI private samples: 100 regressor + 150 revealed (BlindWalkConfig defaults)
 
 
 def log(message: str) -> None:
@@ -100,8 +108,8 @@ def _owner_model(world: str, split: Any, shape: tuple[int, int], patch: int, see
         save_model(tmp / "owner_clean.safetensors", clean, "mlp", config)
         out = embed_owner_model(
             split.x_owner, split.y_owner, image_shape=shape, model_path=tmp / "owner_clean.safetensors",
-            embedder=WatermarkEmbedder(image_shape=shape, patch_size=patch, watermark_epochs=5, seed=seed),
-            eval_data=(split.x_test, split.y_test), seed=seed,
+            embedder=WatermarkEmbedder(image_shape=shape, patch_size=patch, seed=seed, **MNIST_EWE),
+            eval_data=(split.x_test, split.y_test), seed=seed, guard_models=MNIST_GUARDS,
         )
         model, key, info = out.result.model, out.result.key, out.summary()
     save_model(tmp / "owner.safetensors", model, "mlp", config)

@@ -62,6 +62,18 @@ def test_embed_refuses_bad_input_with_a_reason(owner_files: Path, tmp_path: Path
     assert both.exit_code == 2 and "exactly one" in both.output
     with pytest.raises(ValueError, match="exactly one"):
         embed_owner_model(np.zeros((30, 64), np.float32), np.zeros(30, int), image_shape=(8, 8))
+    with pytest.raises(ValueError, match="guard_models"):
+        embed_owner_model(np.zeros((30, 64), np.float32), np.zeros(30, int), image_shape=(8, 8),
+                          model_path=owner_files / "mine.safetensors", guard_models=-1)
+
+
+def test_guarded_triggers_keep_the_false_rate_on_the_owner_before_embedding(owner_files: Path) -> None:
+    d = split_digits(seed=0)
+    emb = WatermarkEmbedder(watermark_epochs=6, trigger_steps=6, trigger_lr=0.05, max_perturbation=1.0,
+                            closing_steps=0, false_rate_threshold=0.2, hold_false_rate=True)
+    out = embed_owner_model(d.x_owner, d.y_owner, image_shape=(8, 8), model_path=owner_files / "mine.safetensors",
+                            embedder=emb, eval_data=(d.x_test, d.y_test), guard_models=2, guard_rows=400)
+    assert out.trigger_rate_before <= 0.2 and out.trigger_success >= 0.9
 
 
 def test_a_registered_architecture_is_trained_with_the_watermark(owner_files: Path) -> None:
