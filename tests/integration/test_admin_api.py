@@ -194,6 +194,13 @@ def test_alerts_filters_cursor_pagination_and_lifecycle(admin: httpx.Client, red
     high = admin.get("/v1/alerts", params={"severity": "high"}).json()["items"]
     assert {a["client_id"] for a in high} == {"c1", "c3", "c5", "late"}
     assert [a["client_id"] for a in admin.get("/v1/alerts", params={"client_id": "c4"}).json()["items"]] == ["c4"]
+    AlertStore(redis_client).raise_or_update(
+        client_id="group:10.0.0.0/24", severity="medium", risk_score=6.0, signals=[], fired=["ood"],
+        window_start=0.0, window_end=1.0, queries_seen=200, kind="group", members=["c1", "c2", "c3"])
+    groups = admin.get("/v1/alerts", params={"kind": "group"}).json()["items"]
+    assert [(a["client_id"], a["members"]) for a in groups] == [("group:10.0.0.0/24", ["c1", "c2", "c3"])]
+    clients = admin.get("/v1/alerts", params={"kind": "client"}).json()["items"]
+    assert clients and "group:10.0.0.0/24" not in {a["client_id"] for a in clients}
     assert_problem(admin.get("/v1/alerts", params={"cursor": "garbage!"}), 422, "invalid-cursor")
     assert_problem(admin.get("/v1/alerts", params={"status": "nope"}), 422, "validation-error")
 

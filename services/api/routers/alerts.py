@@ -42,7 +42,8 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 def _page(r: Any, *, after: tuple[float, str] | None, limit: int,
-          status: str | None, client_id: str | None, severity: str | None) -> tuple[list[AlertRecord], bool]:
+          status: str | None, client_id: str | None, severity: str | None,
+          kind: str | None = None) -> tuple[list[AlertRecord], bool]:
     out: list[AlertRecord] = []
     offset = 0
     top: Any = "+inf" if after is None else after[0]
@@ -61,7 +62,7 @@ def _page(r: Any, *, after: tuple[float, str] | None, limit: int,
             alert = AlertRecord.from_json(raw)
             if status and alert.status != status or client_id and alert.client_id != client_id:
                 continue
-            if severity and alert.severity != severity:
+            if severity and alert.severity != severity or kind and alert.kind != kind:
                 continue
             if len(out) == limit:
                 return out, True
@@ -75,12 +76,15 @@ def list_alerts(
     status: Literal["open", "acknowledged", "resolved"] | None = None,
     client_id: str | None = None,
     severity: Literal["medium", "high"] | None = None,
+    kind: Literal["client", "group"] | None = Query(None, description="group: colluding-keys alerts"),
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
 ) -> AlertPage:
     """Alerts, newest first, one page at a time."""
     after = decode_cursor(cursor) if cursor else None
-    items, more = _page(r, after=after, limit=limit, status=status, client_id=client_id, severity=severity)
+    items, more = _page(
+        r, after=after, limit=limit, status=status, client_id=client_id, severity=severity, kind=kind
+    )
     next_cursor = encode_cursor(items[-1].opened_at, items[-1].id) if more and items else None
     return AlertPage(items=[Alert(**a.__dict__) for a in items], next_cursor=next_cursor)
 
