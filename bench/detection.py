@@ -69,7 +69,7 @@ from services.demo.redteam import (  # noqa: E402
 )
 from services.demo.redteam.benign import BenignClient  # noqa: E402
 from services.detector.augment import ImageVariation  # noqa: E402
-from services.detector.engine import Assessment, ClientState, DetectionEngine  # noqa: E402
+from services.detector.engine import Assessment, ClientState, DetectionEngine, FitConfig  # noqa: E402
 from services.detector.service.consumer import _streak  # noqa: E402
 from services.detector.service.groups import GroupTester  # noqa: E402
 
@@ -271,11 +271,13 @@ def fit_engines(
             world.reference,
             proba(world.reference),
             reference_model=proba,
-            n_sim_clients=200,
-            seed=0,
-            variation=world.variation,
-            sim_length=sim_length,
-            signal_params=params or None,
+            config=FitConfig(
+                n_sim_clients=200,
+                seed=0,
+                variation=world.variation,
+                sim_length=sim_length,
+                signal_params=params or None,
+            ),
         )
 
 

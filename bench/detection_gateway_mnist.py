@@ -30,7 +30,7 @@ from services.core.clients import ClientRegistry  # noqa: E402
 from services.core.protocols import oip_request  # noqa: E402
 from services.demo.processes import ManagedProcess, PrivateRedis, free_port, uvicorn_command, wait_for_port  # noqa: E402
 from services.demo.redteam.http_oracle import GatewayOracle, OracleRefused  # noqa: E402
-from services.detector.engine import DetectionEngine  # noqa: E402
+from services.detector.engine import DetectionEngine, FitConfig  # noqa: E402
 from tests.utils.mlserver import mlserver_venv  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,11 +118,13 @@ def run_mnist(n_benign: int, quick: bool) -> dict[str, Any]:
                 world.reference,
                 served[name](world.reference),
                 reference_model=served[name],
-                n_sim_clients=40 if quick else 200,  # --quick tries the script; its thresholds are not reported
-                seed=0,
-                variation=world.variation,
-                sim_length=400,
-                signal_params={"prada": {"null_streams": 20}},
+                config=FitConfig(
+                    n_sim_clients=40 if quick else 200,  # --quick tries the script; its thresholds are not reported
+                    seed=0,
+                    variation=world.variation,
+                    sim_length=400,
+                    signal_params={"prada": {"null_streams": 20}},
+                ),
             )
         fit_s = time.time() - t0
         print(f"# mnist: engines fitted in {fit_s:.0f} s", file=sys.stderr, flush=True)

@@ -49,7 +49,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.demo.processes import exit_on_sigterm  # noqa: E402
-from services.detector.engine import DetectionEngine  # noqa: E402
+from services.detector.engine import DetectionEngine, FitConfig  # noqa: E402
 from services.detector.prada import PradaSignal  # noqa: E402
 
 BATCH = 50  # rows per client batch: the gateway-to-detector granularity the issue names
@@ -196,7 +196,7 @@ def main() -> None:
         return np.asarray(victim.predict_proba(np.asarray(Z) / 16.0))
 
     t0 = time.perf_counter()
-    engine = DetectionEngine.fit(Xref, model(Xref), reference_model=model, seed=args.seed)
+    engine = DetectionEngine.fit(Xref, model(Xref), reference_model=model, config=FitConfig(seed=args.seed))
     fit_s = time.perf_counter() - t0
 
     n_q = 200_000

@@ -16,7 +16,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from services.demo.model_server.models import DIGITS_MAX, MODEL_KINDS, digits_split, holdout_halves, train_model
 from services.detector.augment import ImageVariation
-from services.detector.engine import DetectionEngine
+from services.detector.engine import DetectionEngine, FitConfig
 from services.detector.service.runtime import EngineSet, ReferenceModel, load_engine, save_engine
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,7 @@ def fit_demo_engine(model: str, seed: int = 0, n_sim_clients: int = 200) -> Dete
         x_ref,
         reference_model(x_ref),
         reference_model=reference_model,
-        n_sim_clients=n_sim_clients,
-        seed=seed,
-        variation=DIGITS_VARIATION,
+        config=FitConfig(n_sim_clients=n_sim_clients, seed=seed, variation=DIGITS_VARIATION),
     )
 
 

@@ -14,7 +14,7 @@ ones the detector is designed and calibrated with:
 
 ``ImageVariation`` applies one family with client-specific parameters to a whole batch: a client's device
 has a consistent offset, angle or noise level, with a little jitter from row to row. The detector uses it
-to augment its reference data (``DetectionEngine.fit(..., variation=...)``: the OOD index, the benign
+to augment its reference data (``DetectionEngine.fit(..., config=FitConfig(variation=...))``: the OOD index, the benign
 margin and far rates, and the calibration streams all see varied rows), so a client whose captures vary
 this way is the benign population the thresholds are set for, not an outlier.
 

@@ -64,6 +64,25 @@ _REGISTRY: dict[str, tuple[type[Signal[Any]], type[Record]]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class FitConfig:
+    """How ``DetectionEngine.fit`` fits the baselines and calibrates the risk thresholds (all defaults tested)."""
+
+    index_fraction: float = 0.5  # half the reference rows index the OOD signal, half calibrate it
+    eval_every: int = 50
+    method: Method = "bonferroni"
+    early_tests: Sequence[int] = (20,)
+    target_fpr: float = 1e-3
+    high_fpr: float = 1e-5
+    lifetime_queries: int = 10_000
+    n_sim_clients: int = 200  # benign streams for the risk threshold: ~2 s with 600 digits rows
+    sim_length: int | None = None
+    folds: int = 2  # cross-fitting folds for the risk calibration; 2 keeps each fold's streams long
+    seed: int = 0
+    signal_params: dict[str, dict[str, Any]] | None = None  # per signal, e.g. {"prada": {"max_set_size": 64}}
+    variation: Variation | None = None  # how benign clients' inputs differ from the reference rows
+
+
 @dataclass(slots=True)
 class ClientState:
     """One client's detector state: each signal's state plus the risk history."""
@@ -173,32 +192,25 @@ class DetectionEngine:
         reference_model: ReferenceModel | None = None,
         n_classes: int | None = None,
         daily_volumes_ref: np.ndarray | None = None,
-        index_fraction: float = 0.5,  # half the reference rows index the OOD signal, half calibrate it
-        eval_every: int = 50,
-        method: Method = "bonferroni",
-        early_tests: Sequence[int] = (20,),
-        target_fpr: float = 1e-3,
-        high_fpr: float = 1e-5,
-        lifetime_queries: int = 10_000,
-        n_sim_clients: int = 200,  # benign streams for the risk threshold: ~2 s with 600 digits rows
-        sim_length: int | None = None,
-        folds: int = 2,  # cross-fitting folds for the risk calibration; 2 keeps each fold's streams long
-        seed: int = 0,
-        signal_params: dict[str, dict[str, Any]] | None = None,
-        variation: Variation | None = None,
+        config: FitConfig | None = None,
     ) -> DetectionEngine:
         """Fit every signal's baseline and the risk thresholds on benign reference data.
 
         ``outputs_ref``: the reference model's probabilities on ``X_ref`` (computed with ``reference_model``
         if omitted); without either, the boundary signal is left out. ``labels_ref`` default to their argmax.
         ``daily_volumes_ref``: benign clients' daily query counts, enabling the volume sub-test.
-        ``signal_params``: keyword parameters per signal name, e.g. ``{"prada": {"max_set_size": 64}}``.
-        ``variation``: how benign clients' inputs differ from the reference rows (e.g.
+        ``config``: the test schedule, calibration and per-signal parameters (``FitConfig``; defaults if omitted).
+        ``config.variation``: how benign clients' inputs differ from the reference rows (e.g.
         ``augment.ImageVariation``: one call = one client's device). With it, the OOD index, the benign
         far and small-margin rates are fitted on the reference rows plus one varied copy of each (each row
         its own device), and every calibration stream is one client's rows through one device, answered by
         ``reference_model`` (required then). The thresholds are then set for a population that varies.
         """
+        cfg = config or FitConfig()
+        index_fraction, eval_every, method = cfg.index_fraction, cfg.eval_every, cfg.method
+        early_tests = cfg.early_tests
+        n_sim_clients, sim_length, folds, seed = cfg.n_sim_clients, cfg.sim_length, cfg.folds, cfg.seed
+        signal_params, variation = cfg.signal_params, cfg.variation
         X = np.asarray(X_ref, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] < 40 or not np.all(np.isfinite(X)):
             raise ValueError(f"X_ref must be a finite [n >= 40, d] array, got shape {X.shape}")
@@ -276,9 +288,9 @@ class DetectionEngine:
         engine.thresholds = calibrate(
             lambda stream: fold_engines[stream.source].stream_scores(stream),
             streams,
-            lifetime_queries=lifetime_queries,
-            target_fpr=target_fpr,
-            high_fpr=high_fpr,
+            lifetime_queries=cfg.lifetime_queries,
+            target_fpr=cfg.target_fpr,
+            high_fpr=cfg.high_fpr,
             eval_every=eval_every,
             method=method,
             extra_tests=len(engine.early_tests),

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from services.detector.engine import DetectionEngine
+from services.detector.engine import DetectionEngine, FitConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,11 @@ def fit_reference_engine(
     if outputs_ref is None and labels_ref is None:
         raise ValueError("the reference set needs the model's probabilities or labels on its inputs")
     return DetectionEngine.fit(
-        x, outputs_ref, labels_ref, daily_volumes_ref=daily_volumes, n_sim_clients=n_sim_clients, seed=seed
+        x,
+        outputs_ref,
+        labels_ref,
+        daily_volumes_ref=daily_volumes,
+        config=FitConfig(n_sim_clients=n_sim_clients, seed=seed),
     )
 
 

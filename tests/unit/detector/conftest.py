@@ -17,7 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
-from services.detector.engine import DetectionEngine
+from services.detector.engine import DetectionEngine, FitConfig
 from services.detector.stats import top2_margin
 
 
@@ -65,5 +65,5 @@ def victim(digits: Digits) -> Victim:
 def engine(digits: Digits, victim: Victim) -> DetectionEngine:
     # 100 simulated benign clients instead of 200: halves the fit; the tests check fresh benign data anyway.
     return DetectionEngine.fit(
-        digits.X_ref, victim.proba(digits.X_ref), reference_model=victim.proba, n_sim_clients=100, seed=0
+        digits.X_ref, victim.proba(digits.X_ref), reference_model=victim.proba, config=FitConfig(n_sim_clients=100)
     )

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from services.detector.augment import ImageVariation
-from services.detector.engine import DetectionEngine
+from services.detector.engine import DetectionEngine, FitConfig
 from services.detector.stats import cap_concentration, client_concentration
 from tests.unit.detector import streams
 from tests.unit.detector.conftest import Digits, Victim
@@ -55,15 +55,13 @@ def test_client_concentration_recovers_a_known_beta() -> None:
 def test_engine_fitted_with_variation_tolerates_translated_clients(digits: Digits, victim: Victim) -> None:
     """The reported failure in miniature: clients whose digits are off-centre by up to a pixel."""
     clean = DetectionEngine.fit(
-        digits.X_ref, victim.proba(digits.X_ref), reference_model=victim.proba, n_sim_clients=100, seed=0
+        digits.X_ref, victim.proba(digits.X_ref), reference_model=victim.proba, config=FitConfig(n_sim_clients=100)
     )
     varied = DetectionEngine.fit(
         digits.X_ref,
         victim.proba(digits.X_ref),
         reference_model=victim.proba,
-        n_sim_clients=100,
-        seed=0,
-        variation=DIGITS,
+        config=FitConfig(n_sim_clients=100, variation=DIGITS),
     )
     alerted = {"clean": 0, "varied": 0}
     for i in range(16):
@@ -85,7 +83,7 @@ def test_engine_fitted_with_variation_tolerates_translated_clients(digits: Digit
 
 def test_variation_needs_a_reference_model(digits: Digits, victim: Victim) -> None:
     with pytest.raises(ValueError, match="reference_model"):
-        DetectionEngine.fit(digits.X_ref, victim.proba(digits.X_ref), variation=DIGITS)
+        DetectionEngine.fit(digits.X_ref, victim.proba(digits.X_ref), config=FitConfig(variation=DIGITS))
 
 
 def test_contrast_is_one_monotone_intensity_map_per_client(digits: Digits) -> None:
