@@ -59,6 +59,8 @@ def test_rows_committed_before_redis_loses_its_tail_are_logged_and_analysed_exac
         "MODELCUSTODY_GATEWAY_REDIS_RETRY_S": "0.2",
         "MODELCUSTODY_DETECTOR_REFERENCE_PATH": str(detector_baseline),
         "MODELCUSTODY_DETECTOR_BATCH_MAX": "50",
+        # Uniform probing is what the detector alerts on; a quota tightened mid-test would turn answers into 429s.
+        "MODELCUSTODY_DETECTOR_RESPONSE": "notify",
     }
     gw = start_server("services.gateway.app:create_app", env, tmp_path, "gateway")
     detector, _ = start_detector(env, tmp_path, "det-crash")
