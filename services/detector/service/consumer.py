@@ -173,7 +173,7 @@ class DetectorWorker:
         handled = 0
         start = "0"
         while True:
-            stream = {self.config.stream: start}
+            stream: dict[Any, Any] = {self.config.stream: start}
             resp: Any = self.r.xreadgroup(GROUP, self.consumer, stream, count=self.config.batch_max)
             entries = [e for _, batch in resp or [] for e in batch]
             if not entries:
