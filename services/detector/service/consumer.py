@@ -9,12 +9,12 @@ client, and a killed process loses nothing:
 - a concurrent update of the same client by another process aborts the EXEC and the batch is
   recomputed from the fresh state (optimistic concurrency, counted as a commit conflict);
 - entries pending longer than ``reclaim_idle_s`` on a dead consumer are taken over with XAUTOCLAIM;
-- after losing its connection (a Redis restart) a detector first re-reads its own pending entries: a Redis
-  that lost its last second of writes (``appendfsync everysec``, a host crash) comes back with the state,
-  the acknowledgements and the stream of one earlier moment, consistent with each other (one MULTI/EXEC
-  each, the AOF a prefix of the command log); what was delivered but not yet committed then is pending
-  again, and the rows the gateways put back arrive as new entries (``services/gateway/querylog.py``). A
-  consumer group lost with it is created again.
+- at start and after losing its connection (a Redis restart) a detector first re-reads its own pending
+  entries. A Redis that lost its last second of writes (``appendfsync everysec``, a host crash) comes back
+  with the state, the acknowledgements and the stream of one earlier moment, consistent with each other
+  (one MULTI/EXEC each, the AOF a prefix of the command log): what was delivered but not yet committed
+  then is pending again, and the rows the gateways put back arrive as new entries
+  (``services/gateway/querylog.py``). A consumer group lost with it is created again.
 
 Alerts are recorded before the commit. Re-processing after a crash folds the repeated detection into
 the client's open alert (de-duplicated per client and window), so it cannot open a second alert or send
@@ -134,7 +134,9 @@ class DetectorWorker:
         self.consumer = self.config.consumer or f"{socket.gethostname()}-{id(self):x}"
         self._stop = threading.Event()
         self._last_reclaim = 0.0
-        self._reread_pending = False
+        # At start too: a detector restarted under its old consumer name (a container's stable hostname)
+        # finds what it held when it died pending on itself.
+        self._reread_pending = True
 
     # ------------------------------------------------------------------ lifecycle
     def ensure_group(self) -> None:
