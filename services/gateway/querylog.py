@@ -361,15 +361,20 @@ class QueryLogWriter:
             log.error("%d lost rows are no longer in the journal", missing)
             self.metrics.querylog_records.labels("lost").inc(missing)
         self._committed = committed
-        for i in range(0, max(len(rows), 1), self.batch_max):
-            chunk = rows[i : i + self.batch_max]
-            last = believed if i + self.batch_max >= len(rows) else chunk[-1][0]
-            diverged = await self._append_rows(chunk, last)
-            if diverged is not None:  # changed again under us (another crash): start over from there
-                self._committed = believed
-                await self._reconcile(diverged)
-                return
-            self.metrics.querylog_records.labels("recovered").inc(len(chunk))
+        try:
+            for i in range(0, max(len(rows), 1), self.batch_max):
+                chunk = rows[i : i + self.batch_max]
+                last = believed if i + self.batch_max >= len(rows) else chunk[-1][0]
+                diverged = await self._append_rows(chunk, last)
+                if diverged is not None:  # changed again under us (another crash): start over from there
+                    self._committed = believed
+                    await self._reconcile(diverged)
+                    return
+                self.metrics.querylog_records.labels("recovered").inc(len(chunk))
+        except BaseException:
+            # Interrupted (Redis gone again): the next reconcile must still see the rows not yet put back.
+            self._committed = believed
+            raise
 
     # ---------------------------------------------------------------- spill file
     def _spill(self, records: list[QueryRecord]) -> None:
