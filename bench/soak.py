@@ -49,6 +49,7 @@ import orjson  # noqa: E402
 import redis  # noqa: E402
 
 from audit.signing import verify_envelope  # noqa: E402
+from services.core.archive import verify_archive  # noqa: E402
 from services.core.clients import ClientRegistry  # noqa: E402
 from services.demo.baseline import fit_demo_engine, save_demo_engine  # noqa: E402
 from services.demo.model_server.models import digits_split, holdout_halves  # noqa: E402
@@ -448,6 +449,7 @@ class Soak:
         # Stop the archiver so that its last segment is on disk, then count every record once.
         self.archiver.stop()
         logged, duplicates = self.count_logged()
+        archive = verify_archive(self.workdir / "data" / "archive")
         return {
             "duration_s": round(elapsed, 1),
             "clients": self.n_clients,
@@ -455,6 +457,8 @@ class Soak:
             "records_logged": logged,
             "records_analysed": analysed(),
             "records_logged_twice": duplicates,
+            "archive_verified": archive.ok,
+            "archive_problems": archive.problems,
             "rows_per_s": round(expected / elapsed, 1),
             "rows_recovered_from_journal": recovered,
             "rows_lost_by_journal": gw_lost,
