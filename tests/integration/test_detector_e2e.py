@@ -11,7 +11,6 @@ the rows sent, and nothing is left pending).
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,10 +24,9 @@ import pytest
 import redis
 
 from services.demo.model_server.models import digits_split, holdout_halves
-from services.demo.processes import ManagedProcess, free_port, wait_for_port
 from services.detector.service.consumer import GROUP, STATE_PREFIX
 from services.detector.service.webhook import verify
-from tests.utils.stack import REPO, Server, oip_body, start_server
+from tests.utils.stack import Server, oip_body, start_detector, start_server
 
 SECRET = "test-webhook-secret-0123456789"
 ADMIN = "test-admin-token-0123456789"
@@ -86,18 +84,6 @@ def webhook() -> Iterator[WebhookListener]:
     listener = WebhookListener()
     yield listener
     listener.close()
-
-
-def start_detector(env: dict[str, str], log_dir: Path, consumer: str) -> tuple[ManagedProcess, int]:
-    port = free_port()
-    proc = ManagedProcess(
-        [sys.executable, "-m", "services.cli", "serve", "detector"],
-        env={**env, "MODELCUSTODY_DETECTOR_CONSUMER": consumer, "MODELCUSTODY_DETECTOR_METRICS_PORT": str(port)},
-        log_path=log_dir / f"detector-{consumer}.log",
-        cwd=REPO,
-    )
-    wait_for_port(port, 60, proc.proc)
-    return proc, port
 
 
 def wait_until(

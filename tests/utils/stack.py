@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,3 +62,16 @@ def start_server(factory: str, env: dict[str, str], log_dir: Path, name: str, ti
 
 def oip_body(x: np.ndarray) -> dict[str, object]:
     return oip_request(x)
+
+
+def start_detector(env: dict[str, str], log_dir: Path, consumer: str) -> tuple[ManagedProcess, int]:
+    """A real ``modelcustody serve detector`` process; returns it and its metrics port."""
+    port = free_port()
+    proc = ManagedProcess(
+        [sys.executable, "-m", "services.cli", "serve", "detector"],
+        env={**env, "MODELCUSTODY_DETECTOR_CONSUMER": consumer, "MODELCUSTODY_DETECTOR_METRICS_PORT": str(port)},
+        log_path=log_dir / f"detector-{consumer}.log",
+        cwd=REPO,
+    )
+    wait_for_port(port, 60, proc.proc)
+    return proc, port

@@ -8,7 +8,13 @@ client, and a killed process loses nothing:
   state keys: either the batch is fully accounted for or not at all (then it stays pending);
 - a concurrent update of the same client by another process aborts the EXEC and the batch is
   recomputed from the fresh state (optimistic concurrency, counted as a commit conflict);
-- entries pending longer than ``reclaim_idle_s`` on a dead consumer are taken over with XAUTOCLAIM.
+- entries pending longer than ``reclaim_idle_s`` on a dead consumer are taken over with XAUTOCLAIM;
+- at start and after losing its connection (a Redis restart) a detector first re-reads its own pending
+  entries. A Redis that lost its last second of writes (``appendfsync everysec``, a host crash) comes back
+  with the state, the acknowledgements and the stream of one earlier moment, consistent with each other
+  (one MULTI/EXEC each, the AOF a prefix of the command log): what was delivered but not yet committed
+  then is pending again, and the rows the gateways put back arrive as new entries
+  (``services/gateway/querylog.py``). A consumer group lost with it is created again.
 
 Alerts are recorded before the commit. Re-processing after a crash folds the repeated detection into
 the client's open alert (de-duplicated per client and window), so it cannot open a second alert or send
@@ -135,6 +141,9 @@ class DetectorWorker:
         self._stop = threading.Event()
         self._last_reclaim = 0.0
         self._testers: dict[str, GroupTester] = {}
+        # At start too: a detector restarted under its old consumer name (a container's stable hostname)
+        # finds what it held when it died pending on itself.
+        self._reread_pending = True
 
     # ------------------------------------------------------------------ lifecycle
     def ensure_group(self) -> None:
@@ -147,7 +156,43 @@ class DetectorWorker:
     def run(self) -> None:
         self.ensure_group()
         log.info("detector %s consuming %s", self.consumer, self.config.stream)
-        run_steps(self.step, self._stop, log)
+        run_steps(self._resilient_step, self._stop, log)
+
+    def _resilient_step(self) -> int:
+        try:
+            handled = self.reread_pending() if self._reread_pending else 0
+            return handled + self.step()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._reread_pending = True
+            raise
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("consumer group %s missing (Redis lost it): creating it again", GROUP)
+            self.ensure_group()
+            self._reread_pending = True
+            return 0
+
+    def reread_pending(self) -> int:
+        """Analyse this consumer's own pending entries again (id 0: its history, not new entries).
+
+        Without this they would wait ``reclaim_idle_s`` for XAUTOCLAIM after a Redis restart.
+        """
+        self._reread_pending = False
+        handled = 0
+        start = "0"
+        while True:
+            stream: dict[Any, Any] = {self.config.stream: start}
+            resp: Any = self.r.xreadgroup(GROUP, self.consumer, stream, count=self.config.batch_max)
+            entries = [e for _, batch in resp or [] for e in batch]
+            if not entries:
+                return handled
+            start = entries[-1][0]
+            gone = [entry_id for entry_id, fields in entries if not fields]  # trimmed while pending
+            if gone:
+                self.r.xack(self.config.stream, GROUP, *gone)
+            live = [e for e in entries if e[1]]
+            handled += self.process(live) if live else 0
 
     def step(self) -> int:
         """Reclaim stale entries if due, read one batch, analyse and commit it. Returns entries handled."""
