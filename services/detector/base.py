@@ -167,10 +167,15 @@ def unpack(data: bytes, layout: str) -> dict[str, tuple[dict[str, Any], dict[str
 
 
 S = TypeVar("S", bound=Record)
+B = TypeVar("B", bound=Record)
 
 
-class Signal(ABC, Generic[S]):
-    """Base class of every signal: a fitted baseline, validated parameters, per-client state as bytes."""
+class Signal(ABC, Generic[S, B]):
+    """Base class of every signal: a fitted baseline, validated parameters, per-client state as bytes.
+
+    ``S`` is the per-client state, ``B`` the fitted baseline (set by each subclass's constructor)."""
+
+    _baseline: B
 
     name: ClassVar[str]
     STATE: type[S]  # the class of a client's state (a class attribute of each signal)
@@ -207,6 +212,25 @@ class Signal(ABC, Generic[S]):
         self.update(state, X, outputs, labels, now=now)
         return self.evaluate(state, now=now)
 
+    def count_result(
+        self, k: int, n: int, k_crit: int, p: float, *, min_n: int, alpha: float, test: str, evidence: Evidence
+    ) -> SignalResult:
+        """The result of a count test: ``k`` of the window's ``n`` items flagged, ``k_crit`` the smallest count
+        significant at ``alpha``, ``p`` the test's p-value; untested (p = 1) below ``min_n`` items."""
+        if n < min_n:
+            return SignalResult(self.name, float("nan"), float("nan"), 1.0, False, n, alpha, test, evidence)
+        return SignalResult(
+            self.name,
+            statistic=k / n,
+            threshold=k_crit / n,
+            p_value=p,
+            fired=p <= alpha,
+            n=n,
+            alpha=alpha,
+            test=test,
+            evidence=evidence,
+        )
+
     def state_type(self) -> type[S]:
         return self.STATE
 
@@ -228,9 +252,9 @@ class Signal(ABC, Generic[S]):
         """The constructor keywords (JSON-able), for saving: the attributes named in ``PARAMS``."""
         return {name: getattr(self, name) for name in self.PARAMS}
 
-    @abstractmethod
-    def baseline(self) -> Record:
+    def baseline(self) -> B:
         """The fitted baseline, for saving."""
+        return self._baseline
 
 
 # ---------------------------------------------------------------------- validation helpers

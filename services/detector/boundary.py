@@ -72,7 +72,7 @@ class BoundaryState(Record):
     unscored: int = 0  # label-only rows seen while no reference model was configured
 
 
-class BoundarySignal(Signal[BoundaryState]):
+class BoundarySignal(Signal[BoundaryState, BoundaryBaseline]):
     name = "boundary"
     STATE = BoundaryState
     PARAMS = ("window", "alpha", "min_answers")
@@ -155,9 +155,6 @@ class BoundarySignal(Signal[BoundaryState]):
             b = self._baseline
             b.rate_a, b.rate_b = cap_concentration(b.rate_a, b.rate_b, positive_float("concentration", concentration))
 
-    def baseline(self) -> BoundaryBaseline:
-        return self._baseline
-
     def layout(self) -> str:
         return f"{super().layout()},w={self.window}"
 
@@ -213,17 +210,6 @@ class BoundarySignal(Signal[BoundaryState]):
             "unscored_label_only": state.unscored,
         }
         test = "exact one-sided per-class beta-binomial, H0: small-margin (< tau) rate per class as in benign reference"
-        if n < self.min_answers:
-            return SignalResult(self.name, float("nan"), float("nan"), 1.0, False, n, self.alpha, test, evidence)
-        share = k / n
-        return SignalResult(
-            self.name,
-            statistic=share,
-            threshold=k_crit / n,
-            p_value=p,
-            fired=p <= self.alpha,
-            n=n,
-            alpha=self.alpha,
-            test=test,
-            evidence=evidence,
+        return self.count_result(
+            k, n, k_crit, p, min_n=self.min_answers, alpha=self.alpha, test=test, evidence=evidence
         )

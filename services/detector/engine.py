@@ -55,7 +55,7 @@ FORMAT = "modelcustody.detector.baseline"
 FORMAT_VERSION = 1
 TECHNIQUE = "AML.T0024"  # MITRE ATLAS: Exfiltration via AI Inference API (extract model)
 
-_REGISTRY: dict[str, tuple[type[Signal[Any]], type[Record]]] = {
+_REGISTRY: dict[str, tuple[type[Signal[Any, Any]], type[Record]]] = {
     "boundary": (BoundarySignal, BoundaryBaseline),
     "prada": (PradaSignal, PradaBaseline),
     "ood": (OODSignal, OODBaseline),
@@ -149,7 +149,7 @@ class _Eval:
 class DetectionEngine:
     def __init__(
         self,
-        signals: Sequence[Signal[Any]],
+        signals: Sequence[Signal[Any, Any]],
         thresholds: RiskThresholds | None,
         *,
         n_features: int,
@@ -168,7 +168,7 @@ class DetectionEngine:
                 raise ValueError(f"signal {s.name} was built for d={s.n_features}, k={s.n_classes}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        self.signals: tuple[Signal[Any], ...] = tuple(signals)
+        self.signals: tuple[Signal[Any, Any], ...] = tuple(signals)
         self.thresholds = thresholds
         self.n_features = positive_int("n_features", n_features)
         self.n_classes = positive_int("n_classes", n_classes, minimum=2)
@@ -473,7 +473,7 @@ class DetectionEngine:
         if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
             raise ValueError(f"{src} is not a v{FORMAT_VERSION} detector baseline")
         d, k = int(meta["n_features"]), int(meta["n_classes"])
-        signals: list[Signal[Any]] = []
+        signals: list[Signal[Any, Any]] = []
         with np.load(src / "baseline.npz", allow_pickle=False) as npz:
             for entry in meta["signals"]:
                 name = entry["name"]
@@ -483,7 +483,7 @@ class DetectionEngine:
                 arrays = {a: np.array(npz[f"{name}.{a}"]) for a in entry["arrays"]}
                 baseline = base_cls.from_record(entry["baseline"], arrays)
                 extra: dict[str, Any] = {"reference_model": reference_model} if name == "boundary" else {}
-                ctor: Callable[..., Signal[Any]] = sig_cls
+                ctor: Callable[..., Signal[Any, Any]] = sig_cls
                 signals.append(ctor(baseline, n_features=d, n_classes=k, **entry["params"], **extra))
         return cls(
             signals,
@@ -509,7 +509,7 @@ def _fit_signals(
     seed: int,
     params: dict[str, dict[str, Any]],
     variation: Variation | None = None,
-) -> list[Signal[Any]]:
+) -> list[Signal[Any, Any]]:
     d = X.shape[1]
     perm = np.random.default_rng(seed).permutation(X.shape[0])
     n_index = int(round(index_fraction * X.shape[0]))
@@ -526,7 +526,7 @@ def _fit_signals(
         X_cal, y_cal = np.concatenate([X_cal, Xv[cal]]), np.concatenate([y_cal, yv[cal]])
         if P is not None:
             P_all, y_all = np.concatenate([P, Pv]), np.concatenate([y, yv])
-    signals: list[Signal[Any]] = []
+    signals: list[Signal[Any, Any]] = []
     if P_all is not None:
         signals.append(
             BoundarySignal.fit(

@@ -76,7 +76,7 @@ class OODState(Record):
     far_total: int = 0
 
 
-class OODSignal(Signal[OODState]):
+class OODSignal(Signal[OODState, OODBaseline]):
     name = "ood"
     STATE = OODState
     PARAMS = ("window", "alpha", "min_queries")
@@ -195,9 +195,6 @@ class OODSignal(Signal[OODState]):
         elif kind == "extreme" and b.extreme > 0:
             b.xrate_a, b.xrate_b = cap_concentration(b.xrate_a, b.xrate_b, c)
 
-    def baseline(self) -> OODBaseline:
-        return self._baseline
-
     def layout(self) -> str:
         return f"{super().layout()},w={self.window}"
 
@@ -260,18 +257,8 @@ class OODSignal(Signal[OODState]):
             "exact one-sided per-class beta-binomial, H0: far (rho > radius) and extreme (rho > extreme x radius)"
             " rates per class as in benign reference clients; Bonferroni over the two"
         )
-        if n < self.min_queries:
-            return SignalResult(self.name, float("nan"), float("nan"), 1.0, False, n, self.alpha, test, evidence)
-        return SignalResult(
-            self.name,
-            statistic=k / n,
-            threshold=k_crit / n,
-            p_value=p,
-            fired=p <= self.alpha,
-            n=n,
-            alpha=self.alpha,
-            test=test,
-            evidence=evidence,
+        return self.count_result(
+            k, n, k_crit, p, min_n=self.min_queries, alpha=self.alpha, test=test, evidence=evidence
         )
 
 

@@ -109,7 +109,7 @@ class PradaState(Record):
         return cls(**fields_)
 
 
-class PradaSignal(Signal[PradaState]):
+class PradaSignal(Signal[PradaState, PradaBaseline]):
     name = "prada"
     STATE = PradaState
     PARAMS = ("delta", "max_set_size", "window", "min_class_count", "min_distances", "outlier_sigma")
@@ -224,9 +224,6 @@ class PradaSignal(Signal[PradaState]):
             benign_w_q01=float(np.quantile(ws, 0.01)),
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
-
-    def baseline(self) -> PradaBaseline:
-        return self._baseline
 
     def layout(self) -> str:
         return f"{super().layout()},K={self.max_set_size},w={self.window}"

@@ -126,7 +126,7 @@ def sign_steps(
     return out
 
 
-class StepsSignal(Signal[StepsState]):
+class StepsSignal(Signal[StepsState, StepsBaseline]):
     name = "steps"
     STATE = StepsState
     PARAMS = ("memory", "window", "alpha", "min_queries", "min_support", "same_share", "tolerance", "minority")
@@ -219,9 +219,6 @@ class StepsSignal(Signal[StepsState]):
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
 
-    def baseline(self) -> StepsBaseline:
-        return self._baseline
-
     def layout(self) -> str:
         return f"{super().layout()},M={self.memory},w={self.window}"
 
@@ -285,16 +282,6 @@ class StepsSignal(Signal[StepsState]):
             "lifetime_sign_steps": state.steps_total,
         }
         test = "exact one-sided binomial, H0: sign steps at the benign rate of simulated reference clients"
-        if n < self.min_queries:
-            return SignalResult(self.name, float("nan"), float("nan"), 1.0, False, n, self.alpha, test, evidence)
-        return SignalResult(
-            self.name,
-            statistic=k / n,
-            threshold=k_crit / n,
-            p_value=p,
-            fired=p <= self.alpha,
-            n=n,
-            alpha=self.alpha,
-            test=test,
-            evidence=evidence,
+        return self.count_result(
+            k, n, k_crit, p, min_n=self.min_queries, alpha=self.alpha, test=test, evidence=evidence
         )

@@ -90,7 +90,7 @@ class SweepState(Record):
     has_volume_ts: int = 0
 
 
-class SweepSignal(Signal[SweepState]):
+class SweepSignal(Signal[SweepState, SweepBaseline]):
     name = "sweep"
     STATE = SweepState
     PARAMS = ("max_changed", "collinear_cos", "window", "coverage_window", "coverage_margin", "alpha", "min_pairs")
@@ -185,9 +185,6 @@ class SweepSignal(Signal[SweepState]):
             volume_sd=sd,
         )
         return cls(base, n_features=n_features, n_classes=n_classes, **params)
-
-    def baseline(self) -> SweepBaseline:
-        return self._baseline
 
     def layout(self) -> str:
         return f"{super().layout()},w={self.window},cw={self.coverage_window}"
