@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import redis
 
 from services.core.clients import ClientRegistry
 from services.core.records import QueryRecord
 from services.demo.processes import PrivateRedis
-from tests.utils.stack import Server, oip_body, start_server
+from tests.utils.stack import GatewayTraffic, Server, start_server
 
 
 def test_records_survive_a_redis_outage_exactly_once(tmp_path: Path, model_server: Server) -> None:
@@ -30,26 +28,8 @@ def test_records_survive_a_redis_outage_exactly_once(tmp_path: Path, model_serve
     }
     gw = start_server("services.gateway.app:create_app", env, tmp_path, "gateway")
     x = np.random.default_rng(3).uniform(0, 16, size=(4000, 64)).round(2)
-    sent: dict[str, list[list[float]]] = {"ann": [], "ben": []}
-    failures: list[int] = []
-    stop = threading.Event()
-
-    def client(name: str, offset: int) -> None:
-        i = offset
-        with httpx.Client(base_url=gw.url, timeout=30) as http:
-            while not stop.is_set() and i + 3 < len(x):
-                rows = x[i : i + 3]
-                resp = http.post("/v2/models/digits-mlp/infer", json=oip_body(rows), headers={"X-API-Key": keys[name]})
-                if resp.status_code == 200:
-                    sent[name].extend(rows.tolist())
-                else:
-                    failures.append(resp.status_code)
-                i += 6
-                time.sleep(0.002)
-
-    threads = [threading.Thread(target=client, args=(n, k * 3)) for k, n in enumerate(sent)]
-    for t in threads:
-        t.start()
+    traffic = GatewayTraffic(gw.url, keys, x).start()
+    sent, failures = traffic.sent, traffic.failures
     try:
         time.sleep(1.0)
         before_outage = sum(map(len, sent.values()))
@@ -61,9 +41,7 @@ def test_records_survive_a_redis_outage_exactly_once(tmp_path: Path, model_serve
         store = PrivateRedis(tmp_path / "redis", port=port, appendonly=True).start()
         time.sleep(1.5)
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        traffic.stop()
     assert failures == [] and before_outage > 0 and during > 0
     deadline = time.monotonic() + 20
     while gw.metric("modelcustody_querylog_spill_bytes") and time.monotonic() < deadline:

@@ -7,13 +7,11 @@ state must count each exactly once (its state and acknowledgements rolled back t
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import redis
 
@@ -22,7 +20,7 @@ from services.core.records import QueryRecord
 from services.demo.processes import PrivateRedis
 from services.detector.service.consumer import GROUP, STATE_PREFIX
 from tests.utils.redis_faults import aof_mark, crash_losing_tail
-from tests.utils.stack import Server, oip_body, start_detector, start_server
+from tests.utils.stack import GatewayTraffic, Server, start_detector, start_server
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
@@ -65,26 +63,8 @@ def test_rows_committed_before_redis_loses_its_tail_are_logged_and_analysed_exac
     gw = start_server("services.gateway.app:create_app", env, tmp_path, "gateway")
     detector, _ = start_detector(env, tmp_path, "det-crash")
     x = np.random.default_rng(5).uniform(0, 16, size=(6000, 64)).round(2)
-    sent: dict[str, list[list[float]]] = {"ann": [], "ben": []}
-    failures: list[int] = []
-    stop = threading.Event()
-
-    def client(name: str, offset: int) -> None:
-        i = offset
-        with httpx.Client(base_url=gw.url, timeout=30) as http:
-            while not stop.is_set() and i + 3 < len(x):
-                rows = x[i : i + 3]
-                resp = http.post("/v2/models/digits-mlp/infer", json=oip_body(rows), headers={"X-API-Key": keys[name]})
-                if resp.status_code == 200:
-                    sent[name].extend(rows.tolist())
-                else:
-                    failures.append(resp.status_code)
-                i += 6
-                time.sleep(0.002)
-
-    threads = [threading.Thread(target=client, args=(n, k * 3)) for k, n in enumerate(sent)]
-    for t in threads:
-        t.start()
+    traffic = GatewayTraffic(gw.url, keys, x).start()
+    sent, failures = traffic.sent, traffic.failures
     try:
         time.sleep(1.0)
         mark = aof_mark(store)  # what the disk holds for sure; what follows is only in the page cache
@@ -95,9 +75,7 @@ def test_rows_committed_before_redis_loses_its_tail_are_logged_and_analysed_exac
         store = PrivateRedis(tmp_path / "redis", port=port, appendfsync="everysec").start()
         time.sleep(1.5)
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        traffic.stop()
     try:
         assert failures == [] and cut > 0 and at_crash > at_mark > 0
         total = sum(map(len, sent.values()))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,3 +78,46 @@ def start_detector(env: dict[str, str], log_dir: Path, consumer: str) -> tuple[M
     )
     wait_for_port(port, 60, proc.proc)
     return proc, port
+
+
+class GatewayTraffic:
+    """Clients, one thread per API key, sending 3-row OIP batches of ``x`` to the gateway until ``stop()``:
+    the rows each one had answered 200 (``sent``) and every other status (``failures``). For tests that break
+    something (Redis, a detector) in the middle of traffic and then count what reached the log."""
+
+    def __init__(self, url: str, keys: Mapping[str, str], x: np.ndarray, model: str = "digits-mlp") -> None:
+        self.url, self.keys, self.x, self.model = url, dict(keys), x, model
+        self.sent: dict[str, list[list[float]]] = {name: [] for name in self.keys}
+        self.failures: list[int] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._client, args=(name, k * 3)) for k, name in enumerate(self.sent)
+        ]
+
+    def _client(self, name: str, offset: int) -> None:
+        i, stride = offset, 3 * len(self.keys)  # the clients' rows interleave, each row sent by one client only
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            while not self._stop.is_set() and i + 3 < len(self.x):
+                rows = self.x[i : i + 3]
+                resp = http.post(
+                    f"/v2/models/{self.model}/infer", json=oip_body(rows), headers={"X-API-Key": self.keys[name]}
+                )
+                if resp.status_code == 200:
+                    self.sent[name].extend(rows.tolist())
+                else:
+                    self.failures.append(resp.status_code)
+                i += stride
+                time.sleep(0.002)
+
+    def answered(self) -> int:
+        return sum(map(len, self.sent.values()))
+
+    def start(self) -> GatewayTraffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()

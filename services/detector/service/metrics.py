@@ -9,7 +9,8 @@ from services.detector.service.groups import NOT_POOLED_REASONS
 
 # Every label value a series can take, created at start with value 0: an increase()-based alert rule needs the
 # series to exist before its first increment, or the first alert after a restart goes unseen.
-SIGNALS = ("boundary", "prada", "ood", "sweep", "steps")  # services.detector.engine's registry (a test keeps them equal)
+# services.detector.engine's registry (a test keeps them equal)
+SIGNALS = ("boundary", "prada", "ood", "sweep", "steps")
 SEVERITIES = ("medium", "high")
 WEBHOOK_OUTCOMES = ("delivered", "retrying", "dead_lettered")
 CACHE_OUTCOMES = ("hit", "miss")
