@@ -58,6 +58,8 @@ def _run_uvicorn(factory: str, host: str, port: int) -> None:
     uvicorn.run(
         factory, factory=True, host=host, port=port, loop="uvloop", http="httptools", access_log=False,
         log_level="info", proxy_headers=False,
+        # Bounded, as in the tests' servers: a client holding a connection open cannot delay a stop forever.
+        timeout_graceful_shutdown=10,
     )
 
 

@@ -68,7 +68,9 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout_s: float = 15.0) -> int | None:
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        # 30 s, as Kubernetes' default grace period: a gateway may take uvicorn's graceful shutdown (10 s) plus
+        # its query-log drain (up to 10 s) before it exits; killing it sooner would turn a slow drain into a crash.
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -35,7 +35,12 @@ class Server:
         uvicorn re-raises the SIGTERM it handled after its graceful shutdown, so -SIGTERM counts too.
         """
         code = self.process.stop()
-        return 0 if code == -signal.SIGTERM else code
+        code = 0 if code == -signal.SIGTERM else code
+        if code != 0 and self.process.log_path is not None:
+            # pytest shows this with the failure: what the server was doing when it did not stop in time.
+            print(f"--- {self.process.log_path.name}, exit {code}, last lines:", file=sys.stderr)
+            print(self.process.log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+        return code
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         """Read one sample from the server's /metrics (the real exposition, parsed)."""
