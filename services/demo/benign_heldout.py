@@ -21,6 +21,12 @@ measured the detector on these before the run they are reported in):
 - ``zoom``: the digit scaled about the image centre by 0.8-1.2 (another camera distance or crop box);
 - ``lowres``: captured at half the resolution (6x6 on 8x8 digits) and up-sampled again (bilinear),
   then quantised to 3-5 bits (a cheap sensor or a strongly compressed upload).
+After their first report, occlusion and lowres were used to redesign the detector (population baseline,
+quantised steps): from then on the benchmark reports them among the tuning families. Added unseen in the
+same session, before that redesign was measured on anything (reported as ``new_heldout``):
+- ``shear``: a slanted hand or a document fed askew (horizontal shear 0.1-0.3 of the height);
+- ``dust``: a camera's defective pixels, the same 1-3 % of pixels dead or hot in every image of a device;
+- ``jpeg``: a compressed upload (block DCT, coefficients quantised with a step growing with frequency).
 Stream families: ``writers`` (rows from a distinct writer population, supplied by the caller) and
 ``drift`` (a client whose class mix moves from one Dirichlet draw to another over its lifetime).
 """
@@ -31,12 +37,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import fft, ndimage
 
 from services.demo.redteam.base import Domain
 from services.demo.redteam.benign import BenignBatch, BenignClient, BenignProfile
 
-HELDOUT_IMAGE_FAMILIES = ("blur", "thickness", "elastic", "occlusion", "zoom", "lowres")
+HELDOUT_IMAGE_FAMILIES = ("blur", "thickness", "elastic", "occlusion", "zoom", "lowres", "shear", "dust", "jpeg")
 HELDOUT_FAMILIES = (*HELDOUT_IMAGE_FAMILIES, "writers", "drift")
 Variation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -81,6 +87,17 @@ class HeldoutVariation:
         # Half resolution on MNIST (14x14); an 8x8 digit is already a 4x4-averaged bitmap, and halving it
         # again (4x4) erases the digit, so it is captured at 6x6 (a 5-px block of the 32x32 bitmap).
         factor = 0.5 if px > 0.5 else 0.75
+        # shear: a slanted hand or a document fed askew, 0.1-0.3 of the height, either direction
+        shear = float(rng.uniform(0.1, 0.3) * rng.choice((-1.0, 1.0)))
+        # dust: a camera's defective pixels, fixed per device: 1-3 % of them dead (low) or hot (50-100 % bright)
+        n_dust = max(1, round(rng.uniform(0.01, 0.03) * h * w))
+        dust_at = rng.choice(h * w, size=n_dust, replace=False)
+        dust_hot = rng.random(n_dust) < 0.5
+        dust_value = np.where(dust_hot, self.low + rng.uniform(0.5, 1.0, n_dust) * span, self.low)
+        # jpeg: block DCT with coefficients quantised, the step growing with frequency (a compressed upload);
+        # 8-px blocks on MNIST, 4-px on 8x8 digits; the base step 2-8 % of the value range
+        block = 8 if px > 0.5 else 4
+        jpeg_step = rng.uniform(0.02, 0.08) * span
         family = self.family
 
         def vary(X: np.ndarray, row_rng: np.random.Generator) -> np.ndarray:
@@ -122,6 +139,16 @@ class HeldoutVariation:
                     out[i] = up[:h, :w]
                 unit = np.clip((out - self.low) / span, 0.0, 1.0)
                 out = self.low + np.round(unit * (levels - 1)) / (levels - 1) * span
+            elif family == "shear":
+                out = np.stack(
+                    [_shear(im, shear + row_rng.normal(0.0, 0.03), self.low) for im in imgs]
+                )
+            elif family == "dust":
+                flat = imgs.reshape(len(imgs), -1).copy()
+                flat[:, dust_at] = dust_value
+                out = flat.reshape(imgs.shape)
+            elif family == "jpeg":
+                out = np.stack([_block_dct_quantise(im, block, jpeg_step) for im in imgs])
             else:  # elastic
                 out = np.empty_like(imgs)
                 yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
@@ -134,6 +161,29 @@ class HeldoutVariation:
             return np.clip(out.reshape(X.shape), self.low, self.high)
 
         return vary
+
+
+def _shear(im: np.ndarray, shear: float, low: float) -> np.ndarray:
+    """Rows shifted sideways in proportion to their height above the centre (a slanted hand)."""
+    h, w = im.shape
+    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    matrix = np.array([[1.0, 0.0], [shear, 1.0]])  # output (r, c) reads input (r, c + shear * r)
+    return ndimage.affine_transform(im, matrix, offset=centre - matrix @ centre, order=1, cval=low)
+
+
+def _block_dct_quantise(im: np.ndarray, block: int, step: float) -> np.ndarray:
+    """JPEG's lossy step: orthonormal 2-D DCT per block, coefficients rounded to ``step x (1 + u + v)``."""
+    h, w = im.shape
+    ph, pw = -h % block, -w % block
+    padded = np.pad(im, ((0, ph), (0, pw)), mode="edge")
+    u = np.arange(block)
+    q = step * (1.0 + u[:, None] + u[None, :])
+    out = np.empty_like(padded)
+    for r in range(0, padded.shape[0], block):
+        for c in range(0, padded.shape[1], block):
+            coef = fft.dctn(padded[r : r + block, c : c + block], norm="ortho")
+            out[r : r + block, c : c + block] = fft.idctn(np.round(coef / q) * q, norm="ortho")
+    return out[:h, :w]
 
 
 class DriftingClient(BenignClient):
