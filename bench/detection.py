@@ -70,6 +70,7 @@ from services.demo.redteam import (  # noqa: E402
 from services.demo.redteam.benign import BenignClient  # noqa: E402
 from services.detector.augment import ImageVariation  # noqa: E402
 from services.detector.engine import Assessment, ClientState, DetectionEngine, FitConfig  # noqa: E402
+from services.detector.population import Population  # noqa: E402
 from services.detector.service.consumer import _streak  # noqa: E402
 from services.detector.service.groups import GroupTester  # noqa: E402
 
@@ -128,6 +129,8 @@ class World:
     test_x: np.ndarray
     attacks: list[tuple[str, str, Callable[[], Any]]]
     engines: dict[str, DetectionEngine] = field(default_factory=dict)
+    # Each victim's population baseline, as the detector service keeps one per model (warmed, then online).
+    populations: dict[str, Population | None] = field(default_factory=dict)
 
     @property
     def domain(self) -> Domain:
@@ -265,6 +268,7 @@ def fit_engines(
     params: dict[str, dict[str, Any]] = {"prada": {"null_streams": 20}} if world.name == "mnist" else {}
     if ood_features is not None:
         params["ood"] = {"features": ood_features}
+
     if families is not None:
         world.variation = replace(world.variation, families=families)
     for name, model in world.victims.items():
@@ -286,8 +290,11 @@ def fit_engines(
 class EngineOracle:
     """The victim as an oracle whose every answered row goes to the engine, split round-robin over ``keys``."""
 
-    def __init__(self, model: Any, engine: DetectionEngine, keys: int = 1) -> None:
+    def __init__(
+        self, model: Any, engine: DetectionEngine, keys: int = 1, population: Population | None = None, name: str = ""
+    ) -> None:
         self.model, self.engine, self.keys = model, engine, keys
+        self.population, self.name = population, name
         self.states = [engine.new_client_state() for _ in range(keys)]
         self.responses = [Response() for _ in range(keys)]
         self.first_enforce: int | None = None
@@ -308,7 +315,9 @@ class EngineOracle:
             if rows.size:
                 st = self.states[k]
                 tests, alerts = st.evaluations, st.alerts
-                a = self.engine.observe(st, X[rows], P[rows], y[rows])
+                a = self.engine.observe(
+                    st, X[rows], P[rows], y[rows], population=self.population, client=f"{self.name}-key{k}"
+                )
                 if self.responses[k].after(st, tests, alerts, a) and self.first_enforce is None:
                     self.first_enforce = self.sent + int(rows[-1]) + 1  # enforced after this batch
                 if a.alert and self.first_alert is None and a.first_alert_at is not None:
@@ -330,7 +339,7 @@ class EngineOracle:
 
 def run_attack(world: World, name: str, victim: str, make: Callable[[], Any], keys: int) -> dict[str, Any]:
     model, engine = world.victims[victim], world.engines[victim]
-    oracle = EngineOracle(model, engine, keys)
+    oracle = EngineOracle(model, engine, keys, world.populations.get(victim), f"{name}-{keys}")
     truth = model.predict(world.test_x)
     traj: list[tuple[int, float]] = []
     for p in make().steps(oracle):
@@ -411,6 +420,20 @@ def benign_clients(world: World, n_heldout: int, n_tuning: int, seed: int) -> li
     return out
 
 
+def warm_populations(world: World, n_clients: int, seed: int) -> None:
+    """Each victim's population baseline as after a while in service: the first rows of ``n_clients``
+    benign clients with the evaluated population's family mix (other seeds, other client ids)."""
+    n_held = round(n_clients * 5 / 7)  # the evaluated mix: 1,000 held-out and 400 tuning clients
+    warm = benign_clients(world, n_held, n_clients - n_held, seed)
+    for name, engine in world.engines.items():
+        population = world.populations[name] = engine.new_population()
+        if population is None:
+            continue
+        for _, client, _volume in warm:
+            for b in client.batches(2 * population.config.per_client):
+                engine.offer(population, f"warm-{client.client_id}", b.X)
+
+
 def network_sizes(n_clients: int, rng: np.random.Generator) -> list[int]:
     """Clients per source network: mostly 1-2, a few NATs of 10-40 (a heavy tail)."""
     sizes: list[int] = []
@@ -443,6 +466,7 @@ def run_benign(
             if done % 100 == 0:
                 print(f"# {world.name}: {done} benign clients", file=sys.stderr, flush=True)
             state = engine.new_client_state()
+            population = world.populations.get("mlp")
             response = Response()
             alerted = high = enforced = False
             t = 0.0
@@ -450,7 +474,7 @@ def run_benign(
                 t += b.delay_s
                 P = model.predict_proba(b.X)
                 tests, alerts = state.evaluations, state.alerts
-                a = engine.observe(state, b.X, P, P.argmax(axis=1))
+                a = engine.observe(state, b.X, P, P.argmax(axis=1), population=population, client=client.client_id)
                 enforced |= response.after(state, tests, alerts, a)
                 if a.alert and not alerted:
                     for s in a.fired:
@@ -538,6 +562,7 @@ def main() -> None:
     parser.add_argument("--families", default=None, help="tuning families the engine is fitted with (comparison)")
     parser.add_argument("--only", default=None, help="run only these benign families (design comparisons)")
     parser.add_argument("--ood-features", default=None, help="raw, standardised or rank (comparison)")
+    parser.add_argument("--no-population", action="store_true", help="reference-only OOD test (comparison)")
     parser.add_argument("--attack-scale", type=float, default=None, help="multiply the attack budgets (default 1)")
     args = parser.parse_args()
     n_held, n_tun = (120, 60) if args.quick else (args.benign, args.tuning)
@@ -551,6 +576,8 @@ def main() -> None:
         fit_engines(world, None if name == "digits" else 400, families, args.ood_features)
         t_fit = time.time() - t0
         print(f"# {name}: engines fitted in {t_fit:.0f} s", file=sys.stderr)
+        if not args.no_population:
+            warm_populations(world, 300, seed=101)
         attacks: list[dict[str, Any]] = []
         if not args.no_attacks:
             for a_name, victim, make in world.attacks:

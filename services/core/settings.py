@@ -217,6 +217,15 @@ class Settings(BaseSettings):
     detector_group_idle_s: float = Field(default=86_400.0, gt=0.0)
     # A group alert notifies (or only records, "observe"); it never changes a policy by itself.
     detector_group_response: Literal["observe", "notify"] = "notify"
+    # --- the population baseline (docs/detector.md "Population baseline") ---------------------------
+    # Each detector process keeps, per model, a ring of what its clients send (at most per_client rows
+    # each); a query that support other clients' rows explain is not out of distribution. Before
+    # min_clients clients have rows (a fresh start) it explains nothing. Off: the reference-only OOD test.
+    detector_population: bool = True
+    detector_population_capacity: int = Field(default=4096, ge=16)
+    detector_population_per_client: int = Field(default=8, ge=1)
+    detector_population_support: int = Field(default=5, ge=1)
+    detector_population_min_clients: int = Field(default=50, ge=1)
     # --- detector response (docs/detector.md, "Response levels") ---------------------------------
     # The highest response the detector takes by itself: observe (record the alert, no webhook), notify
     # (alert + webhook), enforce (also tighten the client's output policy, when the evidence persists).

@@ -43,7 +43,8 @@ from audit.validation import positive_int, unit_interval
 from services.detector.augment import Variation
 from services.detector.base import Record, Signal, SignalResult, check_batch, pack, unpack
 from services.detector.boundary import BoundaryBaseline, BoundarySignal, ReferenceModel
-from services.detector.ood import OODBaseline, OODSignal
+from services.detector.ood import OODBaseline, OODSignal, OODState
+from services.detector.population import Population, PopulationConfig
 from services.detector.prada import PradaBaseline, PradaSignal
 from services.detector.risk import METHODS, Level, Method, RiskThresholds, calibrate, combine
 from services.detector.simulate import BenignStream, benign_streams
@@ -355,12 +356,21 @@ class DetectionEngine:
         outputs: np.ndarray | None,
         labels: np.ndarray,
         now: float | None = None,
+        *,
+        population: Population | None = None,
+        client: str = "",
     ) -> Assessment:
-        """Fold one client's batch into ``state`` (in place) and assess it."""
+        """Fold one client's batch into ``state`` (in place) and assess it.
+
+        ``population``: the model's population baseline (``new_population``); the OOD signal then lets other
+        clients' traffic explain a query, and the batch's rows are offered to it as ``client``'s afterwards.
+        """
         X, outputs, labels = check_batch(X, outputs, labels, self.n_features, self.n_classes)
         if outputs is not None and np.any(labels < 0):
             labels = np.where(labels >= 0, labels, outputs.argmax(axis=1))
-        evals = self._run(state, X, outputs, labels, now)
+        evals = self._run(state, X, outputs, labels, now, population, client)
+        if population is not None:
+            self.offer(population, client, X)
         th = self.thresholds
         alert_at = th.alert if th is not None else math.inf
         if not evals:
@@ -403,8 +413,32 @@ class DetectionEngine:
             first_alert_at=first_alert_at,
         )
 
+    def new_population(self, config: PopulationConfig | None = None) -> Population | None:
+        """An empty population baseline for one model of this engine (None without an OOD signal)."""
+        if self._ood is None:
+            return None
+        return Population(self.n_features, config or PopulationConfig())
+
+    def offer(self, population: Population, client: str, X: np.ndarray) -> int:
+        """Offer ``client``'s rows to ``population`` (in the OOD signal's features); returns the rows kept."""
+        ood = self._ood
+        if ood is None or X.shape[0] == 0:
+            return 0
+        return population.add(client, ood.features(X))
+
+    @property
+    def _ood(self) -> OODSignal | None:
+        return next((s for s in self.signals if isinstance(s, OODSignal)), None)
+
     def _run(
-        self, state: ClientState, X: np.ndarray, outputs: np.ndarray | None, labels: np.ndarray, now: float | None
+        self,
+        state: ClientState,
+        X: np.ndarray,
+        outputs: np.ndarray | None,
+        labels: np.ndarray,
+        now: float | None,
+        population: Population | None = None,
+        client: str = "",
     ) -> list[_Eval]:
         """Update the signals chunk by chunk, testing at every multiple of ``eval_every`` queries."""
         evals: list[_Eval] = []
@@ -417,7 +451,12 @@ class DetectionEngine:
             os_ = None if outputs is None else outputs[start:end]
             ls = labels[start:end]
             for s in self.signals:
-                s.update(state.signals[s.name], xs, os_, ls, now=now)
+                if isinstance(s, OODSignal):
+                    ood_state = state.signals[s.name]
+                    assert isinstance(ood_state, OODState)
+                    s.update(ood_state, xs, os_, ls, now=now, population=population, client=client)
+                else:
+                    s.update(state.signals[s.name], xs, os_, ls, now=now)
             state.queries += take
             if state.queries % self.eval_every == 0 or state.queries in self.early_tests:
                 results = tuple(s.evaluate(state.signals[s.name], now=now) for s in self.signals)

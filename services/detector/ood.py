@@ -36,6 +36,7 @@ from scipy import stats
 
 from audit.validation import positive_float, positive_int, unit_interval
 from services.detector.base import Record, Signal, SignalResult
+from services.detector.population import Population
 from services.detector.stats import cap_concentration, class_beta_binomial_test, class_rate_posterior, ring_push
 
 # Features the k-NN distances are measured on: the raw inputs, each row standardised (mean 0, sd 1: blind to
@@ -206,11 +207,24 @@ class OODSignal(Signal[OODState, OODBaseline]):
             ratios=np.zeros(w, dtype=np.float32),
         )
 
-    def scores(self, X: np.ndarray) -> np.ndarray:
-        """rho / radius per row: > 1 means farther from the reference data than 95 % of benign rows."""
+    def features(self, X: np.ndarray) -> np.ndarray:
+        """The rows as this signal measures them (what a ``Population`` of its model keeps)."""
+        return row_features(np.asarray(X, dtype=np.float64), self._baseline.features)
+
+    def scores(self, X: np.ndarray, population: Population | None = None, client: str = "") -> np.ndarray:
+        """rho / radius per row: > 1 means farther from the reference data than 95 % of benign rows.
+
+        With an active ``population``, rho is the smaller of the reference's and the population's ratio (the
+        distance to ``support`` other clients' rows over the same local scale of the reference).
+        """
         b = self._baseline
-        F = row_features(np.asarray(X, dtype=np.float64), b.features)
-        return _density_ratio(F, b.index, b.index_sq, b.index_scale, b.k) / b.radius
+        F = self.features(X)
+        dist, nearest = _knn(F, b.index, b.index_sq, b.k)
+        local = b.index_scale[nearest].mean(axis=1)
+        rho = dist / local
+        if population is not None and population.active:
+            rho = np.minimum(rho, population.support_distance(F, client) / local)
+        return rho / b.radius
 
     def update(
         self,
@@ -220,10 +234,12 @@ class OODSignal(Signal[OODState, OODBaseline]):
         labels: np.ndarray,
         *,
         now: float | None = None,
+        population: Population | None = None,
+        client: str = "",
     ) -> None:
         if X.shape[0] == 0:
             return
-        ratio = self.scores(X)
+        ratio = self.scores(X, population, client)
         far = (ratio > 1.0).astype(np.uint8)
         pos = state.pos
         state.pos = ring_push(state.flags, pos, far)

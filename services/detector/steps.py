@@ -21,7 +21,9 @@ changes (|v_i| > 1e-9 of the value scale):
 - among those of the common magnitude both signs occur, the rarer on at least ``minority`` of them (a
   gradient sign pattern; a benign re-scan whose brightness moved changes every pixel by the same amount
   in the *same* direction, and clipping leaves only smaller steps of the other sign).
-Benign behaviours and why they are not sign steps: retries (v = 0, no coordinate changes), near-duplicates
+Benign behaviours and why they are not sign steps: two re-scans through a coarsely quantising device (rows
+one grid level apart on many pixels, both signs: left out when both rows lie on a grid of the step's size,
+``on_step_grid``), retries (v = 0, no coordinate changes), near-duplicates
 re-scanned with noise (|v_i| spread like |N(0, σ)|: ~4 % of them within ±5 % of the median), the same
 image at another brightness (one sign), another image (magnitudes as varied as the images).
 
@@ -106,9 +108,20 @@ def reservoir_slot(i: int, size: int) -> int:
 
 
 def sign_steps(
-    diff: np.ndarray, *, eps: float, min_support: float, same_share: float, tolerance: float, minority: float
+    diff: np.ndarray,
+    *,
+    eps: float,
+    min_support: float,
+    same_share: float,
+    tolerance: float,
+    minority: float,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per row of ``diff`` (query minus its nearest earlier query): is it a sign step (module docstring)?"""
+    """Per row of ``diff`` (query minus its nearest earlier query): is it a sign step (module docstring)?
+
+    ``rows``: the queries themselves; a step between two rows that both lie on a grid of the step's own size
+    is a re-quantisation, not a sign step (``on_step_grid``).
+    """
     a = np.abs(diff)
     changed = a > eps
     support = changed.sum(axis=1)
@@ -123,7 +136,27 @@ def sign_steps(
         pos = int(np.count_nonzero(diff[i, changed[i]][same] > 0))
         n_same = int(same.sum())
         out[i] = n_same >= same_share * ai.size and min(pos, n_same - pos) >= minority * n_same
+        if out[i] and rows is not None:
+            out[i] = not on_step_grid(rows[i], rows[i] - diff[i], med)
     return out
+
+
+def on_step_grid(x: np.ndarray, parent: np.ndarray, step: float) -> bool:
+    """Do both rows take only values ``low + j x step`` (low: the smaller row minimum, j integer)?
+
+    A coarsely quantising device (a 3-5 bit sensor, a low-resolution capture) turns two noisy re-scans of
+    one image into rows one grid level apart on many pixels, of both signs: a sign step by shape. A Jacobian
+    step of size λ from a natural image leaves the grid of spacing λ (the image's values are not multiples
+    of λ), so it stays a step. Evasion this opens: an attacker who picks λ equal to the input's own
+    quantum (1 grey level on 8x8 digits, 1/255 on MNIST) on quantised seeds; docs/detector.md.
+    """
+    low = min(float(x.min()), float(parent.min()))
+    # float32 storage rounds the rows: a tolerance of 1e-3 of a level.
+    for row in (x, parent):
+        levels = (row - low) / step
+        if np.max(np.abs(levels - np.round(levels))) > 1e-3:
+            return False
+    return True
 
 
 class StepsSignal(Signal[StepsState, StepsBaseline]):
@@ -249,6 +282,7 @@ class StepsSignal(Signal[StepsState, StepsBaseline]):
             same_share=self.same_share,
             tolerance=self.tolerance,
             minority=self.minority,
+            rows=Xq,
         )
 
     def update(

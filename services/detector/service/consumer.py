@@ -60,10 +60,11 @@ from services.core.records import QueryRecord
 from services.core.response import ResponseConfig, TierStore, apply_enforcement, decide, enforcement_reverted
 from services.core.settings import Settings
 from services.core.streams import ensure_group, run_steps
-from services.detector.engine import Assessment, ClientState
+from services.detector.engine import Assessment, ClientState, DetectionEngine
+from services.detector.population import Population, PopulationConfig
 from services.detector.service.groups import GroupConfig, GroupState, GroupTester, GroupVerdict
 from services.detector.service.metrics import DetectorMetrics
-from services.detector.service.runtime import EngineSet
+from services.detector.service.runtime import CATCH_ALL, EngineSet
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ class DetectorConfig:
     group_max: int = _default("detector_group_max")
     group_idle_s: float = _default("detector_group_idle_s")
     group_response: str = _default("detector_group_response")
+    # The population baseline per model (population.py); None: the reference-only OOD test.
+    population: PopulationConfig | None = field(
+        default_factory=lambda: PopulationConfig.from_settings(Settings.model_construct())
+    )
 
     def __post_init__(self) -> None:
         if self.tighten_on is not None:
@@ -141,6 +146,7 @@ class DetectorWorker:
         self._stop = threading.Event()
         self._last_reclaim = 0.0
         self._testers: dict[str, GroupTester] = {}
+        self._populations: dict[str, Population | None] = {}
         # At start too: a detector restarted under its old consumer name (a container's stable hostname)
         # finds what it held when it died pending on itself.
         self._reread_pending = True
@@ -409,7 +415,8 @@ class DetectorWorker:
                 entry.states[model] = state
             x, outputs, labels = _arrays(recs, engine.n_classes)
             tests_before, alerts_before = state.evaluations, state.alerts
-            assessment = engine.observe(state, x, outputs, labels, now=now)
+            population = self._population(model, engine)
+            assessment = engine.observe(state, x, outputs, labels, now=now, population=population, client=client)
             entry.streaks[model] = _streak(
                 entry.streaks.get(model, 0),
                 state.evaluations - tests_before,
@@ -502,6 +509,15 @@ class DetectorWorker:
             )
             if change is not None:
                 self.metrics.policy_changes.labels("shadow" if config.shadow else "applied").inc()
+
+    def _population(self, model: str, engine: DetectionEngine) -> Population | None:
+        """The model's population baseline (models without an engine of their own share the catch-all's)."""
+        if self.config.population is None:
+            return None
+        key = model if model in self.engines else CATCH_ALL
+        if key not in self._populations:
+            self._populations[key] = engine.new_population(self.config.population)
+        return self._populations[key]
 
     # ------------------------------------------------------------------ colluding keys (groups.py)
     def _tester(self, model: str) -> GroupTester:

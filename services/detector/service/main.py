@@ -20,6 +20,7 @@ from services.core.alerts import AlertStore
 from services.core.egress import EgressPolicy
 from services.core.response import ResponseConfig
 from services.core.settings import Settings, get_settings
+from services.detector.population import PopulationConfig
 from services.detector.service.consumer import DetectorConfig, DetectorWorker
 from services.detector.service.groups import GroupConfig
 from services.detector.service.metrics import DetectorMetrics
@@ -58,6 +59,7 @@ def build_worker(
         group_max=settings.detector_group_max,
         group_idle_s=settings.detector_group_idle_s,
         group_response=settings.detector_group_response,
+        population=PopulationConfig.from_settings(settings) if settings.detector_population else None,
     )
     return DetectorWorker(r, engines, alerts, metrics, config)
 

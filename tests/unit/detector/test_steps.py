@@ -95,3 +95,16 @@ def test_reservoir_does_not_depend_on_batching_and_state_roundtrips(signal: Step
 def test_bad_parameters_are_refused(signal: StepsSignal) -> None:
     with pytest.raises(ValueError, match="min_queries"):
         StepsSignal(signal.baseline(), n_features=64, n_classes=10, window=10, min_queries=20)
+
+
+def test_a_requantised_rescan_is_not_a_step_a_jacobian_step_from_a_quantised_image_is() -> None:
+    rng = np.random.default_rng(1)
+    rule = {"eps": 1e-9, "min_support": 0.2, "same_share": 0.8, "tolerance": 0.05, "minority": 0.02}
+    level = 16.0 / 7  # an 8-level sensor on digits' 0..16
+    image = rng.integers(0, 8, size=64) * level
+    rescan = np.clip(image + level * rng.choice([-1.0, 1.0], size=64), 0.0, 16.0)  # one level off, both signs
+    parent = rng.integers(0, 17, size=64).astype(np.float64)  # a natural digit: integer grey levels
+    child = np.clip(parent + 1.6 * rng.choice([-1.0, 1.0], size=64), 0.0, 16.0)  # JBDA's step, λ = 1.6
+    diff = np.stack([rescan - image, child - parent])
+    assert sign_steps(diff, **rule).tolist() == [True, True]  # by shape alone both are steps
+    assert sign_steps(diff, rows=np.stack([rescan, child]), **rule).tolist() == [False, True]
