@@ -25,6 +25,7 @@ from services.core.records import QueryRecord
 from services.demo.baseline import fit_demo_engine
 from services.demo.model_server.models import digits_split, holdout_halves
 from services.detector.engine import DetectionEngine
+from services.detector.population import PopulationConfig
 from services.detector.service.consumer import GROUP, STATE_PREFIX, DetectorConfig, DetectorWorker
 from services.detector.service.metrics import DetectorMetrics
 from services.detector.service.runtime import EngineSet
@@ -203,3 +204,34 @@ def test_records_without_a_baseline_or_of_the_wrong_width_are_set_aside(
     assert set(risk["models"]) == {"digits-mlp"} and risk["queries_seen"] == 60 and risk["level"] == "low"
     groups: Any = r.xinfo_groups("mc:queries")
     assert groups[0]["pending"] == 0
+
+
+def _alerted_clients(url: str, engine: DetectionEngine, name: str, population: PopulationConfig | None) -> int:
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    _, _, x_traffic, _ = holdout_halves(digits_split(0))
+    device = 16.0 - x_traffic  # a popular scanner that delivers negatives: far from every reference row
+    rng = np.random.default_rng(0)
+    rows = {f"neg{c}": device[rng.choice(len(device), 60, replace=False)] for c in range(30)}
+    i = 0
+    for q in range(60):  # the 30 customers' queries interleaved, as they arrive in the log
+        for client, X in rows.items():
+            r.xadd("mc:queries", record(i, client, X[q]))  # type: ignore[arg-type]
+            i += 1
+    worker = make_worker(url, engine, name, 60)
+    worker.config.population = population
+    worker.ensure_group()
+    while worker.step():
+        pass
+    return sum(orjson.loads(r.get(f"mc:risk:{c}"))["level"] != "low" for c in rows)  # type: ignore[arg-type]
+
+
+def test_a_device_many_customers_share_is_learned_from_the_population(
+    redis_client: redis.Redis, redis_url: str, engine: DetectionEngine
+) -> None:
+    """30 customers behind one scanner that delivers negatives: the reference-only detector calls them all
+    out of distribution; with the population baseline (warm after 10 clients) the others explain them."""
+    alone = _alerted_clients(redis_url, engine, "w-alone", None)
+    learned = _alerted_clients(redis_url, engine, "w-pop", PopulationConfig(min_clients=10, support=3))
+    assert alone >= 25
+    assert learned <= 3

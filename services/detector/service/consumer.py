@@ -631,6 +631,7 @@ class DetectorWorker:
             self.metrics.groups_evicted.inc(len(popped))
 
     def _update_gauges(self) -> None:
+        self.metrics.population_clients.set(sum(p.clients for p in self._populations.values() if p is not None))
         try:
             info = self.r.xinfo_groups(self.config.stream)
             for g in info:  # type: ignore[union-attr]

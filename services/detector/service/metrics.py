@@ -118,6 +118,13 @@ class DetectorMetrics:
             NOT_POOLED_REASONS,
         )
         self.groups = gauge(r, "modelcustody_detector_groups", "Source-network groups held in Redis.")
+        # The population baseline (population.py): below MODELCUSTODY_DETECTOR_POPULATION_MIN_CLIENTS it is
+        # warming up and explains nothing; summed over this process's models.
+        self.population_clients = gauge(
+            r,
+            "modelcustody_detector_population_clients",
+            "Clients with rows in this detector process's population baselines (summed over models).",
+        )
         self.groups_evicted = counter(
             r,
             "modelcustody_detector_groups_evicted_total",
