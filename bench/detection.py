@@ -11,12 +11,18 @@ detected_before_90pct, ...; rows ``*_10_keys`` split one attack round-robin over
 rates; ``groups``: the cross-client (per source network) test's false-positive rate.
 
 Method. Each world fits one ``DetectionEngine`` per victim on the owner's held-out reference rows with the
-TUNING variation (``services.detector.augment``: translation, rotation, sensor noise), exactly as
+TUNING variation (``services.detector.augment``: translation, rotation, sensor noise, occlusion), exactly as
 ``services.demo.baseline`` does for the demo. Benign clients then query with a device each: tuning
-families (clean, translate, rotate, noise, contrast, and bulk scorers with 10-100x the median volume) and
-HELD-OUT families (``services.demo.benign_heldout``: blur, stroke thickness, elastic distortion,
-other writers, drift of the class mix; occlusion, zoom and low resolution, added unseen later and also
-reported alone as ``new_heldout``), which no design or calibration step imports (import-linter contract).
+families (clean, translate, rotate, noise, contrast, occlusion, lowres, and bulk scorers with 10-100x the
+median volume) and HELD-OUT families (``services.demo.benign_heldout``: blur, stroke thickness, elastic
+distortion, other writers, drift of the class mix, zoom; shear, dust and jpeg, added unseen when occlusion
+and lowres became tuning families, also reported alone as ``new_heldout``), which no design or
+calibration step imports (import-linter contract).
+
+Population baseline: each victim's engine gets the population the detector service keeps per model
+(``services/detector/population.py``), warmed with the first rows of 300 other benign clients of the same
+family mix (as after a while in service), then fed online by every client evaluated, attackers included
+(``--no-population`` turns it off for comparison).
 Behaviour comes from ``benign_population`` (shuffled, skewed, topical users; batch sizes 1-64;
 retries; near-duplicates). Volumes: log-normal, median 150 queries (bulk: x10-100).
 
