@@ -12,13 +12,14 @@ itself wins when both are set; a ``*_FILE`` naming a missing file fails the star
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import secrets
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -26,6 +27,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from services.core import keys
 from services.core.policy import OutputPolicy
+
+T = TypeVar("T")
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "admin"}
 # Fields that may be read from MODELCUSTODY_<NAME>_FILE: the secrets, and the URLs that may embed credentials.
@@ -377,6 +380,13 @@ class Settings(BaseSettings):
         import socket
 
         return socket.gethostname()
+
+
+def settings_section(settings: Any, prefix: str, config: type[T]) -> T:
+    """``config`` (a dataclass) built from the settings named ``prefix + field`` for each of its fields: one
+    spelling of the mapping for every component's config that mirrors a block of settings."""
+    names = [f.name for f in dataclasses.fields(config)]  # type: ignore[arg-type]
+    return config(**{name: getattr(settings, prefix + name) for name in names})
 
 
 @lru_cache(maxsize=1)

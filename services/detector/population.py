@@ -33,7 +33,6 @@ test do not use the population (docs/detector.md: "Population baseline").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -44,6 +43,8 @@ _CHUNK = 512  # queries compared with the ring at once: bounds the [rows, capaci
 
 @dataclass(frozen=True, slots=True)
 class PopulationConfig:
+    """The service builds it from ``MODELCUSTODY_DETECTOR_POPULATION_*`` (same defaults; tested)."""
+
     capacity: int = 4096  # rows in the ring: ~500 clients at the cap; 12.8 MB at 784 float32 features
     per_client: int = 8  # rows of one client at a time: a key cannot fill the ring
     support: int = 5  # distinct other clients that must send rows as close as the reference's neighbours
@@ -56,16 +57,6 @@ class PopulationConfig:
         positive_int("min_clients", self.min_clients)
         if self.support > self.min_clients:
             raise ValueError("support cannot exceed min_clients")
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> PopulationConfig:
-        """The ``MODELCUSTODY_DETECTOR_POPULATION_*`` settings (the defaults above are the same)."""
-        return cls(
-            capacity=settings.detector_population_capacity,
-            per_client=settings.detector_population_per_client,
-            support=settings.detector_population_support,
-            min_clients=settings.detector_population_min_clients,
-        )
 
 
 @dataclass

@@ -58,7 +58,7 @@ from services.core.alerts import AlertStore
 from services.core.protocols import FLOAT32_MAX
 from services.core.records import QueryRecord
 from services.core.response import ResponseConfig, TierStore, apply_enforcement, decide, enforcement_reverted
-from services.core.settings import Settings
+from services.core.settings import Settings, settings_section
 from services.core.streams import ensure_group, run_steps
 from services.detector.engine import Assessment, ClientState, DetectionEngine
 from services.detector.population import Population, PopulationConfig
@@ -105,7 +105,7 @@ class DetectorConfig:
     group_response: str = _default("detector_group_response")
     # The population baseline per model (population.py); None: the reference-only OOD test.
     population: PopulationConfig | None = field(
-        default_factory=lambda: PopulationConfig.from_settings(Settings.model_construct())
+        default_factory=lambda: settings_section(Settings.model_construct(), "detector_population_", PopulationConfig)
     )
 
     def __post_init__(self) -> None:

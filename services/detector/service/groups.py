@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from services.core.settings import settings_section
 from services.detector.engine import Assessment, ClientState, DetectionEngine
 
 NOT_POOLED_REASONS = ("single", "members", "cap", "explained")
@@ -58,12 +59,7 @@ class GroupConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> GroupConfig:
-        return cls(
-            min_members=settings.detector_group_min_members,
-            min_share=settings.detector_group_min_share,
-            member_cap=settings.detector_group_member_cap,
-            max_members=settings.detector_group_max_members,
-        )
+        return settings_section(settings, "detector_group_", cls)
 
 
 @dataclass

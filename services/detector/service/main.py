@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from services.core.alerts import AlertStore
 from services.core.egress import EgressPolicy
 from services.core.response import ResponseConfig
-from services.core.settings import Settings, get_settings
+from services.core.settings import Settings, get_settings, settings_section
 from services.detector.population import PopulationConfig
 from services.detector.service.consumer import DetectorConfig, DetectorWorker
 from services.detector.service.groups import GroupConfig
@@ -47,6 +47,7 @@ def build_worker(
     alerts = AlertStore(
         r, stream=settings.alerts_stream, window_s=settings.alert_window_s, notify=bool(settings.webhook_url)
     )
+    population = settings_section(settings, "detector_population_", PopulationConfig)
     config = DetectorConfig(
         stream=settings.queries_stream,
         consumer=settings.detector_consumer or f"{socket.gethostname()}-{os.getpid()}",
@@ -59,7 +60,7 @@ def build_worker(
         group_max=settings.detector_group_max,
         group_idle_s=settings.detector_group_idle_s,
         group_response=settings.detector_group_response,
-        population=PopulationConfig.from_settings(settings) if settings.detector_population else None,
+        population=population if settings.detector_population else None,
     )
     return DetectorWorker(r, engines, alerts, metrics, config)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.core.settings import Settings
+from services.core.settings import Settings, settings_section
 from services.detector.augment import ImageVariation
 from services.detector.ood import OODSignal
 from services.detector.population import Population, PopulationConfig
@@ -39,7 +39,7 @@ def test_warm_up_and_eviction_keep_it_bounded() -> None:
 
 
 def test_the_defaults_are_the_settings() -> None:
-    assert PopulationConfig() == PopulationConfig.from_settings(Settings.model_construct())
+    assert PopulationConfig() == settings_section(Settings.model_construct(), "detector_population_", PopulationConfig)
     with pytest.raises(ValueError):
         PopulationConfig(support=10, min_clients=5)
 
