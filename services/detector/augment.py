@@ -118,9 +118,7 @@ class ImageVariation:
     def _apply(
         self, family: str, X: np.ndarray, rng: np.random.Generator, shift: np.ndarray, angle: float, sigma: float
     ) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(f"X must be [n, {self.n_features}], got shape {X.shape}")
+        X = self._checked(X)
         n = X.shape[0]
         if family == "clean":
             return X.copy()
@@ -135,11 +133,17 @@ class ImageVariation:
         # noise
         return np.clip(X + rng.normal(0.0, sigma, size=X.shape), self.low, self.high)
 
+    def _checked(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X must be [n, {self.n_features}], got shape {X.shape}")
+        return X
+
     def _occlude(
         self, X: np.ndarray, rng: np.random.Generator, area: float, aspect: float, centre: np.ndarray
     ) -> np.ndarray:
         """A background-coloured rectangle over part of each image (a finger, a sticker), jittered per row."""
-        X = np.asarray(X, dtype=np.float64)
+        X = self._checked(X)
         h, w = self.shape
         rh = int(np.clip(round(np.sqrt(area * aspect) * h), 1, h))
         rw = int(np.clip(round(np.sqrt(area / aspect) * w), 1, w))

@@ -14,6 +14,7 @@ answer watermark and output policy → answer → queue the log entry.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -149,14 +150,18 @@ class Gateway:
         log.info("gateway %s fronting %s", self.instance, self.upstream)
 
     async def shutdown(self) -> None:
+        """Each step bounded: a stop must end within the orchestrator's grace period (compose: 30 s, with
+        uvicorn's 10 s for open connections before this), even if a Redis connection hangs on close, which
+        redis-py's asyncio client can do. The query log's own drain stops after 10 s and spills the rest."""
         if self.querylog is not None:
-            await self.querylog.stop()
+            if not await _bounded(self.querylog.stop(), 12.0, "query-log drain"):
+                self.querylog.abandon()
         if self.clients is not None:
-            await self.clients.stop()
+            await _bounded(self.clients.stop(), 2.0, "client-usage push")
         if self.session is not None:
-            await self.session.close()
+            await _bounded(self.session.close(), 2.0, "upstream session close")
         if self.redis is not None:
-            await self.redis.aclose()
+            await _bounded(self.redis.aclose(), 2.0, "Redis close")
 
     # ------------------------------------------------------------------ ASGI entry
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -409,6 +414,19 @@ class Gateway:
             await _error(send, 504, "upstream model API timed out")
         except aiohttp.ClientError as exc:
             await _error(send, 502, f"upstream model API unreachable ({type(exc).__name__})")
+
+
+async def _bounded(step: Awaitable[Any], timeout_s: float, what: str) -> bool:
+    """Await ``step`` for at most ``timeout_s``; False (and a warning) when it had to be cancelled."""
+    try:
+        await asyncio.wait_for(step, timeout_s)
+    except TimeoutError:
+        log.warning("shutdown: %s did not finish within %.0f s; going on", what, timeout_s)
+        return False
+    except Exception as exc:  # a failing close must not keep the other steps from running
+        log.warning("shutdown: %s failed (%s); going on", what, type(exc).__name__)
+        return False
+    return True
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -213,6 +213,12 @@ class QueryLogWriter:
             await self._flush_once()
             if not self._redis_up:
                 break
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Spill what is still buffered and close the journal, without waiting for Redis: the end of ``stop``,
+        and what the gateway does when ``stop`` itself did not finish in time (a write stuck on a dead
+        connection). The next start replays the spill file."""
         if self._buffer:  # Redis down or too slow: keep the rest on disk for the next start
             self._spill(self._drain(self._buffered_rows + 1))
         self.journal.close()
