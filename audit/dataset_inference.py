@@ -33,14 +33,21 @@ docs/research.md
   samples are exchangeable draws under H0; they are a fixed draw, so an independent model can differ on them
   by chance and the t-test then claims too often (docs/design.md records 14-20% false claims at m = 50). The same
   Welch t-statistic is computed for each null model, and the calibrated p-value is its conformal rank:
-  ``p_cal = (1 + #{null models with t >= the suspect's t}) / (1 + n_null)``. Every model (the suspect and each
-  null) is normalised by the *other* n models (for a null model, the other nulls and the suspect), so under H0
-  (the suspect is one more independent model, exchangeable with the nulls) the n + 1 statistics are
-  exchangeable and P(p_rank <= α) <= α exactly. That rank has a floor of 1/(1 + n_null) (0.048 with 20 nulls), so
-  with 10 or more null models the decision uses a **parametric null** instead: a normal fitted to the null models'
-  t-statistics, checked by a Shapiro-Wilk test that is reported (``null_fit``), and the suspect's one-sided
-  Student prediction-interval p-value under it (``audit.di_statistics.parametric_null``). When Shapiro-Wilk
-  rejects the fit, or there are fewer than 10 nulls, the rank is used (``calibration`` says which).
+  ``p_cal = (1 + #{null models with t >= the suspect's t}) / (1 + n_null)``. Every model is normalised by the
+  models outside its **data group**: the suspect by every null, a null by the suspect and the nulls trained on
+  other data (``null_groups``; ``audit.null_models`` trains nulls on disjoint parts of the reference rows). With
+  one null per group (every null on its own draw) the n + 1 statistics are exchangeable under H0 and
+  P(p_rank <= α) <= α exactly. Nulls that share data are not exchangeable with a suspect that brings data of its
+  own: normalised by each other they cancel their common data set's imprint, which the suspect's statistic
+  keeps, so their spread understated a suspect's (docs/audits.md "Dataset inference's false claims on digits":
+  0.10 false claims on one digits registration). Normalising a null by the other groups only makes it an
+  outsider to its reference, as the suspect is. The rank has a floor of 1/(1 + n_null) (0.048 with 20 nulls), so
+  with 10 or more null models in 3 or more groups the decision uses a **parametric null** instead: a normal
+  fitted to the null models' t-statistics with a one-way random-effects prediction interval over the data
+  groups (the between-group spread is what a suspect on new data adds), checked by a Shapiro-Wilk test that is
+  reported (``null_fit``; ``audit.di_statistics.parametric_null``). When Shapiro-Wilk rejects the fit, or there
+  are too few nulls or groups, the rank is used (``calibration`` says which); with grouped nulls the rank is an
+  approximation, not exact.
 - **Decision.** ``claimed`` when the Welch t-test AND the calibration both give p < α; ``not claimed`` when
   both give p >= α; ``inconclusive`` when the rank calibration cannot reach α at all (1/(n_null + 1) >= α: at
   α = 0.05 that is fewer than 20 null models, and no accepted parametric fit) or when the two tests disagree
@@ -64,8 +71,8 @@ made them (``embedding`` in the JSON), and an audit runs the embedding its artif
 
 What the owner stores (``DatasetInferenceArtifacts``, JSON + npz without pickle): the config, the seed, the
 revealed samples themselves with their ids, the ids used for the regressor, the regressor's parameters, the
-owner's and the null models' raw walk results on the revealed samples (so a null statistic can be recomputed
-for any m and with the suspect in the reference), and the owner's own statistic.
+owner's and the null models' raw walk results on the revealed samples and the nulls' data groups (so a null
+statistic can be recomputed for any m and with the suspect in the reference), and the owner's own statistic.
 """
 
 from __future__ import annotations
