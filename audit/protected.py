@@ -89,9 +89,10 @@ class RegistrationConfig:
     ``null_parts`` 4: the reference rows are split into 4 disjoint parts and the nulls spread over them (5 per
     part with 20 nulls), so that dataset inference's null carries the spread *between* data sets that a suspect
     trained on other data brings (``audit.null_models``; docs/audits.md "Dataset inference's false claims on
-    digits"): on digits, nulls that all subsampled one pool of reference rows let 4 of 100 independents (5 seeds)
-    be claimed, 4 parts 1 of 100. Fewer parts leave the between-part spread on too few degrees of freedom to fit,
-    more parts make each part's models small. 1 keeps one pool.
+    digits"): on stored digits walks of 8 seeds, nulls that all subsampled one pool of reference rows let 8 of 160
+    independents be claimed, 4 parts with the grouped null 1 of 160. Two parts leave the between-part spread on
+    one degree of freedom (too wide to use), ten parts of a digits owner's 648 rows make 65-row models. 1 keeps
+    one pool.
     ``null_min_steps`` 200: each null takes at least this many optimiser steps (a digits part of 162 rows gives
     two batches per epoch, and 40 epochs left those nulls at 62-88 % accuracy against ~90 % for models on 270
     rows; 200 steps is what the recipe gives 270 rows).
