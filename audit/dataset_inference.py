@@ -33,14 +33,21 @@ docs/research.md
   samples are exchangeable draws under H0; they are a fixed draw, so an independent model can differ on them
   by chance and the t-test then claims too often (docs/design.md records 14-20% false claims at m = 50). The same
   Welch t-statistic is computed for each null model, and the calibrated p-value is its conformal rank:
-  ``p_cal = (1 + #{null models with t >= the suspect's t}) / (1 + n_null)``. Every model (the suspect and each
-  null) is normalised by the *other* n models (for a null model, the other nulls and the suspect), so under H0
-  (the suspect is one more independent model, exchangeable with the nulls) the n + 1 statistics are
-  exchangeable and P(p_rank <= α) <= α exactly. That rank has a floor of 1/(1 + n_null) (0.048 with 20 nulls), so
-  with 10 or more null models the decision uses a **parametric null** instead: a normal fitted to the null models'
-  t-statistics, checked by a Shapiro-Wilk test that is reported (``null_fit``), and the suspect's one-sided
-  Student prediction-interval p-value under it (``audit.di_statistics.parametric_null``). When Shapiro-Wilk
-  rejects the fit, or there are fewer than 10 nulls, the rank is used (``calibration`` says which).
+  ``p_cal = (1 + #{null models with t >= the suspect's t}) / (1 + n_null)``. Every model is normalised by the
+  models outside its **data group**: the suspect by every null, a null by the suspect and the nulls trained on
+  other data (``null_groups``; ``audit.null_models`` trains nulls on disjoint parts of the reference rows). With
+  one null per group (every null on its own draw) the n + 1 statistics are exchangeable under H0 and
+  P(p_rank <= α) <= α exactly. Nulls that share data are not exchangeable with a suspect that brings data of its
+  own: normalised by each other they cancel their common data set's imprint, which the suspect's statistic
+  keeps, so their spread understated a suspect's (docs/audits.md "Dataset inference's false claims on digits":
+  0.10 false claims on one digits registration). Normalising a null by the other groups only makes it an
+  outsider to its reference, as the suspect is. The rank has a floor of 1/(1 + n_null) (0.048 with 20 nulls), so
+  with 10 or more null models in 3 or more groups the decision uses a **parametric null** instead: a normal
+  fitted to the null models' t-statistics with a one-way random-effects prediction interval over the data
+  groups (the between-group spread is what a suspect on new data adds), checked by a Shapiro-Wilk test that is
+  reported (``null_fit``; ``audit.di_statistics.parametric_null``). When Shapiro-Wilk rejects the fit, or there
+  are too few nulls or groups, the rank is used (``calibration`` says which); with grouped nulls the rank is an
+  approximation, not exact.
 - **Decision.** ``claimed`` when the Welch t-test AND the calibration both give p < α; ``not claimed`` when
   both give p >= α; ``inconclusive`` when the rank calibration cannot reach α at all (1/(n_null + 1) >= α: at
   α = 0.05 that is fewer than 20 null models, and no accepted parametric fit) or when the two tests disagree
@@ -64,8 +71,8 @@ made them (``embedding`` in the JSON), and an audit runs the embedding its artif
 
 What the owner stores (``DatasetInferenceArtifacts``, JSON + npz without pickle): the config, the seed, the
 revealed samples themselves with their ids, the ids used for the regressor, the regressor's parameters, the
-owner's and the null models' raw walk results on the revealed samples (so a null statistic can be recomputed
-for any m and with the suspect in the reference), and the owner's own statistic.
+owner's and the null models' raw walk results on the revealed samples and the nulls' data groups (so a null
+statistic can be recomputed for any m and with the suspect in the reference), and the owner's own statistic.
 """
 
 from __future__ import annotations
@@ -176,6 +183,7 @@ _ARRAYS = (
     "null_log_distances",
     "null_correct",
 )
+_OPTIONAL_ARRAYS = ("null_groups",)  # absent in files written before data groups (read as one group per null)
 
 
 @dataclass
@@ -204,6 +212,8 @@ class DatasetInferenceArtifacts:
     null_correct: np.ndarray  # [n_null, 2 n_rev]
     null_descriptions: list[str]
     owner: dict[str, Any] = field(default_factory=dict)  # the owner model's own statistic and diagnostics
+    # the data group (disjoint data part) each null was trained on; a null is normalised by the other groups
+    null_groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     created_at: str = ""
     version: int = ARTIFACTS_VERSION
 
@@ -218,6 +228,11 @@ class DatasetInferenceArtifacts:
     @property
     def n_null(self) -> int:
         return len(self.null_log_distances)
+
+    def __post_init__(self) -> None:
+        if len(self.null_groups) == 0:  # artifacts from before data groups: every null on its own draw
+            self.null_groups = np.arange(len(self.null_log_distances), dtype=np.int64)
+        self.null_groups = np.asarray(self.null_groups, dtype=np.int64)
 
     @property
     def regressor(self) -> Regressor:
@@ -247,6 +262,8 @@ class DatasetInferenceArtifacts:
             problems.append("null correctness must match the null walks, with at least one null model")
         if len(self.null_descriptions) != len(self.null_log_distances):
             problems.append("one description per null model")
+        if len(self.null_groups) != len(self.null_log_distances):
+            problems.append("one data group per null model")
         if problems:
             raise ValueError("invalid dataset-inference artifacts: " + "; ".join(problems))
 
@@ -257,7 +274,7 @@ class DatasetInferenceArtifacts:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        arrays: dict[str, Any] = {name: np.asarray(getattr(self, name)) for name in _ARRAYS}
+        arrays: dict[str, Any] = {name: np.asarray(getattr(self, name)) for name in (*_ARRAYS, *_OPTIONAL_ARRAYS)}
         np.savez_compressed(buf, **arrays)
         blob = buf.getvalue()
         (directory / NPZ_NAME).write_bytes(blob)
@@ -294,6 +311,7 @@ class DatasetInferenceArtifacts:
             if missing:
                 raise ValueError(f"{NPZ_NAME} lacks {sorted(missing)}")
             arrays: dict[str, Any] = {name: np.asarray(data[name]) for name in _ARRAYS}
+            arrays.update({name: np.asarray(data[name]) for name in _OPTIONAL_ARRAYS if name in data.files})
         embedding = meta.get("embedding", "blind_walk")  # files written before MinGD existed are Blind Walk
         if embedding not in EMBEDDINGS:
             raise ValueError(f"unknown embedding {embedding!r} in {JSON_NAME}")
@@ -365,6 +383,20 @@ def _walk_both(
     return embed(model, np.vstack([x_priv, x_pub]), np.r_[y_priv, y_pub], dirs, config)
 
 
+def _null_groups(nulls: Sequence[Suspect], given: Sequence[int] | None) -> np.ndarray:
+    """Integer data groups 0..G-1 of the nulls: ``given``, else their ``identity["data_part"]`` when every null
+    has one, else one group per null."""
+    if given is None:
+        parts = [m.identity.get("data_part") for m in nulls]
+        given = [int(p) for p in parts if p is not None]
+        if len(given) != len(nulls):
+            given = list(range(len(nulls)))
+    raw = np.asarray(list(given)).reshape(-1)
+    if len(raw) != len(nulls) or not np.issubdtype(raw.dtype, np.integer):
+        raise ValueError(f"null_groups must hold one integer per null model ({len(nulls)}), got {list(given)!r}")
+    return np.unique(raw, return_inverse=True)[1].astype(np.int64)
+
+
 def _describe(model: Suspect, i: int) -> str:
     ident = dict(model.identity)
     return str(ident.get("description") or ident.get("name") or json.dumps(ident, sort_keys=True) or f"null {i}")
@@ -382,6 +414,7 @@ def prepare_owner(
     seed: int = 0,
     progress: Progress | None = None,
     embedding: EmbeddingName | None = None,
+    null_groups: Sequence[int] | None = None,
 ) -> DatasetInferenceArtifacts:
     """Embed, train the regressor, walk the null models, and record the owner's own statistic.
 
@@ -392,6 +425,10 @@ def prepare_owner(
     ``config``/``embedding``: a ``BlindWalkConfig`` or a ``MinGDConfig`` (a dict is read as ``embedding`` says,
     Blind Walk by default). MinGD needs the owner and every null model as torch modules (``TorchModuleSuspect``,
     which ``train_null_models`` returns); its ``num_classes`` is read from the owner model when not given.
+    ``null_groups``: the disjoint data part each null was trained on (nulls of one part share their data); None
+    reads ``identity["data_part"]``, which ``train_null_models(parts=...)`` sets, and a null without one is its
+    own group. A null is normalised by the other groups' nulls, and the calibration fits a null with the spread
+    between groups (``audit.di_statistics.parametric_null``).
     """
     cfg = coerce_config(config, embedding)
     report = progress or _no_progress
@@ -406,6 +443,7 @@ def prepare_owner(
         raise ValueError("null_models must be a non-empty sequence of Suspects (20 or more to claim at α = 0.05)")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    groups = _null_groups(nulls, null_groups)
     if cfg.clip and (
         x_private.min() < cfg.input_low
         or x_private.max() > cfg.input_high
@@ -470,7 +508,9 @@ def prepare_owner(
     )
 
     rev_log_d, rev_correct = log_d[:, rev_rows], correct[:, rev_rows]
-    owner_stat = statistic(rev_log_d[0], rev_correct[0], rev_log_d[1:], rev_correct[1:], regressor, cfg, n_rev)
+    owner_stat = statistic(
+        rev_log_d[0], rev_correct[0], rev_log_d[1:], rev_correct[1:], regressor, cfg, n_rev, groups
+    )
     train_scores = regressor.score(owner_features[reg_rows])
     owner_summary = {
         "t_statistic": owner_stat.t,
@@ -488,6 +528,7 @@ def prepare_owner(
         "regressor_train_auc": auc(train_scores[:n_reg], train_scores[n_reg:]),
         "revealed_auc": auc(owner_stat.private_scores, owner_stat.public_scores),
         "null_t_statistics": owner_stat.null_t.tolist(),
+        "null_data_groups": int(len(np.unique(groups))),
         "censored_share_owner": walks[0].censored_share,
         "censored_share_nulls": float(np.mean([w.censored_share for w in walks[1:]])),
         "accuracy_owner": {"private": float(correct[0, :n_side].mean()), "public": float(correct[0, n_side:].mean())},
@@ -520,6 +561,7 @@ def prepare_owner(
         null_correct=rev_correct[1:].astype(bool),
         null_descriptions=[_describe(m, i) for i, m in enumerate(nulls)],
         owner=owner_summary,
+        null_groups=groups,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     artifacts.validate()
@@ -714,6 +756,7 @@ def run_dataset_inference(
         artifacts.regressor,
         cfg,
         m,
+        artifacts.null_groups,
     )
     n_null = artifacts.n_null
     decision, reason = decide(stat.p_ttest, stat.p_calibrated, n_null, alpha, stat.calibration)

@@ -30,6 +30,8 @@ PARAMETRIC_NAME = (
 # The parametric null replaces the rank only with enough null models to check the fit: Shapiro-Wilk on fewer than
 # 10 points rejects almost nothing, so a fit it "accepts" would be unchecked.
 MIN_PARAMETRIC_NULLS = 10
+# ... and in at least 3 data groups: with two, the between-group variance rests on one degree of freedom.
+MIN_PARAMETRIC_GROUPS = 3
 GOF_ALPHA = 0.05  # Shapiro-Wilk level at which the normal fit to the null t-statistics is rejected
 EmbeddingConfig = BlindWalkConfig | MinGDConfig
 
@@ -116,6 +118,27 @@ class Statistic:
     calibration: str = "rank"  # "parametric" or "rank": which p-value p_calibrated is
 
 
+def null_groups_of(groups: np.ndarray | list[int] | None, n: int) -> np.ndarray:
+    """The null models' data groups as integers 0..G-1 (``audit.null_models`` "data parts"); None, or fewer than
+    two groups, means every null is its own group (each null then trained on its own draw, as assumed before)."""
+    if groups is None:
+        return np.arange(n)
+    g = np.asarray(groups).reshape(-1)
+    if len(g) != n:
+        raise ValueError(f"one data group per null model: got {len(g)} for {n} nulls")
+    _, codes = np.unique(g, return_inverse=True)
+    return codes if codes.max() >= 1 else np.arange(n)
+
+
+def reference_weights(null_groups: np.ndarray) -> np.ndarray:
+    """[n + 1, n + 1] row-stochastic weights: model i's reference is the mean of the models outside its data
+    group. Model 0 is the suspect, its own group, so it is normalised by every null; a null by the suspect and the
+    nulls of the other groups. With one null per group this is "every other model", the original rule."""
+    groups = np.r_[-1, null_groups]
+    w = (groups[:, None] != groups[None, :]).astype(np.float64)
+    return w / w.sum(axis=1, keepdims=True)
+
+
 def statistic(
     suspect_log_d: np.ndarray,
     suspect_correct: np.ndarray,
@@ -124,20 +147,23 @@ def statistic(
     regressor: Regressor,
     config: EmbeddingConfig,
     m: int,
+    null_groups: np.ndarray | list[int] | None = None,
 ) -> Statistic:
     """The suspect's and every null model's Welch t on the first ``m`` rows of each side (rows: m private, then
-    m public), each model normalised by the other n models (see the module docstring)."""
+    m public), each model normalised by the models outside its data group (``reference_weights``)."""
     all_log_d = np.concatenate([suspect_log_d[None], null_log_d])  # [n + 1, 2m, K]; model 0 is the suspect
     all_correct = np.concatenate([suspect_correct[None], null_correct]).astype(np.float64)
     n = len(null_log_d)
-    ref_log_d = (all_log_d.sum(axis=0, keepdims=True) - all_log_d) / n
-    ref_correct = (all_correct.sum(axis=0, keepdims=True) - all_correct) / n
+    groups = null_groups_of(null_groups, n)
+    weights = reference_weights(groups)
+    ref_log_d = np.einsum("ij,j...->i...", weights, all_log_d)
+    ref_correct = weights @ all_correct
     scores = regressor.score(features(all_log_d, all_correct, ref_log_d, ref_correct, config))  # [n + 1, 2m]
     ts = np.array([welch(s[:m], s[m:])[0] for s in scores])
     t, p_t, df = welch(scores[0, :m], scores[0, m:])
     null_t = ts[1:]
     p_rank = (1.0 + float(np.sum(null_t >= t))) / (n + 1.0)
-    p_param, fit = parametric_null(t, null_t)
+    p_param, fit = parametric_null(t, null_t, groups)
     use_parametric = p_param is not None and fit is not None and bool(fit["accepted"])
     return Statistic(
         t=t,
@@ -156,40 +182,77 @@ def statistic(
 
 
 def parametric_null(
-    t: float, null_t: np.ndarray
+    t: float, null_t: np.ndarray, null_groups: np.ndarray | list[int] | None = None
 ) -> tuple[float | None, dict[str, float | int | str | bool | None] | None]:
     """(p, fit): a normal fitted to the null models' t-statistics, checked by Shapiro-Wilk, and the suspect's
-    one-sided p under it (Student prediction interval: the mean and spread are estimated from n nulls, so
-    z = (t − mean) / (sd·√(1 + 1/n)) is Student-t with n − 1 df under H0 and normal nulls).
+    one-sided p under it.
 
     Why: the rank p-value cannot go below 1/(1 + n_null) (0.048 with 20 nulls), so a strong signal and a
-    borderline one look the same, and a registration with fewer than 20 nulls could never claim. The fit is
-    ``accepted`` when there are at least ``MIN_PARAMETRIC_NULLS`` finite null statistics and Shapiro-Wilk does
-    not reject normality at ``GOF_ALPHA``; otherwise the decision falls back to the rank.
+    borderline one look the same, and a registration with fewer than 20 nulls could never claim.
+
+    **One null per data set** (``null_groups`` None): the Student prediction interval, z = (t − mean) /
+    (sd·√(1 + 1/n)), Student-t with n − 1 df under H0 and normal nulls.
+
+    **Nulls in data groups** (``audit.null_models`` parts): the nulls of one group share a data set, and a
+    suspect brings a data set of its own, so the prediction is a one-way random-effects one. With G group means
+    (sample variance s_b², mean μ) and the pooled within-group variance s_w² (k nulls per group, harmonic mean),
+    a new model on new data has variance σ_between² + σ_within², estimated by V = s_b²·(1 + 1/G) + s_w²·(1 − 1/k)
+    (s_b² estimates σ_between² + σ_within²/k; the 1/G is the uncertainty of μ); z = (t − μ)/√V is referred to
+    Student-t with Satterthwaite's degrees of freedom, which are few when the groups are (G − 1 for the
+    between-group part), so a handful of groups gives a wide interval rather than an overconfident one. With one
+    null per group this is the formula above. The between-group variance is, if anything, overstated: each null
+    is normalised by the other groups, which pushes the group means apart by G/(G − 1).
+
+    The fit is ``accepted`` when there are at least ``MIN_PARAMETRIC_NULLS`` finite null statistics in at least
+    ``MIN_PARAMETRIC_GROUPS`` groups and Shapiro-Wilk does not reject normality of the null statistics at
+    ``GOF_ALPHA``; otherwise the decision falls back to the rank.
     """
-    finite = null_t[np.isfinite(null_t)]
+    groups = null_groups_of(null_groups, len(null_t))
+    ok = np.isfinite(null_t)
+    finite, groups = null_t[ok], groups[ok]
     if len(finite) < 3 or finite.std(ddof=1) <= 0 or not math.isfinite(t):
         return None, None
     n = len(finite)
-    mean, sd = float(finite.mean()), float(finite.std(ddof=1))
-    z = (t - mean) / (sd * math.sqrt(1.0 + 1.0 / n))
-    p = float(stats.t.sf(z, n - 1))
+    labels, codes, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    n_groups = len(labels)
+    if n_groups < 2:
+        return None, None
+    means = np.bincount(codes, weights=finite) / sizes
+    mean = float(means.mean())
+    s_b2 = float(means.var(ddof=1))
+    within_df = n - n_groups
+    s_w2 = float(((finite - means[codes]) ** 2).sum() / within_df) if within_df > 0 else 0.0
+    k = float(n_groups / np.sum(1.0 / sizes))  # harmonic mean of the group sizes
+    c_b, c_w = 1.0 + 1.0 / n_groups, 1.0 - 1.0 / k
+    var = c_b * s_b2 + c_w * s_w2
+    if var <= 0:
+        return None, None
+    denominator = (c_b * s_b2) ** 2 / (n_groups - 1) + ((c_w * s_w2) ** 2 / within_df if within_df > 0 else 0.0)
+    dof = var**2 / denominator if denominator > 0 else float(n - 1)
+    z = (t - mean) / math.sqrt(var)
+    p = float(stats.t.sf(z, dof))
     w, p_gof = stats.shapiro(finite)
-    accepted = n >= MIN_PARAMETRIC_NULLS and float(p_gof) >= GOF_ALPHA
+    accepted = n >= MIN_PARAMETRIC_NULLS and n_groups >= MIN_PARAMETRIC_GROUPS and float(p_gof) >= GOF_ALPHA
     fit: dict[str, float | int | str | bool | None] = {
-        "distribution": "normal",
+        "distribution": "normal" if n_groups == n else "normal, one-way random effects over data groups",
         "mean": mean,
-        "sd": sd,
+        "sd": math.sqrt(var),
         "n": n,
+        "groups": n_groups,
+        "between_group_variance": s_b2,
+        "within_group_variance": s_w2,
+        "degrees_of_freedom": dof,
         "goodness_of_fit_test": "Shapiro-Wilk test of normality of the null models' t-statistics",
         "shapiro_w": float(w),
         "shapiro_p": float(p_gof),
         "accepted": accepted,
         "reason": (
-            f"normal fit accepted (Shapiro-Wilk p = {float(p_gof):.3g} >= {GOF_ALPHA}, {n} null models)"
+            f"normal fit accepted (Shapiro-Wilk p = {float(p_gof):.3g} >= {GOF_ALPHA}, {n} null models in "
+            f"{n_groups} data groups)"
             if accepted
-            else f"normal fit not used: {n} null models (need >= {MIN_PARAMETRIC_NULLS})"
-            if n < MIN_PARAMETRIC_NULLS
+            else f"normal fit not used: {n} null models in {n_groups} data groups (need >= "
+            f"{MIN_PARAMETRIC_NULLS} in >= {MIN_PARAMETRIC_GROUPS})"
+            if n < MIN_PARAMETRIC_NULLS or n_groups < MIN_PARAMETRIC_GROUPS
             else f"normal fit rejected by Shapiro-Wilk (p = {float(p_gof):.3g} < {GOF_ALPHA}): rank p-value used"
         ),
     }

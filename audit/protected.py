@@ -86,6 +86,16 @@ class RegistrationConfig:
     ``reference_max_rows`` 3,000: each null model trains on at most this many reference rows. The nulls' cost
     grows with the rows while the spread the calibration needs comes from seeds, subsets and widths; on MNIST
     (784 features, 10,000 reference rows) uncapped nulls made registration take over 12 CPU-minutes.
+    ``null_parts`` 4: the reference rows are split into 4 disjoint parts and the nulls spread over them (5 per
+    part with 20 nulls), so that dataset inference's null carries the spread *between* data sets that a suspect
+    trained on other data brings (``audit.null_models``; docs/audits.md "Dataset inference's false claims on
+    digits"): on stored digits walks of 8 seeds, nulls that all subsampled one pool of reference rows let 8 of 160
+    independents be claimed, 4 parts with the grouped null 1 of 160. Two parts leave the between-part spread on
+    one degree of freedom (too wide to use), ten parts of a digits owner's 648 rows make 65-row models. 1 keeps
+    one pool.
+    ``null_min_steps`` 200: each null takes at least this many optimiser steps (a digits part of 162 rows gives
+    two batches per epoch, and 40 epochs left those nulls at 62-88 % accuracy against ~90 % for models on 270
+    rows; 200 steps is what the recipe gives 270 rows).
     ``self_test`` True: run each method on the protected model and on a label and a probability copy of it
     (``audit.self_test``); ``self_test_copies``: ``audit.self_test.CopyRecipe`` keywords.
     """
@@ -101,6 +111,8 @@ class RegistrationConfig:
     mingd: bool = True
     mingd_config: dict[str, Any] | None = None
     reference_max_rows: int | None = 3000
+    null_parts: int = 4
+    null_min_steps: int = 200
     self_test: bool = True
     self_test_copies: dict[str, Any] | None = None
 
@@ -118,6 +130,10 @@ class RegistrationConfig:
             or self.reference_max_rows < 2
         ):
             raise ValueError("reference_max_rows must be an integer >= 2 or null")
+        for name in ("null_parts", "null_min_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "null_parts" else 0):
+                raise ValueError(f"{name} must be an integer >= {1 if name == 'null_parts' else 0}, got {value!r}")
         if not isinstance(self.self_test, bool):
             raise ValueError(f"self_test must be true or false, got {self.self_test!r}")
         if self.self_test_copies is not None:
@@ -270,6 +286,8 @@ def _train_references(
         num_classes=classes,
         epochs=cfg.reference_epochs,
         max_rows=cfg.reference_max_rows,
+        parts=min(cfg.null_parts, cfg.n_null_models, len(x) // 2),
+        min_steps=cfg.null_min_steps,
     )
 
 

@@ -65,6 +65,7 @@ from audit.dataset_inference import (  # noqa: E402
     run_dataset_inference,
     train_null_models,
 )
+from audit.protected import RegistrationConfig  # noqa: E402
 from audit.suspects.base import Suspect  # noqa: E402
 from audit.suspects.safetensors_loader import TorchModuleSuspect  # noqa: E402
 from audit.watermark import CLAIMED as WM_CLAIMED  # noqa: E402
@@ -196,8 +197,15 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     perm = rng.permutation(len(split.x_owner))
     n_private = args.di_regressor + args.di_revealed
     di_rows, spare = perm[:n_private], perm[n_private:]
+    registration = RegistrationConfig()  # the registration's data parts and steps, so the nulls are what it builds
     nulls = train_null_models(
-        split.x_owner[spare], split.y_owner[spare], n=args.nulls, seed=9000 + 100 * seed, subsample=NULL_SUBSAMPLE
+        split.x_owner[spare],
+        split.y_owner[spare],
+        n=args.nulls,
+        seed=9000 + 100 * seed,
+        subsample=NULL_SUBSAMPLE,
+        parts=registration.null_parts,
+        min_steps=registration.null_min_steps,
     )
     log(
         f"[seed {seed}] {len(independents)} independents and {len(nulls)} DI null models trained "

@@ -28,7 +28,7 @@ from audit.dataset_inference import (
     run_dataset_inference,
     train_null_models,
 )
-from audit.di_statistics import decide, parametric_null, statistic
+from audit.di_statistics import decide, parametric_null, reference_weights, statistic
 from audit.report import build_report, render_html
 from audit.suspects.base import BudgetExceeded, CallableSuspect, Suspect
 
@@ -183,6 +183,7 @@ def test_artifacts_round_trip_without_pickle(setup: Setup, tmp_path: Path) -> No
     for name in ("x_private", "public_ids", "coef", "null_log_distances", "null_correct", "owner_log_distances"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(art, name))
     assert loaded.null_descriptions == art.null_descriptions and loaded.owner == art.owner
+    np.testing.assert_array_equal(loaded.null_groups, art.null_groups)
     a = run_dataset_inference(fresh(setup.victim), art, m=30)
     b = run_dataset_inference(fresh(setup.victim), loaded, m=30)
     assert (a.t_statistic, a.p_value_calibrated, a.decision) == (b.t_statistic, b.p_value_calibrated, b.decision)
@@ -272,6 +273,65 @@ def test_the_parametric_null_is_checked_and_falls_back_to_the_rank() -> None:
     # the decision: a parametric calibration has no 1/(n + 1) floor; the rank with 5 nulls does
     assert decide(1e-4, 1e-3, 5, 0.05, "parametric")[0] == CLAIMED
     assert decide(1e-4, 1 / 6, 5, 0.05, "rank")[0] == INCONCLUSIVE
+
+
+def test_one_null_per_group_is_the_plain_prediction_interval() -> None:
+    rng = np.random.default_rng(1)
+    null_t = rng.normal(0.0, 1.0, 20)
+    plain, fit = parametric_null(2.0, null_t)
+    singletons, fit_s = parametric_null(2.0, null_t, np.arange(20))
+    assert plain == pytest.approx(singletons) and fit is not None and fit_s is not None
+    assert fit["degrees_of_freedom"] == pytest.approx(19) and fit["groups"] == 20
+
+
+def test_the_grouped_null_holds_its_level_for_a_model_on_new_data() -> None:
+    """Nulls in 4 data groups (5 each) share their group's data-set effect; a suspect on new data brings a new
+    one. The one-way random-effects prediction keeps P(p <= 0.05) at 0.05; treating the 20 nulls as 20
+    independent draws does not (what the registration did while every null subsampled one pool)."""
+    rng = np.random.default_rng(7)
+    groups = np.repeat(np.arange(4), 5)
+    trials, hits_grouped, hits_plain = 2000, 0, 0
+    for _ in range(trials):
+        effects = rng.normal(0.0, 1.0, 5)  # 4 null groups' data sets and the suspect's
+        null_t = effects[groups] + rng.normal(0.0, 1.0, 20)
+        t = effects[4] + rng.normal()
+        p_grouped, _ = parametric_null(t, null_t, groups)
+        p_plain, _ = parametric_null(t, null_t)
+        assert p_grouped is not None and p_plain is not None
+        hits_grouped += p_grouped <= 0.05
+        hits_plain += p_plain <= 0.05
+    se = np.sqrt(0.05 * 0.95 / trials)
+    assert hits_grouped / trials <= 0.05 + 3 * se
+    assert hits_plain / trials > 0.05 + 3 * se
+
+
+def test_a_null_is_normalised_by_the_other_groups_only() -> None:
+    w = reference_weights(np.array([0, 0, 1, 1]))  # model 0 is the suspect, then nulls of groups 0, 0, 1, 1
+    np.testing.assert_allclose(w[0], [0, 0.25, 0.25, 0.25, 0.25])  # the suspect: every null
+    np.testing.assert_allclose(w[1], [1 / 3, 0, 0, 1 / 3, 1 / 3])  # a null of group 0: the suspect and group 1
+    np.testing.assert_allclose(reference_weights(np.arange(3))[1], [1 / 3, 0, 1 / 3, 1 / 3])  # singletons
+
+
+def test_null_models_on_disjoint_parts_carry_their_part(setup: Setup, tmp_path: Path) -> None:
+    split = setup.split
+    nulls = train_null_models(split.x_pool, split.y_pool, n=6, seed=5, parts=3, widths=[(16,)], epochs=2)
+    parts = [int(m.identity["data_part"]) for m in nulls]
+    assert parts == [0, 1, 2, 0, 1, 2] and all("part" in m.identity["description"] for m in nulls)
+    assert not any("data_part" in m.identity for m in train_null_models(split.x_pool, split.y_pool, n=2, seed=5,
+                                                                         widths=[(16,)], epochs=2))
+    with pytest.raises(ValueError, match="parts"):
+        train_null_models(split.x_pool[:4], split.y_pool[:4], n=2, seed=5, parts=3)
+    art = prepare_owner(setup.victim, setup.x_private, setup.y_private, split.x_test, split.y_test,
+                        null_models=nulls, config=BlindWalkConfig(n_regressor=10, n_revealed=10), seed=0)
+    np.testing.assert_array_equal(art.null_groups, parts)
+    assert art.owner["null_data_groups"] == 3
+    art.save(tmp_path)
+    # artifacts written before data groups have no null_groups: each null is read as its own group
+    with np.load(tmp_path / "dataset_inference.npz", allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files if k != "null_groups"}
+    old = DatasetInferenceArtifacts(config=art.config, seed=art.seed, intercept=art.intercept,
+                                    null_descriptions=art.null_descriptions, owner=art.owner, **arrays)
+    np.testing.assert_array_equal(old.null_groups, np.arange(6))
 
 
 def test_an_independent_model_on_disjoint_data_is_not_claimed(setup: Setup) -> None:
