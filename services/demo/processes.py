@@ -68,7 +68,7 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout_s: float = 30.0) -> int | None:
+    def stop(self, timeout_s: float = 30.0, dump_signal: signal.Signals | None = None) -> int | None:
         # 30 s, as Kubernetes' default grace period: a gateway may take uvicorn's graceful shutdown (10 s) plus
         # its query-log drain (up to 10 s) before it exits; killing it sooner would turn a slow drain into a crash.
         if self.proc.poll() is None:
@@ -76,6 +76,9 @@ class ManagedProcess:
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
+                if dump_signal is not None:  # ask it for its stacks (into its log) before killing it
+                    self.proc.send_signal(dump_signal)
+                    time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode

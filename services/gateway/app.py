@@ -15,8 +15,10 @@ answer watermark and output policy → answer → queue the log entry.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import itertools
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -114,6 +116,8 @@ class Gateway:
     # ------------------------------------------------------------------ lifecycle
     async def startup(self) -> None:
         s = self.settings
+        # `kill -USR1 <pid>` writes every thread's stack to stderr: what a gateway that does not stop is doing.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         self.marker = AnswerMarker(s, self.metrics) if s.answer_watermark_mode != "off" else None
         # Fail fast on a dead Redis instead of retrying inside the flusher: the spill file takes over.
         self.redis = aioredis.Redis.from_url(

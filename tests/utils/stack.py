@@ -34,7 +34,7 @@ class Server:
 
         uvicorn re-raises the SIGTERM it handled after its graceful shutdown, so -SIGTERM counts too.
         """
-        code = self.process.stop()
+        code = self.process.stop(dump_signal=signal.SIGUSR1)  # a gateway that hangs dumps its stacks first
         code = 0 if code == -signal.SIGTERM else code
         if code != 0 and self.process.log_path is not None:
             # pytest shows this with the failure: what the server was doing when it did not stop in time.
