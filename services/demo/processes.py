@@ -68,9 +68,9 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout_s: float = 30.0, dump_signal: signal.Signals | None = None) -> int | None:
-        # 30 s, as Kubernetes' default grace period: a gateway may take uvicorn's graceful shutdown (10 s) plus
-        # its query-log drain (up to 10 s) before it exits; killing it sooner would turn a slow drain into a crash.
+    def stop(self, timeout_s: float = 40.0, dump_signal: signal.Signals | None = None) -> int | None:
+        # 40 s: a gateway may take uvicorn's graceful shutdown (10 s), its query-log drain (up to 15 s) and three
+        # 2-s closes before it exits; killing it sooner would turn a slow drain into a crash.
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -154,11 +154,12 @@ class Gateway:
         log.info("gateway %s fronting %s", self.instance, self.upstream)
 
     async def shutdown(self) -> None:
-        """Each step bounded: a stop must end within the orchestrator's grace period (compose: 30 s, with
+        """Each step bounded: a stop must end within the orchestrator's grace period (compose: 40 s, with
         uvicorn's 10 s for open connections before this), even if a Redis connection hangs on close, which
         redis-py's asyncio client can do. The query log's own drain stops after 10 s and spills the rest."""
         if self.querylog is not None:
-            if not await _bounded(self.querylog.stop(), 12.0, "query-log drain"):
+            # 15 s: its own 10 s deadline plus one write (the Redis socket timeout is 2 s).
+            if not await _bounded(self.querylog.stop(), 15.0, "query-log drain"):
                 self.querylog.abandon()
         if self.clients is not None:
             await _bounded(self.clients.stop(), 2.0, "client-usage push")

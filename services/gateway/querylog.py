@@ -258,6 +258,11 @@ class QueryLogWriter:
             records = self._drain(self.batch_max)
             try:
                 await self._write(records)
+            except asyncio.CancelledError:
+                # A shutdown that ran out of time: these rows left the buffer, so keep them on disk (the replay
+                # skips any that did reach Redis, by sequence number).
+                self._spill(records)
+                raise
             except _REDIS_DOWN as exc:
                 log.warning("Redis unreachable (%s); spilling query log to %s", type(exc).__name__, self.spill_path)
                 self._mark_down()
