@@ -15,6 +15,7 @@ have their defaults here too.
 | ``mc:client:tiers`` | hash | API | detector |
 | ``mc:det:state:<client>`` | hash | detector | detector |
 | ``mc:det:streaks`` | hash | detector | detector |
+| ``mc:det:population:<model>`` | string | detector | detector (at start) |
 | ``mc:det:group:<model>|<network>``, ``mc:det:groups`` | hash, zset | detector | detector |
 | ``mc:risk:<client>``, ``mc:risk:levels`` | string, hash | detector | API, compliance |
 | ``mc:alerts`` | stream | detector | SOC integrations |
@@ -40,6 +41,7 @@ CLIENT_TIERS = "mc:client:tiers"
 
 DETECTOR_STATE_PREFIX = "mc:det:state:"
 DETECTOR_STREAKS = "mc:det:streaks"
+DETECTOR_POPULATION_PREFIX = "mc:det:population:"
 DETECTOR_GROUP_PREFIX = "mc:det:group:"
 DETECTOR_GROUPS = "mc:det:groups"  # zset: group id -> last seen (bounds how many groups are kept)
 RISK_PREFIX = "mc:risk:"
@@ -88,6 +90,11 @@ def open_alert(client_id: str) -> str:
 def detector_group(group_id: str) -> str:
     """A colluding-keys group's pooled state; ``group_id`` is ``<model>|<source network>``."""
     return DETECTOR_GROUP_PREFIX + group_id
+
+
+def detector_population(model: str) -> str:
+    """A model's population baseline (``Population.to_bytes``), the catch-all's under ``*``."""
+    return DETECTOR_POPULATION_PREFIX + model
 
 
 def webhook_processing(instance: str) -> str:

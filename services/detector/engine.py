@@ -419,6 +419,18 @@ class DetectionEngine:
             return None
         return Population(self.n_features, config or PopulationConfig())
 
+    def population_layout(self) -> str:
+        """What fixes the meaning of a population's rows: the OOD signal's feature space."""
+        ood = self._ood
+        return "" if ood is None else f"ood:d={self.n_features},features={ood.baseline_features}"
+
+    def restore_population(self, blob: bytes, config: PopulationConfig | None = None) -> Population | None:
+        """A population saved with ``population.to_bytes(engine.population_layout())``; ``ValueError`` when it
+        does not fit this engine (the caller then starts an empty one)."""
+        if self._ood is None:
+            return None
+        return Population.from_bytes(blob, self.n_features, config or PopulationConfig(), self.population_layout())
+
     def offer(self, population: Population, client: str, X: np.ndarray) -> int:
         """Offer ``client``'s rows to ``population`` (in the OOD signal's features); returns the rows kept."""
         ood = self._ood

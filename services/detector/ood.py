@@ -207,6 +207,11 @@ class OODSignal(Signal[OODState, OODBaseline]):
             ratios=np.zeros(w, dtype=np.float32),
         )
 
+    @property
+    def baseline_features(self) -> str:
+        """The feature space the distances are measured in (``FEATURES``)."""
+        return FEATURES[self._baseline.features]
+
     def features(self, X: np.ndarray) -> np.ndarray:
         """The rows as this signal measures them (what a ``Population`` of its model keeps)."""
         return row_features(np.asarray(X, dtype=np.float64), self._baseline.features)

@@ -32,6 +32,8 @@ test do not use the population (docs/detector.md: "Population baseline").
 
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,6 +108,51 @@ class Population:
             self.owners[slot] = code
             self._counts[code] = self._counts.get(code, 0) + 1
         return take
+
+    def to_bytes(self, layout: str) -> bytes:
+        """The ring as one ``.npz`` blob (no pickle), tagged with the OOD features' ``layout``: what a detector
+        saves so that a restart does not warm up again (the service keeps it in Redis)."""
+        names = sorted(self._codes, key=self._codes.__getitem__)
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            layout=np.asarray(layout),
+            rows=self.rows,
+            owners=self.owners,
+            names=np.asarray(names, dtype=np.str_),
+            codes=np.asarray([self._codes[n] for n in names], dtype=np.int64),
+            cursor=np.asarray([self._pos, self._next_code], dtype=np.int64),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, n_features: int, config: PopulationConfig, layout: str) -> Population:
+        """The ring saved by ``to_bytes``; ``ValueError`` when it does not fit this engine and configuration
+        (another feature layout, width or capacity, or a damaged blob): the caller starts empty instead."""
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+                saved, rows, owners = str(z["layout"]), z["rows"], z["owners"]
+                names, codes, cursor = z["names"], z["codes"], z["cursor"]
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"unreadable population snapshot: {exc}") from exc
+        if saved != layout:
+            raise ValueError(f"snapshot of another feature layout ({saved!r}, this engine {layout!r})")
+        pop = cls(n_features, config)
+        if rows.shape != pop.rows.shape or owners.shape != pop.owners.shape or names.shape != codes.shape:
+            raise ValueError(f"snapshot shape {rows.shape} does not fit capacity x features {pop.rows.shape}")
+        if cursor.shape != (2,) or not np.isfinite(rows).all():
+            raise ValueError("damaged population snapshot")
+        held, counts = np.unique(owners[owners >= 0], return_counts=True)
+        code_set = set(codes.tolist())
+        if held.size and (counts.max() > config.per_client or not set(held.tolist()) <= code_set):
+            raise ValueError("snapshot breaks the per-client cap or names no client for a row")
+        pop.rows[:] = rows
+        pop.owners[:] = owners
+        pop._counts = {int(c): int(n) for c, n in zip(held, counts, strict=True)}
+        pop._codes = {str(n): int(c) for n, c in zip(names, codes, strict=True) if int(c) in pop._counts}
+        pop._pos = int(cursor[0]) % config.capacity
+        pop._next_code = max(int(cursor[1]), int(codes.max()) + 1 if codes.size else 0)
+        return pop
 
     def _release(self, code: int) -> None:
         left = self._counts[code] - 1

@@ -206,23 +206,35 @@ def test_records_without_a_baseline_or_of_the_wrong_width_are_set_aside(
     assert groups[0]["pending"] == 0
 
 
-def _alerted_clients(url: str, engine: DetectionEngine, name: str, population: PopulationConfig | None) -> int:
+def _alerted_clients(
+    url: str,
+    engine: DetectionEngine,
+    name: str,
+    population: PopulationConfig | None,
+    clients: range = range(30),
+    *,
+    flush: bool = True,
+    save_s: float = 0.0,
+) -> int:
     r = redis.Redis.from_url(url)
-    r.flushdb()
+    if flush:
+        r.flushdb()
     _, _, x_traffic, _ = holdout_halves(digits_split(0))
     device = 16.0 - x_traffic  # a popular scanner that delivers negatives: far from every reference row
-    rng = np.random.default_rng(0)
-    rows = {f"neg{c}": device[rng.choice(len(device), 60, replace=False)] for c in range(30)}
+    rng = np.random.default_rng(clients.start)
+    rows = {f"neg{c}": device[rng.choice(len(device), 60, replace=False)] for c in clients}
     i = 0
-    for q in range(60):  # the 30 customers' queries interleaved, as they arrive in the log
+    for q in range(60):  # the customers' queries interleaved, as they arrive in the log
         for client, X in rows.items():
             r.xadd("mc:queries", record(i, client, X[q]))  # type: ignore[arg-type]
             i += 1
     worker = make_worker(url, engine, name, 60)
     worker.config.population = population
+    worker.config.population_save_s = save_s
     worker.ensure_group()
     while worker.step():
         pass
+    worker.save_populations()  # what ``run`` does when the detector stops
     return sum(orjson.loads(r.get(f"mc:risk:{c}"))["level"] != "low" for c in rows)  # type: ignore[arg-type]
 
 
@@ -235,3 +247,19 @@ def test_a_device_many_customers_share_is_learned_from_the_population(
     learned = _alerted_clients(redis_url, engine, "w-pop", PopulationConfig(min_clients=10, support=3))
     assert alone >= 25
     assert learned <= 3
+
+
+def test_a_restarted_detector_starts_from_the_saved_population(
+    redis_client: redis.Redis, redis_url: str, engine: DetectionEngine
+) -> None:
+    """The population is saved to Redis and read back by the next detector process: five newcomers with the
+    shared device are explained at once after a restart; without the saved ring (never saved) the new process
+    is reference-only until 10 clients have sent rows, and calls them out of distribution."""
+    config = PopulationConfig(min_clients=10, support=3)
+    assert _alerted_clients(redis_url, engine, "w-before", config, save_s=60.0) <= 3
+    assert redis_client.exists("mc:det:population:digits-mlp")
+    restored = _alerted_clients(redis_url, engine, "w-after", config, range(100, 105), flush=False, save_s=60.0)
+    redis_client.delete("mc:det:population:digits-mlp")
+    cold = _alerted_clients(redis_url, engine, "w-cold", config, range(200, 205), flush=False, save_s=60.0)
+    assert restored <= 1
+    assert cold >= 4

@@ -107,6 +107,7 @@ class DetectorConfig:
     population: PopulationConfig | None = field(
         default_factory=lambda: settings_section(Settings.model_construct(), "detector_population_", PopulationConfig)
     )
+    population_save_s: float = _default("detector_population_save_s")
 
     def __post_init__(self) -> None:
         if self.tighten_on is not None:
@@ -147,6 +148,8 @@ class DetectorWorker:
         self._last_reclaim = 0.0
         self._testers: dict[str, GroupTester] = {}
         self._populations: dict[str, Population | None] = {}
+        self._population_engines: dict[str, DetectionEngine] = {}
+        self._last_population_save = time.monotonic()
         # At start too: a detector restarted under its old consumer name (a container's stable hostname)
         # finds what it held when it died pending on itself.
         self._reread_pending = True
@@ -162,7 +165,10 @@ class DetectorWorker:
     def run(self) -> None:
         self.ensure_group()
         log.info("detector %s consuming %s", self.consumer, self.config.stream)
-        run_steps(self._resilient_step, self._stop, log)
+        try:
+            run_steps(self._resilient_step, self._stop, log)
+        finally:
+            self.save_populations()
 
     def _resilient_step(self) -> int:
         try:
@@ -212,6 +218,8 @@ class DetectorWorker:
         )
         for _, entries in resp or []:
             handled += self.process(entries)
+        if self.config.population_save_s and now - self._last_population_save >= self.config.population_save_s:
+            self.save_populations()
         if now - self._last_gauges >= 1.0:  # two Redis reads: once a second, not once per batch
             self._last_gauges = now
             self._update_gauges()
@@ -516,8 +524,40 @@ class DetectorWorker:
             return None
         key = model if model in self.engines else CATCH_ALL
         if key not in self._populations:
-            self._populations[key] = engine.new_population(self.config.population)
+            self._populations[key] = self._restore_population(key, engine, self.config.population)
+            self._population_engines[key] = engine
         return self._populations[key]
+
+    def _restore_population(self, key: str, engine: DetectionEngine, config: PopulationConfig) -> Population | None:
+        """The model's saved population if there is one that fits this engine, else an empty one."""
+        blob: Any = self.r.get(keys.detector_population(key)) if self.config.population_save_s else None
+        if blob:
+            try:
+                restored = engine.restore_population(blob, config)
+                if restored is not None:
+                    log.info("population of %s restored: %d clients", key, restored.clients)
+                    return restored
+            except ValueError as exc:  # another engine or configuration since it was saved: warm up again
+                log.warning("population of %s not restored (%s): starting empty", key, exc)
+        return engine.new_population(config)
+
+    def save_populations(self) -> None:
+        """Write every model's population to Redis (periodically and when the detector stops).
+
+        With several detector processes each keeps its own ring (they see different shares of the traffic)
+        and the last one to save wins: a restarted process starts from a recent population of the model,
+        not necessarily its own."""
+        self._last_population_save = time.monotonic()
+        if not self.config.population_save_s:
+            return
+        for key, population in self._populations.items():
+            if population is None or not population.clients:
+                continue
+            blob = population.to_bytes(self._population_engines[key].population_layout())
+            try:
+                self.r.set(keys.detector_population(key), blob)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:  # next time, or lost with the process
+                log.warning("population of %s not saved: %s", key, exc)
 
     # ------------------------------------------------------------------ colluding keys (groups.py)
     def _tester(self, model: str) -> GroupTester:

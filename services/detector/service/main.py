@@ -61,6 +61,7 @@ def build_worker(
         group_idle_s=settings.detector_group_idle_s,
         group_response=settings.detector_group_response,
         population=population if settings.detector_population else None,
+        population_save_s=settings.detector_population_save_s,
     )
     return DetectorWorker(r, engines, alerts, metrics, config)
 

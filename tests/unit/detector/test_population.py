@@ -66,3 +66,30 @@ def test_a_device_many_clients_share_is_explained_noise_is_not(signal: OODSignal
     assert alone > 0.3 and explained < 0.3 * alone
     noise = streams.uniform(rng, 200)  # probes far from one another: the 60 noisy keys explain none of them
     assert np.mean(signal.scores(noise, pop, "noise0") > 1) > 0.95
+
+
+def test_a_saved_ring_comes_back_exactly_and_a_foreign_one_is_refused() -> None:
+    pop = Population(4, PopulationConfig(capacity=8, per_client=2, support=2, min_clients=3))
+    for c in range(6):  # 12 rows offered into 8 slots: eviction has moved the cursor and dropped clients
+        pop.add(f"k{c}", np.full((3, 4), float(c)))
+    blob = pop.to_bytes("ood:d=4,features=raw")
+    back = Population.from_bytes(blob, 4, pop.config, "ood:d=4,features=raw")
+    np.testing.assert_array_equal(back.rows, pop.rows)
+    np.testing.assert_array_equal(back.owners, pop.owners)
+    assert back._codes == pop._codes and back._counts == pop._counts and back._pos == pop._pos
+    q = np.zeros((2, 4))
+    np.testing.assert_allclose(back.support_distance(q, "k3"), pop.support_distance(q, "k3"))
+    back.add("new", np.ones((1, 4)))  # keeps working: the next client gets a fresh code and the next slot
+    assert back._codes["new"] == max(pop._codes.values()) + 1
+    with pytest.raises(ValueError, match="layout"):
+        Population.from_bytes(blob, 4, pop.config, "ood:d=4,features=standardised")
+    with pytest.raises(ValueError, match="capacity"):
+        Population.from_bytes(
+            blob, 4, PopulationConfig(capacity=16, per_client=2, support=2, min_clients=3), "ood:d=4,features=raw"
+        )
+    with pytest.raises(ValueError, match="per-client"):
+        Population.from_bytes(
+            blob, 4, PopulationConfig(capacity=8, per_client=1, support=1, min_clients=3), "ood:d=4,features=raw"
+        )
+    with pytest.raises(ValueError, match="unreadable"):
+        Population.from_bytes(blob[:100], 4, pop.config, "ood:d=4,features=raw")
