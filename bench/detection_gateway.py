@@ -150,11 +150,14 @@ def main() -> None:
     parser.add_argument("--benign", type=int, default=200, help="benign clients")
     parser.add_argument("--quick", action="store_true", help="smaller budgets, 40 benign clients")
     parser.add_argument("--baseline", type=Path, default=None, help="detector baseline (default: fit now)")
+    parser.add_argument("--tuning", type=int, default=0, help="mnist: benign clients with tuning families too")
+    parser.add_argument("--warm", type=int, default=300, help="mnist: clients warming the population first")
+    parser.add_argument("--ood-features", default=None, help="mnist: OOD features (default: the engine's)")
     args = parser.parse_args()
     if args.world == "mnist":
         from detection_gateway_mnist import run_mnist
 
-        print(json.dumps(run_mnist(args.benign, args.quick)))
+        print(json.dumps(run_mnist(args.benign, args.quick, args.tuning, args.warm, args.ood_features)))
         return
     n_benign = 40 if args.quick else args.benign
     t_start = time.time()

@@ -2,7 +2,9 @@
 
 Real path: attack and benign clients → gateway (HTTP, OIP v2) → MLServer (scikit-learn runtime) → answers;
 the gateway's query log in Redis → the detector service's ``DetectorWorker`` with one engine per model.
-See the docstring of ``bench/detection_gateway.py`` for the method.
+See the docstring of ``bench/detection_gateway.py`` for the method. Before the attacks, ``--warm`` benign clients
+(other seeds) send 16 rows each, so the detector's population baseline is warm as after a while in service (as
+``bench/detection.py`` does in process); ``--tuning`` adds tuning-family clients beside the held-out ones.
 """
 
 from __future__ import annotations
@@ -98,7 +100,38 @@ def upstream_proba(url: str, model: str) -> Callable[[np.ndarray], np.ndarray]:
     return proba
 
 
-def run_mnist(n_benign: int, quick: bool) -> dict[str, Any]:
+def send_client(http: httpx.Client, api_key: str, client: Any, volume: int) -> int:
+    """One benign client's batches through the gateway; returns the rows sent."""
+    headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
+    sent = 0
+    for batch in client.batches(volume):
+        body = oip_request(batch.X)
+        body["outputs"] = [{"name": "predict_proba"}]
+        resp = http.post("/v2/models/mnist-mlp/infer", content=orjson.dumps(body), headers=headers)
+        resp.raise_for_status()
+        sent += len(batch.X)
+    return sent
+
+
+def split_rates(benign_sent: dict[str, tuple[str, int]], first_alert: dict[str, int], high: set[str]) -> dict[str, Any]:
+    """Alerted and high-severity clients over a set of benign clients, with the Clopper-Pearson bound."""
+    n = len(benign_sent)
+    k = sum(c in first_alert for c in benign_sent)
+    h = len(high & set(benign_sent))
+    return {
+        "clients": n,
+        "flagged": k,
+        "false_positive_rate": round(k / max(1, n), 4),
+        # Clopper-Pearson: 0 of 1,000 only shows the rate is below ~0.3 %.
+        "false_positive_rate_upper_95": round(float(beta.ppf(0.95, k + 1, max(1, n - k))), 4),
+        "high": h,
+        "high_rate": round(h / max(1, n), 4),
+    }
+
+
+def run_mnist(
+    n_benign: int, quick: bool, n_tuning: int = 0, n_warm: int = 300, ood_features: str | None = None
+) -> dict[str, Any]:
     t_start = time.time()
     scale = 0.1 if quick else 1.0
     world = detection.mnist_world(scale)  # its in-process victims are not used: MLServer's are the victims
@@ -123,7 +156,10 @@ def run_mnist(n_benign: int, quick: bool) -> dict[str, Any]:
                     seed=0,
                     variation=world.variation,
                     sim_length=400,
-                    signal_params={"prada": {"null_streams": 20}},
+                    signal_params={
+                        "prada": {"null_streams": 20},
+                        **({"ood": {"features": ood_features}} if ood_features else {}),
+                    },
                 ),
             )
         fit_s = time.time() - t0
@@ -151,6 +187,13 @@ def run_mnist(n_benign: int, quick: bool) -> dict[str, Any]:
         r = redis.Redis.from_url(store.url)
         registry = ClientRegistry(r)
 
+        # The population baseline as after a while in service (as bench/detection.py's warm_populations): the
+        # first rows of n_warm benign clients of the evaluated mix, other seeds and ids, sent before the attacks.
+        n_warm_held = round(n_warm * 5 / 7)
+        with httpx.Client(base_url=gateway_url, timeout=60) as http:
+            for i, (_, client, _) in enumerate(detection.benign_clients(world, n_warm_held, n_warm - n_warm_held, 101)):
+                send_client(http, registry.add(f"warm-{i}")[1], client, 16)
+
         runs: list[dict[str, Any]] = []
         for a_name, victim, make in world.attacks:
             model = f"mnist-{victim}"
@@ -168,22 +211,17 @@ def run_mnist(n_benign: int, quick: bool) -> dict[str, Any]:
             runs.append({"name": a_name, "model": model, "client": client, "trajectory": traj})
             print(f"# mnist {a_name}: {traj[-1] if traj else None}", file=sys.stderr, flush=True)
 
-        # --quick tries the script on tuning families; the reported run uses the held-out ones.
-        n_held, n_tun = (0, n_benign) if quick else (n_benign, 0)
+        # --quick tries the script on tuning families; the reported run uses the held-out ones (and tuning ones
+        # beside them with --tuning, as bench/detection.py).
+        n_held, n_tun = (0, n_benign) if quick else (n_benign, n_tuning)
         population = detection.benign_clients(world, n_held, n_tun, seed=1)
         benign_sent: dict[str, tuple[str, int]] = {}
         with httpx.Client(base_url=gateway_url, timeout=60) as http:
             for i, (family, client, volume) in enumerate(population):
                 cid = f"benign-{i}"
-                headers = {"X-API-Key": registry.add(cid)[1], "Content-Type": "application/json"}
-                sent = 0
-                for batch in client.batches(volume):
-                    body = oip_request(batch.X)
-                    body["outputs"] = [{"name": "predict_proba"}]
-                    resp = http.post("/v2/models/mnist-mlp/infer", content=orjson.dumps(body), headers=headers)
-                    resp.raise_for_status()
-                    sent += len(batch.X)
-                benign_sent[cid] = (family, sent)
+                benign_sent[cid] = (family, send_client(http, registry.add(cid)[1], client, volume))
+                if (i + 1) % 100 == 0:
+                    print(f"# mnist: {i + 1} benign clients sent", file=sys.stderr, flush=True)
         procs[-1].stop()  # flush the gateway's query log
 
         detector = consume(r, engines)
@@ -216,29 +254,25 @@ def run_mnist(n_benign: int, quick: bool) -> dict[str, Any]:
                     "detected_before_90pct": q is not None and (q90 is None or q < q90),
                 }
             )
-        flagged = sorted(c for c in benign_sent if c in first_alert)
         families: dict[str, list[int]] = {}
         for cid, (family, _) in benign_sent.items():
-            f = families.setdefault(family, [0, 0])
+            f = families.setdefault(family, [0, 0, 0])
             f[0] += 1
             f[1] += cid in first_alert
-        n = len(benign_sent)
+            f[2] += cid in high
+        held = {c: v for c, v in benign_sent.items() if v[0] in detection.HELDOUT}
+        tuning = {c: v for c, v in benign_sent.items() if v[0] not in detection.HELDOUT}
         return {
             "world": "mnist",
             "served_by": "mlserver",
             "attacks": attacks_out,
             "benign": {
-                "split": "tuning" if quick else "heldout",
-                "clients": n,
-                "flagged": len(flagged),
-                "false_positive_rate": round(len(flagged) / max(1, n), 4),
-                # Clopper-Pearson: 0 of 150 only shows the rate is below ~2 %.
-                "false_positive_rate_upper_95": round(
-                    float(beta.ppf(0.95, len(flagged) + 1, max(1, n - len(flagged)))), 4
-                ),
-                "high": len(high & set(benign_sent)),
-                "families": {k: {"clients": v[0], "flagged": v[1]} for k, v in sorted(families.items())},
+                **split_rates(held, first_alert, high),
+                "families_heldout": list(detection.HELDOUT),
+                "tuning": split_rates(tuning, first_alert, high),
+                "families": {k: {"clients": v[0], "flagged": v[1], "high": v[2]} for k, v in sorted(families.items())},
                 "queries_total": int(sum(s for _, s in benign_sent.values())),
+                "warm_clients": n_warm,
             },
             "thresholds": {k: round(e.thresholds.alert, 3) for k, e in engines.items() if e.thresholds},
             "detector": detector,
