@@ -115,6 +115,8 @@ class RegistrationConfig:
     null_min_steps: int = 200
     self_test: bool = True
     self_test_copies: dict[str, Any] | None = None
+    watermark_key_selection: bool = True
+    watermark_selection_min_inputs: int = 30
 
     def __post_init__(self) -> None:
         if self.n_null_models < 1:
@@ -134,6 +136,12 @@ class RegistrationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "null_parts" else 0):
                 raise ValueError(f"{name} must be an integer >= {1 if name == 'null_parts' else 0}, got {value!r}")
+        if not isinstance(self.watermark_key_selection, bool):
+            raise ValueError(f"watermark_key_selection must be true or false, got {self.watermark_key_selection!r}")
+        if isinstance(self.watermark_selection_min_inputs, bool) or not isinstance(
+            self.watermark_selection_min_inputs, int
+        ) or self.watermark_selection_min_inputs < 1:
+            raise ValueError("watermark_selection_min_inputs must be a positive integer")
         if not isinstance(self.self_test, bool):
             raise ValueError(f"self_test must be true or false, got {self.self_test!r}")
         if self.self_test_copies is not None:
@@ -440,11 +448,13 @@ def _calibrate_watermark(w: _Work) -> None:
         return
     assert w.owner is not None
     key, cfg = w.key, w.cfg
-    null = calibrate_null(key, w.nulls, confidence=cfg.null_confidence, margin=cfg.null_margin,
-                          descriptions=w.descriptions)
+    null = _select_and_calibrate(w) if cfg.watermark_key_selection else None
+    if null is None:
+        null = calibrate_null(key, w.nulls, confidence=cfg.null_confidence, margin=cfg.null_margin,
+                              descriptions=w.descriptions)
     (w.dir / "artifacts" / "watermark_null.json").write_text(json.dumps(null.to_dict(), sort_keys=True))
     w.null = null
-    owner_rate = float(np.mean(w.owner.labels(key.inputs) == key.target_class))
+    owner_rate = float(np.mean(w.owner.labels(null.test_inputs(key)) == key.target_class))
     w.watermark = {
         "key_fingerprint": key.fingerprint(),
         "source_class": key.source_class,
@@ -452,6 +462,8 @@ def _calibrate_watermark(w: _Work) -> None:
         "key_size": len(key.inputs),
         "null_rate_bound": null.bound,
         "null_rates": null.rates,
+        "inputs_tested": null.n_inputs,
+        "key_selection": null.selection,
         "owner_success_rate": owner_rate,
     }
     if owner_rate <= null.bound:
@@ -460,6 +472,38 @@ def _calibrate_watermark(w: _Work) -> None:
             f"null bound {null.bound:.3f}: watermark audits cannot claim"
         )
     w.report(0.50, "watermark null calibrated")
+
+
+def _select_and_calibrate(w: _Work) -> NullCalibration | None:
+    """Key selection (``watermark_key_selection``): the even-numbered null models select the key inputs the owner
+    answers "target" and none of them does (``audit.watermark.select_key_inputs``); the odd-numbered ones, which
+    played no part in the choice, set the bound on the kept inputs. None (the whole key and every null) when there
+    are fewer than four nulls or fewer than ``watermark_selection_min_inputs`` inputs survive; a note says so."""
+    from audit.watermark import select_key_inputs
+
+    assert w.key is not None and w.owner is not None
+    key, cfg = w.key, w.cfg
+    if len(w.nulls) < 4:
+        w.notes.append("watermark key selection skipped: it needs at least four null models")
+        return None
+    chosen, held_out = list(range(0, len(w.nulls), 2)), list(range(1, len(w.nulls), 2))
+    owner_hits = w.owner.labels(key.inputs) == key.target_class
+    votes = np.stack([w.nulls[i].labels(key.inputs) == key.target_class for i in chosen])
+    kept = select_key_inputs(owner_hits, votes)
+    if len(kept) < cfg.watermark_selection_min_inputs:
+        w.notes.append(f"watermark key selection kept {len(kept)} of {len(key.inputs)} inputs (fewer than "
+                       f"{cfg.watermark_selection_min_inputs}): the whole key is tested against every null model")
+        return None
+    selection = {
+        "rule": "key inputs the protected model answers with the target class and no selection model does",
+        "selection_models": [w.descriptions[i] for i in chosen],
+        "kept": len(kept),
+        "key_size": len(key.inputs),
+        "bound_models": "the other null models (listed in references), which played no part in the selection",
+    }
+    return calibrate_null(key, [w.nulls[i] for i in held_out], confidence=cfg.null_confidence,
+                          margin=cfg.null_margin, descriptions=[w.descriptions[i] for i in held_out],
+                          selected=kept.tolist(), selection=selection)
 
 
 def _prepare_dataset_inference(w: _Work) -> None:
