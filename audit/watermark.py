@@ -104,7 +104,8 @@ class NullCalibration:
         if not self.counts:
             raise ValueError("need at least one reference model")
         if self.selected is not None and (
-            len(self.selected) != self.n_inputs or len(set(self.selected)) != len(self.selected)
+            len(self.selected) != self.n_inputs
+            or len(set(self.selected)) != len(self.selected)
             or any(i < 0 for i in self.selected)
         ):
             raise ValueError("selected must list n_inputs distinct key indices")

@@ -302,13 +302,18 @@ def test_progress_wrapper_keeps_the_suspect_identity(registered: ProtectedModel)
 def test_key_selection_keeps_inputs_the_selection_nulls_do_not_answer_target(
     owner: dict[str, Any], signing_key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
-    cfg = RegistrationConfig(n_null_models=4, reference_epochs=4, self_test=False, mingd=False,
-                             watermark_selection_min_inputs=1)
+    cfg = RegistrationConfig(
+        n_null_models=4, reference_epochs=4, self_test=False, mingd=False, watermark_selection_min_inputs=1
+    )
     pm = register_protected_model(inputs(owner), tmp_path, signing_key, registration_id="pm_sel", config=cfg)
     null, key = pm.watermark_null(), pm.watermark_key()
     assert null is not None and key is not None and null.selected is not None and null.selection is not None
-    nulls = [load_suspect_file(p, "safetensors") for p in sorted((pm.directory / "artifacts" / "null_models").glob(
-        "*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))]
+    nulls = [
+        load_suspect_file(p, "safetensors")
+        for p in sorted(
+            (pm.directory / "artifacts" / "null_models").glob("*.safetensors"), key=lambda p: int(p.stem.split("_")[1])
+        )
+    ]
     owner_model = load_suspect_file(owner["model"], "safetensors")
     kept = key.inputs[list(null.selected)]
     assert np.all(owner_model.labels(kept) == key.target_class)

@@ -16,9 +16,9 @@ from audit.watermark import (
     WatermarkVerifier,
     always_valid_p_values,
     calibrate_null,
-    select_key_inputs,
     clopper_pearson_upper,
     log_wealth,
+    select_key_inputs,
 )
 from audit.watermark_key import WatermarkKey
 
