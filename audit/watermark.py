@@ -20,6 +20,14 @@ models without the watermark. What we do:
    (measured on digits: up to 0.74 target rate for an independent model vs 0.00 for owner-data references,
    on the 3→8 pair). The calibration is only as good as the reference population: see ``NullCalibration``.
 
+   **Key selection** (``select_key_inputs``; the registration does it by default): part of the reference models
+   choose the key inputs the test uses (those the owner answers "target" and they do not), and the bound is
+   computed on the *other* references only, on the chosen inputs. A bound on the choosing models would be
+   biased low; on held-out ones it is as valid as on the whole key. What it cannot do is replace the model as
+   the unit of replication: per-input null rates with a Poisson-binomial test assume a clean model's answers are
+   independent across inputs, and on MNIST the nulls' key counts were 300× overdispersed against that
+   (docs/audits.md "Key selection at registration").
+
 2. **Sequential test** (``WatermarkVerifier``). The key's inputs are queried one at a time (or in batches) in
    a seeded random order; X_i = 1 when the answer is the target class. H0: the suspect answers target with
    probability ≤ p0 per query, independently (the inputs are i.i.d. draws of the trigger distribution, as
