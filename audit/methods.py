@@ -156,7 +156,7 @@ def run_watermark_audit(
     if key is None or null is None:
         raise ValueError(f"protected model {protected.id} was registered without a watermark key")
     verifier = _verifier(params)
-    limit = min(verifier.max_queries, len(key.inputs), params["budget"] or math.inf)
+    limit = min(verifier.max_queries, len(null.test_inputs(key)), params["budget"] or math.inf)
     wrapped = _ProgressSuspect(suspect, int(limit), progress or (lambda f, m: None), params["budget"])
     evidence = verifier.run(wrapped, key, null).to_dict()
     p0 = float(evidence["null_rate_bound"])

@@ -63,13 +63,13 @@ DI_KEYS = ("x_private", "y_private", "x_public", "y_public")
 DI_UNAVAILABLE = "dataset inference unavailable: audit.dataset_inference is not installed in this build"
 
 
-
 def _no_progress(fraction: float, message: str) -> None:
     return None
 
 
 # Builds the Suspect for a model behind an HTTP endpoint from its keywords (url, protocol, model, token, ...).
 EndpointOpener = Callable[[Mapping[str, Any]], Suspect]
+
 
 @dataclass(frozen=True)
 class RegistrationConfig:
@@ -115,6 +115,8 @@ class RegistrationConfig:
     null_min_steps: int = 200
     self_test: bool = True
     self_test_copies: dict[str, Any] | None = None
+    watermark_key_selection: bool = True
+    watermark_selection_min_inputs: int = 30
 
     def __post_init__(self) -> None:
         if self.n_null_models < 1:
@@ -126,7 +128,8 @@ class RegistrationConfig:
         if not 0.5 <= self.null_confidence < 1.0 or not 0.0 <= self.null_margin < 1.0:
             raise ValueError("null_confidence must be in [0.5, 1) and null_margin in [0, 1)")
         if self.reference_max_rows is not None and (
-            isinstance(self.reference_max_rows, bool) or not isinstance(self.reference_max_rows, int)
+            isinstance(self.reference_max_rows, bool)
+            or not isinstance(self.reference_max_rows, int)
             or self.reference_max_rows < 2
         ):
             raise ValueError("reference_max_rows must be an integer >= 2 or null")
@@ -134,6 +137,14 @@ class RegistrationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "null_parts" else 0):
                 raise ValueError(f"{name} must be an integer >= {1 if name == 'null_parts' else 0}, got {value!r}")
+        if not isinstance(self.watermark_key_selection, bool):
+            raise ValueError(f"watermark_key_selection must be true or false, got {self.watermark_key_selection!r}")
+        if (
+            isinstance(self.watermark_selection_min_inputs, bool)
+            or not isinstance(self.watermark_selection_min_inputs, int)
+            or self.watermark_selection_min_inputs < 1
+        ):
+            raise ValueError("watermark_selection_min_inputs must be a positive integer")
         if not isinstance(self.self_test, bool):
             raise ValueError(f"self_test must be true or false, got {self.self_test!r}")
         if self.self_test_copies is not None:
@@ -267,9 +278,7 @@ def open_model(
     return load_suspect_file(model_path, model_format, architecture=architecture, config=config)
 
 
-def _train_references(
-    x: np.ndarray, y: np.ndarray, key: WatermarkKey | None, cfg: RegistrationConfig
-) -> list[Suspect]:
+def _train_references(x: np.ndarray, y: np.ndarray, key: WatermarkKey | None, cfg: RegistrationConfig) -> list[Suspect]:
     """The registration's null models: ``audit.null_models.train_null_models``, the one trainer the benchmark
     and the tests use too, so what bench/audit.py measures is what a registration builds."""
     from audit.null_models import train_null_models
@@ -440,11 +449,14 @@ def _calibrate_watermark(w: _Work) -> None:
         return
     assert w.owner is not None
     key, cfg = w.key, w.cfg
-    null = calibrate_null(key, w.nulls, confidence=cfg.null_confidence, margin=cfg.null_margin,
-                          descriptions=w.descriptions)
+    null = _select_and_calibrate(w) if cfg.watermark_key_selection else None
+    if null is None:
+        null = calibrate_null(
+            key, w.nulls, confidence=cfg.null_confidence, margin=cfg.null_margin, descriptions=w.descriptions
+        )
     (w.dir / "artifacts" / "watermark_null.json").write_text(json.dumps(null.to_dict(), sort_keys=True))
     w.null = null
-    owner_rate = float(np.mean(w.owner.labels(key.inputs) == key.target_class))
+    owner_rate = float(np.mean(w.owner.labels(null.test_inputs(key)) == key.target_class))
     w.watermark = {
         "key_fingerprint": key.fingerprint(),
         "source_class": key.source_class,
@@ -452,6 +464,8 @@ def _calibrate_watermark(w: _Work) -> None:
         "key_size": len(key.inputs),
         "null_rate_bound": null.bound,
         "null_rates": null.rates,
+        "inputs_tested": null.n_inputs,
+        "key_selection": null.selection,
         "owner_success_rate": owner_rate,
     }
     if owner_rate <= null.bound:
@@ -460,6 +474,46 @@ def _calibrate_watermark(w: _Work) -> None:
             f"null bound {null.bound:.3f}: watermark audits cannot claim"
         )
     w.report(0.50, "watermark null calibrated")
+
+
+def _select_and_calibrate(w: _Work) -> NullCalibration | None:
+    """Key selection (``watermark_key_selection``): the even-numbered null models select the key inputs the owner
+    answers "target" and none of them does (``audit.watermark.select_key_inputs``); the odd-numbered ones, which
+    played no part in the choice, set the bound on the kept inputs. None (the whole key and every null) when there
+    are fewer than four nulls or fewer than ``watermark_selection_min_inputs`` inputs survive; a note says so."""
+    from audit.watermark import select_key_inputs
+
+    assert w.key is not None and w.owner is not None
+    key, cfg = w.key, w.cfg
+    if len(w.nulls) < 4:
+        w.notes.append("watermark key selection skipped: it needs at least four null models")
+        return None
+    chosen, held_out = list(range(0, len(w.nulls), 2)), list(range(1, len(w.nulls), 2))
+    owner_hits = w.owner.labels(key.inputs) == key.target_class
+    votes = np.stack([w.nulls[i].labels(key.inputs) == key.target_class for i in chosen])
+    kept = select_key_inputs(owner_hits, votes)
+    if len(kept) < cfg.watermark_selection_min_inputs:
+        w.notes.append(
+            f"watermark key selection kept {len(kept)} of {len(key.inputs)} inputs (fewer than "
+            f"{cfg.watermark_selection_min_inputs}): the whole key is tested against every null model"
+        )
+        return None
+    selection = {
+        "rule": "key inputs the protected model answers with the target class and no selection model does",
+        "selection_models": [w.descriptions[i] for i in chosen],
+        "kept": len(kept),
+        "key_size": len(key.inputs),
+        "bound_models": "the other null models (listed in references), which played no part in the selection",
+    }
+    return calibrate_null(
+        key,
+        [w.nulls[i] for i in held_out],
+        confidence=cfg.null_confidence,
+        margin=cfg.null_margin,
+        descriptions=[w.descriptions[i] for i in held_out],
+        selected=kept.tolist(),
+        selection=selection,
+    )
 
 
 def _prepare_dataset_inference(w: _Work) -> None:
@@ -484,8 +538,16 @@ def _prepare_dataset_inference(w: _Work) -> None:
             w.report(low + span * progress_fraction(args), what)
 
         return di.prepare_owner(
-            w.owner, data["x_private"], data["y_private"], data["x_public"], data["y_public"],
-            null_models=w.nulls, config=config, embedding=embedding, seed=cfg.di_seed, progress=di_progress,
+            w.owner,
+            data["x_private"],
+            data["y_private"],
+            data["x_public"],
+            data["y_public"],
+            null_models=w.nulls,
+            config=config,
+            embedding=embedding,
+            seed=cfg.di_seed,
+            progress=di_progress,
         )
 
     def record(artifacts: Any) -> dict[str, Any]:
@@ -508,8 +570,9 @@ def _prepare_dataset_inference(w: _Work) -> None:
             "will be inconclusive"
         )
     if white_box:
-        mg = prepare("mingd", cfg.mingd_config, 0.50 + share, 0.30 - share,
-                     "dataset inference: preparing MinGD artifacts")
+        mg = prepare(
+            "mingd", cfg.mingd_config, 0.50 + share, 0.30 - share, "dataset inference: preparing MinGD artifacts"
+        )
         mg.save(w.dir / "artifacts" / "dataset_inference_mingd")
         w.artifacts["dataset_inference_mingd"] = mg
         w.dataset_inference_mingd = record(mg)
@@ -531,17 +594,25 @@ def _run_self_tests(w: _Work) -> None:
         return
     if not w.cfg.self_test:
         for method in methods:
-            w.self_test[method] = {"method": method, "power": "untested", "subjects": [],
-                                   "summary": "the self-test was switched off at registration: this method's power "
-                                   "on the protected model is unknown"}
+            w.self_test[method] = {
+                "method": method,
+                "power": "untested",
+                "subjects": [],
+                "summary": "the self-test was switched off at registration: this method's power "
+                "on the protected model is unknown",
+            }
         return
     assert w.owner is not None
     x_copy = w.ref_data[0] if w.ref_data is not None else (w.di_data or {}).get("x_public")
     if x_copy is None:
         for method in methods:
-            w.self_test[method] = {"method": method, "power": LOW_POWER, "subjects": [],
-                                   "summary": "no reference data to make copies from: this method's power on the "
-                                   "protected model is unknown"}
+            w.self_test[method] = {
+                "method": method,
+                "power": LOW_POWER,
+                "subjects": [],
+                "summary": "no reference data to make copies from: this method's power on the "
+                "protected model is unknown",
+            }
         return
     w.report(0.80, "self-test: training a label copy and a probability copy of the protected model")
     copies = train_copies(w.owner, x_copy, CopyRecipe(**(w.cfg.self_test_copies or {})))
@@ -576,8 +647,10 @@ def _run_self_tests(w: _Work) -> None:
         w.report(0.82 + 0.14 * i / len(runs), f"self-test: {method}")
         w.self_test[method] = run_self_test(method, run, subjects, agreements=agreements)
         if w.self_test[method]["power"] == LOW_POWER:
-            w.notes.append(f"{method} is low-power for this model: its audits answer 'inconclusive', never "
-                           f"'no-claim'. {w.self_test[method]['summary']}")
+            w.notes.append(
+                f"{method} is low-power for this model: its audits answer 'inconclusive', never "
+                f"'no-claim'. {w.self_test[method]['summary']}"
+            )
 
 
 def _sign(

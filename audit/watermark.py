@@ -20,6 +20,14 @@ models without the watermark. What we do:
    (measured on digits: up to 0.74 target rate for an independent model vs 0.00 for owner-data references,
    on the 3→8 pair). The calibration is only as good as the reference population: see ``NullCalibration``.
 
+   **Key selection** (``select_key_inputs``; the registration does it by default): part of the reference models
+   choose the key inputs the test uses (those the owner answers "target" and they do not), and the bound is
+   computed on the *other* references only, on the chosen inputs. A bound on the choosing models would be
+   biased low; on held-out ones it is as valid as on the whole key. What it cannot do is replace the model as
+   the unit of replication: per-input null rates with a Poisson-binomial test assume a clean model's answers are
+   independent across inputs, and on MNIST the nulls' key counts were 300× overdispersed against that
+   (docs/audits.md "Key selection at registration").
+
 2. **Sequential test** (``WatermarkVerifier``). The key's inputs are queried one at a time (or in batches) in
    a seeded random order; X_i = 1 when the answer is the target class. H0: the suspect answers target with
    probability ≤ p0 per query, independently (the inputs are i.i.d. draws of the trigger distribution, as
@@ -95,10 +103,20 @@ class NullCalibration:
     margin: float
     key_fingerprint: str | None = None
     references: tuple[str, ...] = ()  # what each reference model was (free text, for the report)
+    # Key inputs the test queries (indices into the key; None: all of them), chosen at registration by
+    # ``select_key_inputs`` on models that are NOT among the ``counts`` references; ``selection`` says how.
+    selected: tuple[int, ...] | None = None
+    selection: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.counts:
             raise ValueError("need at least one reference model")
+        if self.selected is not None and (
+            len(self.selected) != self.n_inputs
+            or len(set(self.selected)) != len(self.selected)
+            or any(i < 0 for i in self.selected)
+        ):
+            raise ValueError("selected must list n_inputs distinct key indices")
         if self.n_inputs <= 0 or any(not 0 <= k <= self.n_inputs for k in self.counts):
             raise ValueError("every count must be within 0..n_inputs and n_inputs positive")
         if not 0.5 <= self.confidence < 1.0:
@@ -119,6 +137,14 @@ class NullCalibration:
         worst = max(clopper_pearson_upper(k, self.n_inputs, self.confidence) for k in self.counts)
         return min(1.0, worst + self.margin)
 
+    def test_inputs(self, key: WatermarkKey) -> np.ndarray:
+        """The key inputs the test queries: the selected ones, or the whole key."""
+        if self.selected is None:
+            return key.inputs
+        if max(self.selected, default=-1) >= len(key.inputs):
+            raise ValueError("the null calibration selects key inputs this key does not have")
+        return key.inputs[np.asarray(self.selected, dtype=np.int64)]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": f"max over reference models of the one-sided {self.confidence:.0%} Clopper–Pearson upper "
@@ -133,6 +159,8 @@ class NullCalibration:
             "bound": self.bound,
             "key_fingerprint": self.key_fingerprint,
             "references": list(self.references),
+            "selected": None if self.selected is None else list(self.selected),
+            "selection": self.selection,
         }
 
     @classmethod
@@ -144,6 +172,8 @@ class NullCalibration:
             margin=float(d["margin"]),
             key_fingerprint=d.get("key_fingerprint"),
             references=tuple(d.get("references", ())),
+            selected=None if d.get("selected") is None else tuple(int(i) for i in d["selected"]),
+            selection=d.get("selection"),
         )
 
 
@@ -154,6 +184,8 @@ def calibrate_null(
     confidence: float = 0.99,
     margin: float = 0.10,
     descriptions: Sequence[str] | None = None,
+    selected: Sequence[int] | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> NullCalibration:
     """Query every reference model (trained without the watermark, on data the victim did not see) on all
     key inputs and build the null bound.
@@ -163,15 +195,37 @@ def calibrate_null(
     model answered 0.21 "target" where the references' largest Clopper–Pearson bound was 0.14, i.e. 0.07
     above; 0.10 covers that with some room. It does not cover everything: see ``NullCalibration``.
     """
-    counts = tuple(int(np.sum(ref.labels(key.inputs) == key.target_class)) for ref in references)
+    chosen = None if selected is None else tuple(int(i) for i in selected)
+    inputs = key.inputs if chosen is None else key.inputs[np.asarray(chosen, dtype=np.int64)]
+    counts = tuple(int(np.sum(ref.labels(inputs) == key.target_class)) for ref in references)
     return NullCalibration(
         counts=counts,
-        n_inputs=len(key.inputs),
+        n_inputs=len(inputs),
         confidence=confidence,
         margin=margin,
         key_fingerprint=key.fingerprint(),
         references=tuple(descriptions or ()),
+        selected=chosen,
+        selection=selection,
     )
+
+
+def select_key_inputs(owner_hits: np.ndarray, selector_hits: np.ndarray, *, max_selector_hits: int = 0) -> np.ndarray:
+    """Indices of the key inputs a registration keeps: the owner answers them "target" (``owner_hits`` [n], bool)
+    and at most ``max_selector_hits`` of the selection models answer them "target" (``selector_hits`` [m, n]).
+
+    Triggers that clean models already answer "target" carry no evidence (a clean suspect answers them so too),
+    and they set the null bound. The selection models must be models the null bound is NOT computed on: the
+    kept inputs are, by construction, ones the selection models rarely answer "target", so a bound on those
+    same models would be biased low; on held-out reference models it is as valid as on the whole key.
+    """
+    owner = np.asarray(owner_hits, dtype=bool)
+    votes = np.asarray(selector_hits, dtype=bool)
+    if owner.ndim != 1 or votes.ndim != 2 or votes.shape[1] != len(owner):
+        raise ValueError(f"need owner_hits [n] and selector_hits [m, n], got {owner.shape} and {votes.shape}")
+    if max_selector_hits < 0:
+        raise ValueError("max_selector_hits must be >= 0")
+    return np.flatnonzero(owner & (votes.sum(axis=0) <= max_selector_hits))
 
 
 def log_wealth(
@@ -327,7 +381,8 @@ class WatermarkVerifier:
         if self.test == "sprt" and self.alternative_rate is not None and self.alternative_rate <= p0:
             raise ValueError(f"alternative_rate {self.alternative_rate} must exceed the null bound {p0:.4g}")
 
-        order = np.random.default_rng(self.seed).permutation(len(key.inputs))
+        inputs = null.test_inputs(key) if isinstance(null, NullCalibration) else key.inputs
+        order = np.random.default_rng(self.seed).permutation(len(inputs))
         limit = min(self.max_queries, len(order))
         used = successes = 0
         best = 0.0  # max log-wealth so far; the martingale starts at 1
@@ -342,7 +397,7 @@ class WatermarkVerifier:
                 stopped = "budget_exhausted"
                 break
             try:
-                answers = suspect.labels(key.inputs[order[used : used + size]])
+                answers = suspect.labels(inputs[order[used : used + size]])
             except BudgetExceeded:
                 stopped = "budget_exhausted"
                 break
@@ -382,6 +437,7 @@ class WatermarkVerifier:
                 "batch_size": self.batch_size,
                 "seed": self.seed,
                 "key_size": len(key.inputs),
+                "inputs_tested": len(inputs),
             },
             null_calibration=calibration,
             seconds=time.perf_counter() - started,

@@ -14,8 +14,10 @@ Per world (one seed each; the digits world of bench/audit.py's main part adds se
   models: the trigger recipe that reaches extraction copies, docs/audits.md), accuracy cost on 5,000 test images.
 - **Registration.** reference data = owner rows outside the dataset-inference private samples (digits: 648
   rows; MNIST: 7,500 rows, nulls capped at 3,000 rows each); DI private = 250 owner rows, public = the test
-  split; 20 null models; MinGD off for MNIST (its white-box walks cost more than the rest of the registration;
-  digits keeps it). CPU seconds are ``time.process_time`` of the registration call.
+  split; 20 null models (the registration's default key selection: 10 choose the key inputs, 10 set the
+  watermark bound, docs/audits.md "Key selection at registration"); MinGD off for MNIST (its white-box walks
+  cost more than the rest of the registration; digits keeps it). CPU seconds are ``time.process_time`` of the
+  registration call.
 - **Stolen copies.** label and probability copies (``audit.self_test.train_copies``, the self-test's recipe,
   other seeds) on attacker data: the pool (natural data the owner never trained on), 2 each; a distilled copy
   (probabilities on up to 4,000 of the owner's own training inputs); a fine-tuned copy (the owner model, 3 epochs
@@ -59,8 +61,14 @@ N_PRIVATE = 250
 # every step on the owner and three clean guard models (not only the pre-trained owner), at 0.3 per judge;
 # 10 watermark epochs. Measured on one seed's quick loop: copies 0.17-0.86 of the key "target", independents
 # <= 0.08; EWE's order (checks before each step, five closing steps, perturbation <= 0.25): copies 0.00.
-MNIST_EWE: dict[str, Any] = {"watermark_epochs": 10, "max_perturbation": 1.0, "closing_steps": 0, "trigger_steps": 30,
-             "false_rate_threshold": 0.3, "hold_false_rate": True}
+MNIST_EWE: dict[str, Any] = {
+    "watermark_epochs": 10,
+    "max_perturbation": 1.0,
+    "closing_steps": 0,
+    "trigger_steps": 30,
+    "false_rate_threshold": 0.3,
+    "hold_false_rate": True,
+}
 MNIST_GUARDS = 3  # DI private samples: 100 regressor + 150 revealed (BlindWalkConfig defaults)
 
 
@@ -96,8 +104,16 @@ def _owner_model(world: str, split: Any, shape: tuple[int, int], patch: int, see
         clean = WatermarkEmbedder(seed=seed).fit_clean(split.x_owner, split.y_owner)
         acc = float(np.mean(predict_labels(result.model, split.x_test) == split.y_test))
         acc_clean = float(np.mean(predict_labels(clean, split.x_test) == split.y_test))
-        model, key, info = result.model, result.key, {"mode": "train (demo EWE)", "accuracy_before": acc_clean,
-                                                      "accuracy_after": acc, "accuracy_cost": acc_clean - acc}
+        model, key, info = (
+            result.model,
+            result.key,
+            {
+                "mode": "train (demo EWE)",
+                "accuracy_before": acc_clean,
+                "accuracy_after": acc,
+                "accuracy_cost": acc_clean - acc,
+            },
+        )
         config = result.config
     else:
         # the owner's own model, trained clean first; then owner-side EWE fine-tunes it
@@ -107,9 +123,14 @@ def _owner_model(world: str, split: Any, shape: tuple[int, int], patch: int, see
         config = {"input_dim": shape[0] * shape[1], "hidden": [128, 64], "num_classes": 10}
         save_model(tmp / "owner_clean.safetensors", clean, "mlp", config)
         out = embed_owner_model(
-            split.x_owner, split.y_owner, image_shape=shape, model_path=tmp / "owner_clean.safetensors",
+            split.x_owner,
+            split.y_owner,
+            image_shape=shape,
+            model_path=tmp / "owner_clean.safetensors",
             embedder=WatermarkEmbedder(image_shape=shape, patch_size=patch, seed=seed, **MNIST_EWE),
-            eval_data=(split.x_test, split.y_test), seed=seed, guard_models=MNIST_GUARDS,
+            eval_data=(split.x_test, split.y_test),
+            seed=seed,
+            guard_models=MNIST_GUARDS,
         )
         model, key, info = out.result.model, out.result.key, out.summary()
     save_model(tmp / "owner.safetensors", model, "mlp", config)
@@ -131,21 +152,35 @@ def run_world(world: str, seed: int, n_independents: int, n_nulls: int) -> dict[
         if world == "mnist":
             spare = spare[:7500]  # reference rows: enough for 20 nulls of 3,000 rows and the self-test copies
         np.savez(tmp / "reference.npz", x=split.x_owner[spare], y=split.y_owner[spare])
-        np.savez(tmp / "di.npz", x_private=split.x_owner[private], y_private=split.y_owner[private],
-                 x_public=split.x_test, y_public=split.y_test)
+        np.savez(
+            tmp / "di.npz",
+            x_private=split.x_owner[private],
+            y_private=split.y_owner[private],
+            x_public=split.x_test,
+            y_public=split.y_test,
+        )
         cfg = RegistrationConfig(n_null_models=n_nulls, mingd=world == "digits", reference_seed=9000 + 100 * seed)
         cpu = time.process_time()
         wall = time.perf_counter()
         pm = register_protected_model(
-            RegistrationInputs(name=world, model_path=tmp / "owner.safetensors",
-                               watermark_key_path=tmp / "owner.key.json",
-                               reference_data_path=tmp / "reference.npz", di_data_path=tmp / "di.npz"),
-            tmp / "protected", Ed25519PrivateKey.generate(), registration_id=f"pm_{world}", config=cfg,
+            RegistrationInputs(
+                name=world,
+                model_path=tmp / "owner.safetensors",
+                watermark_key_path=tmp / "owner.key.json",
+                reference_data_path=tmp / "reference.npz",
+                di_data_path=tmp / "di.npz",
+            ),
+            tmp / "protected",
+            Ed25519PrivateKey.generate(),
+            registration_id=f"pm_{world}",
+            config=cfg,
         )
         registration_cpu_s = time.process_time() - cpu
         registration_wall_s = time.perf_counter() - wall
-        log(f"[{world}] registered in {registration_cpu_s:.0f} CPU-s; self-test "
-            + "; ".join(f"{m}: {st['power']}" for m, st in pm.record["self_test"].items()))
+        log(
+            f"[{world}] registered in {registration_cpu_s:.0f} CPU-s; self-test "
+            + "; ".join(f"{m}: {st['power']}" for m, st in pm.record["self_test"].items())
+        )
 
         owner_suspect = TorchModuleSuspect(model, identity={"kind": "in-memory", "name": "owner"})
         suspects: list[tuple[str, str, Suspect]] = [("victim", "victim", owner_suspect)]
@@ -157,8 +192,9 @@ def run_world(world: str, seed: int, n_independents: int, n_nulls: int) -> dict[
         suspects.append(("distilled", "distilled", distilled[2]))
         tuned = _fine_tune(model, split.x_pool, split.y_pool, seed=5000 + seed)
         suspects.append(("fine_tuned", "fine_tuned", TorchModuleSuspect(tuned, identity={"kind": "in-memory"})))
-        independents = train_null_models(split.x_pool, split.y_pool, n=n_independents, seed=7000 + 100 * seed,
-                                         subsample=0.6, max_rows=3000)
+        independents = train_null_models(
+            split.x_pool, split.y_pool, n=n_independents, seed=7000 + 100 * seed, subsample=0.6, max_rows=3000
+        )
         suspects += [("independent", f"independent_{i}", s) for i, s in enumerate(independents)]
         log(f"[{world}] {len(suspects)} suspects ready ({time.perf_counter() - t0:.0f} s)")
 
@@ -170,24 +206,43 @@ def run_world(world: str, seed: int, n_independents: int, n_nulls: int) -> dict[
             row: dict[str, Any] = {"suspect": kind, "name": name, "agreement": round(agreement, 4)}
             for method in ("watermark", "dataset_inference"):
                 ev = run_audit(method, s, pm, {})
-                row[method] = {"verdict": ev["verdict"], "p_value": ev.get("p_value"),
-                               "queries_used": ev.get("queries_used")}
+                row[method] = {
+                    "verdict": ev["verdict"],
+                    "p_value": ev.get("p_value"),
+                    "queries_used": ev.get("queries_used"),
+                }
             rows.append(row)
-            log(f"[{world}] {name:20s} agree {agreement:.3f} WM {row['watermark']['verdict']:12s} "
+            log(
+                f"[{world}] {name:20s} agree {agreement:.3f} WM {row['watermark']['verdict']:12s} "
                 f"p {row['watermark']['p_value']:.3g}  DI {row['dataset_inference']['verdict']:12s} "
-                f"p {row['dataset_inference']['p_value']:.3g}")
+                f"p {row['dataset_inference']['p_value']:.3g}"
+            )
     return {
         "world": world,
         "seed": seed,
         "owner": owner["info"],
         "registration_cpu_s": round(registration_cpu_s, 1),
         "registration_wall_s": round(registration_wall_s, 1),
-        "self_test": {m: {"power": st["power"], "p": {s["name"]: s["p_value"] for s in st["subjects"]},
-                          "agreement": {s["name"]: s.get("agreement_with_owner") for s in st["subjects"]}}
-                      for m, st in pm.record["self_test"].items()},
-        "di_owner": {k: pm.record["dataset_inference"]["owner"].get(k) for k in
-                     ("t_statistic", "p_value_ttest", "p_value_calibrated", "p_value_rank", "calibration",
-                      "null_fit", "decision_at_0.05")},
+        "self_test": {
+            m: {
+                "power": st["power"],
+                "p": {s["name"]: s["p_value"] for s in st["subjects"]},
+                "agreement": {s["name"]: s.get("agreement_with_owner") for s in st["subjects"]},
+            }
+            for m, st in pm.record["self_test"].items()
+        },
+        "di_owner": {
+            k: pm.record["dataset_inference"]["owner"].get(k)
+            for k in (
+                "t_statistic",
+                "p_value_ttest",
+                "p_value_calibrated",
+                "p_value_rank",
+                "calibration",
+                "null_fit",
+                "decision_at_0.05",
+            )
+        },
         "rows": rows,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
@@ -221,7 +276,8 @@ def summarise_world(w: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         **({"accuracy_cost": w["owner"].get("accuracy_cost"), "embedding": w["owner"]}),
         "stolen_claim_rate": (
             round(sum(r["watermark"]["verdict"] == "claim" for r in copies_80) / len(copies_80), 4)
-            if copies_80 else None
+            if copies_80
+            else None
         ),
         "stolen_claim_rate_note": f"over the {len(copies_80)} copies with >= {AGREEMENT_BAR:.0%} test agreement",
         "stolen_claim_rate_all_copies": _rate(rows, "watermark", STOLEN, "claim"),

@@ -297,3 +297,30 @@ def test_progress_wrapper_keeps_the_suspect_identity(registered: ProtectedModel)
     evidence = run_watermark_audit(suspect, registered, {"batch_size": 5})
     assert evidence["suspect"] == {"kind": "endpoint", "url": "u"} and evidence["queries_used"] == 5
     assert suspect.queries_used == 5
+
+
+def test_key_selection_keeps_inputs_the_selection_nulls_do_not_answer_target(
+    owner: dict[str, Any], signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    cfg = RegistrationConfig(
+        n_null_models=4, reference_epochs=4, self_test=False, mingd=False, watermark_selection_min_inputs=1
+    )
+    pm = register_protected_model(inputs(owner), tmp_path, signing_key, registration_id="pm_sel", config=cfg)
+    null, key = pm.watermark_null(), pm.watermark_key()
+    assert null is not None and key is not None and null.selected is not None and null.selection is not None
+    nulls = [
+        load_suspect_file(p, "safetensors")
+        for p in sorted(
+            (pm.directory / "artifacts" / "null_models").glob("*.safetensors"), key=lambda p: int(p.stem.split("_")[1])
+        )
+    ]
+    owner_model = load_suspect_file(owner["model"], "safetensors")
+    kept = key.inputs[list(null.selected)]
+    assert np.all(owner_model.labels(kept) == key.target_class)
+    for selector in nulls[0::2]:  # the selection models answer no kept input "target"
+        assert not np.any(selector.labels(kept) == key.target_class)
+    # the bound comes from the other two nulls only, counted on the kept inputs
+    assert null.counts == tuple(int(np.sum(m.labels(kept) == key.target_class)) for m in nulls[1::2])
+    assert pm.record["watermark"]["inputs_tested"] == len(null.selected)
+    ev = run_watermark_audit(owner_model, pm, {})
+    assert ev["parameters"]["max_queries"] == 100 and ev["successes"] == ev["queries_used"]

@@ -18,6 +18,7 @@ from audit.watermark import (
     calibrate_null,
     clopper_pearson_upper,
     log_wealth,
+    select_key_inputs,
 )
 from audit.watermark_key import WatermarkKey
 
@@ -165,3 +166,36 @@ def test_run_rejects_unusable_nulls() -> None:
             WatermarkVerifier().run(suspect, key, bad)
     with pytest.raises(ValueError, match="must exceed the null bound"):
         WatermarkVerifier(test="sprt", alternative_rate=0.2).run(suspect, key, 0.3)
+
+
+def test_select_key_inputs_keeps_what_the_owner_answers_and_no_selector_does() -> None:
+    owner = np.array([1, 1, 1, 0, 1], dtype=bool)
+    votes = np.array([[0, 1, 0, 0, 0], [0, 0, 0, 0, 1]], dtype=bool)
+    assert select_key_inputs(owner, votes).tolist() == [0, 2]
+    assert select_key_inputs(owner, votes, max_selector_hits=1).tolist() == [0, 1, 2, 4]
+    with pytest.raises(ValueError):
+        select_key_inputs(owner, votes[:, :4])
+
+
+def test_a_selected_null_tests_only_the_selected_inputs() -> None:
+    key = make_key(40)
+    selected = list(range(0, 40, 2))
+    hits = np.zeros(40)
+    hits[selected] = 1  # the suspect answers target exactly on the selected inputs
+    refs = [scripted(key, np.arange(40) % 2 == 1) for _ in range(3)]  # clean models: target on the others only
+    null = calibrate_null(key, refs, selected=selected, selection={"rule": "test"})
+    assert null.counts == (0, 0, 0) and null.n_inputs == 20
+    assert NullCalibration.from_dict(null.to_dict()) == null
+    ev = WatermarkVerifier(max_queries=100).run(scripted(key, hits), key, null)
+    assert ev.claimed and ev.successes == ev.queries_used and ev.parameters["inputs_tested"] == 20
+    # the same suspect against the whole key's null is answered on every input, half of them not "target"
+    whole = calibrate_null(key, refs)
+    assert whole.counts == (20, 20, 20) and whole.bound > null.bound
+
+
+def test_selected_indices_must_fit_the_key() -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        NullCalibration(counts=(0,), n_inputs=2, confidence=0.99, margin=0.1, selected=(1, 1))
+    null = NullCalibration(counts=(0,), n_inputs=1, confidence=0.99, margin=0.1, selected=(99,))
+    with pytest.raises(ValueError, match="does not have"):
+        null.test_inputs(make_key(10))
