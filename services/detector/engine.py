@@ -565,48 +565,25 @@ def _fit_signals(
         X_cal, y_cal = np.concatenate([X_cal, Xv[cal]]), np.concatenate([y_cal, yv[cal]])
         if P is not None:
             P_all, y_all = np.concatenate([P, Pv]), np.concatenate([y, yv])
+    # What every signal is fitted with: the input width and the classes, and (all but the boundary signal,
+    # which draws nothing at random) the fold's seed.
+    shape: dict[str, Any] = {"n_features": d, "n_classes": n_classes}
+    common = {**shape, "seed": seed}
     signals: list[Signal[Any, Any]] = []
     if P_all is not None:
+        boundary = params.get("boundary", {})
         signals.append(
-            BoundarySignal.fit(
-                top2_margin(P_all),
-                y_all,
-                n_features=d,
-                n_classes=n_classes,
-                reference_model=reference_model,
-                **params.get("boundary", {}),
-            )
+            BoundarySignal.fit(top2_margin(P_all), y_all, reference_model=reference_model, **shape, **boundary)
         )
-    signals.append(
-        PradaSignal.fit(
-            X,
-            y,
-            n_features=d,
-            n_classes=n_classes,
-            eval_every=eval_every,
-            seed=seed,
-            variation=variation,
-            **params.get("prada", {}),
-        )
-    )
+    prada = params.get("prada", {})
+    signals.append(PradaSignal.fit(X, y, eval_every=eval_every, variation=variation, **common, **prada))
     # Row-standardised OOD features by default: blind to a global gain and offset (another exposure), and on
     # digits they cost no detection against raw features (docs/detector.md, "Global intensity changes").
     ood_params = {"features": "standardised", **params.get("ood", {})}
-    signals.append(OODSignal.fit(X_index, X_cal, y_cal, n_features=d, n_classes=n_classes, seed=seed, **ood_params))
-    signals.append(
-        SweepSignal.fit(
-            X,
-            y,
-            n_features=d,
-            n_classes=n_classes,
-            daily_volumes_ref=daily_volumes_ref,
-            seed=seed,
-            **params.get("sweep", {}),
-        )
-    )
-    signals.append(
-        StepsSignal.fit(X, n_features=d, n_classes=n_classes, variation=variation, seed=seed, **params.get("steps", {}))
-    )
+    signals.append(OODSignal.fit(X_index, X_cal, y_cal, **common, **ood_params))
+    sweep = params.get("sweep", {})
+    signals.append(SweepSignal.fit(X, y, daily_volumes_ref=daily_volumes_ref, **common, **sweep))
+    signals.append(StepsSignal.fit(X, variation=variation, **common, **params.get("steps", {})))
     return signals
 
 
