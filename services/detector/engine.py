@@ -208,35 +208,15 @@ class DetectionEngine:
         ``reference_model`` (required then). The thresholds are then set for a population that varies.
         """
         cfg = config or FitConfig()
-        index_fraction, eval_every, method = cfg.index_fraction, cfg.eval_every, cfg.method
-        early_tests = cfg.early_tests
-        n_sim_clients, sim_length, folds, seed = cfg.n_sim_clients, cfg.sim_length, cfg.folds, cfg.seed
-        signal_params, variation = cfg.signal_params, cfg.variation
-        X = np.asarray(X_ref, dtype=np.float64)
-        if X.ndim != 2 or X.shape[0] < 40 or not np.all(np.isfinite(X)):
-            raise ValueError(f"X_ref must be a finite [n >= 40, d] array, got shape {X.shape}")
-        P = None if outputs_ref is None else np.asarray(outputs_ref, dtype=np.float64)
-        if P is None and reference_model is not None:
-            P = np.asarray(reference_model(X), dtype=np.float64)
-        if P is not None and (P.ndim != 2 or P.shape[0] != X.shape[0] or P.shape[1] < 2):
-            raise ValueError(f"outputs_ref must be [{X.shape[0]}, k >= 2] probabilities, got {P.shape}")
-        if labels_ref is None:
-            if P is None:
-                raise ValueError("give outputs_ref, labels_ref or a reference_model")
-            y = P.argmax(axis=1)
-        else:
-            y = np.asarray(labels_ref).reshape(-1).astype(np.int64)
-            if y.shape[0] != X.shape[0] or np.any(y < 0):
-                raise ValueError("labels_ref must hold one non-negative class per row")
-        k = n_classes or (P.shape[1] if P is not None else int(y.max()) + 1)
-        k = positive_int("n_classes", k, minimum=2)
+        X, P, y, k = _reference_data(X_ref, outputs_ref, labels_ref, reference_model, n_classes)
         d = X.shape[1]
-        frac = unit_interval("index_fraction", index_fraction)
-        params = {name: dict(v) for name, v in (signal_params or {}).items()}
+        frac = unit_interval("index_fraction", cfg.index_fraction)
+        params = {name: dict(v) for name, v in (cfg.signal_params or {}).items()}
         unknown = set(params) - set(_REGISTRY)
         if unknown:
             raise ValueError(f"unknown signals in signal_params: {sorted(unknown)}")
-        positive_int("n_sim_clients", n_sim_clients)
+        positive_int("n_sim_clients", cfg.n_sim_clients)
+        variation = cfg.variation
         if variation is not None and reference_model is None:
             raise ValueError("a variation needs the reference_model to answer the varied rows")
 
@@ -249,42 +229,25 @@ class DetectionEngine:
                 reference_model=reference_model,
                 daily_volumes_ref=daily_volumes_ref,
                 index_fraction=frac,
-                eval_every=eval_every,
+                eval_every=cfg.eval_every,
                 seed=fold_seed,
                 params=params,
                 variation=variation,
             )
             return cls(
-                signals, None, n_features=d, n_classes=k, eval_every=eval_every, method=method, early_tests=early_tests
+                signals,
+                None,
+                n_features=d,
+                n_classes=k,
+                eval_every=cfg.eval_every,
+                method=cfg.method,
+                early_tests=cfg.early_tests,
             )
 
-        engine = build(np.arange(X.shape[0]), seed)
-        # Cross-fitting: the benign streams that set the risk threshold come from rows the baselines of the
-        # engine replaying them never saw, as a real client's queries are. In-sample streams can look more
-        # benign than fresh data (measured on one of three digits splits: median per-client max score
-        # 0.10 in-sample vs 0.57 for fresh clients), which would set the threshold too low.
-        n_folds = positive_int("folds", folds, minimum=2)
-        fold_rows = np.array_split(np.random.default_rng(seed).permutation(X.shape[0]), n_folds)
-        fold_engines: list[DetectionEngine] = []
-        fold_streams: list[Iterator[BenignStream]] = []
-        for j, held in enumerate(fold_rows):
-            train = np.setdiff1d(np.arange(X.shape[0]), held)
-            fold_engines.append(build(train, seed + 101 * (j + 1)))
-            fold_streams.append(
-                benign_streams(
-                    X[held],
-                    None if P is None else P[held],
-                    y[held],
-                    n_streams=max(1, n_sim_clients // n_folds),
-                    length=sim_length,
-                    daily_volumes=daily_volumes_ref,
-                    seed=seed + 7 * (j + 1),
-                    source=j,
-                )
-            )
-        streams: Iterable[BenignStream] = itertools.chain(*fold_streams)
+        engine = build(np.arange(X.shape[0]), cfg.seed)
+        fold_engines, streams = _cross_fit(X, P, y, cfg, daily_volumes_ref, build)
         if variation is not None and reference_model is not None:
-            streams = list(_varied_streams(streams, variation, reference_model, seed + 13))
+            streams = list(_varied_streams(streams, variation, reference_model, cfg.seed + 13))
             _widen_to_population(streams, fold_engines, [engine, *fold_engines])
         engine.thresholds = calibrate(
             lambda stream: fold_engines[stream.source].stream_scores(stream),
@@ -292,8 +255,8 @@ class DetectionEngine:
             lifetime_queries=cfg.lifetime_queries,
             target_fpr=cfg.target_fpr,
             high_fpr=cfg.high_fpr,
-            eval_every=eval_every,
-            method=method,
+            eval_every=cfg.eval_every,
+            method=cfg.method,
             extra_tests=len(engine.early_tests),
         )
         return engine
@@ -547,6 +510,73 @@ class DetectionEngine:
         )
 
 
+def _reference_data(
+    X_ref: np.ndarray,
+    outputs_ref: np.ndarray | None,
+    labels_ref: np.ndarray | None,
+    reference_model: ReferenceModel | None,
+    n_classes: int | None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int]:
+    """The reference rows, their probabilities (None without outputs or model), labels and number of classes,
+    checked (``ValueError`` with the reason)."""
+    X = np.asarray(X_ref, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] < 40 or not np.all(np.isfinite(X)):
+        raise ValueError(f"X_ref must be a finite [n >= 40, d] array, got shape {X.shape}")
+    P = None if outputs_ref is None else np.asarray(outputs_ref, dtype=np.float64)
+    if P is None and reference_model is not None:
+        P = np.asarray(reference_model(X), dtype=np.float64)
+    if P is not None and (P.ndim != 2 or P.shape[0] != X.shape[0] or P.shape[1] < 2):
+        raise ValueError(f"outputs_ref must be [{X.shape[0]}, k >= 2] probabilities, got {P.shape}")
+    if labels_ref is None:
+        if P is None:
+            raise ValueError("give outputs_ref, labels_ref or a reference_model")
+        y = P.argmax(axis=1)
+    else:
+        y = np.asarray(labels_ref).reshape(-1).astype(np.int64)
+        if y.shape[0] != X.shape[0] or np.any(y < 0):
+            raise ValueError("labels_ref must hold one non-negative class per row")
+    k = n_classes or (P.shape[1] if P is not None else int(y.max()) + 1)
+    return X, P, y, positive_int("n_classes", k, minimum=2)
+
+
+def _cross_fit(
+    X: np.ndarray,
+    P: np.ndarray | None,
+    y: np.ndarray,
+    cfg: FitConfig,
+    daily_volumes_ref: np.ndarray | None,
+    build: Callable[[np.ndarray, int], DetectionEngine],
+) -> tuple[list[DetectionEngine], Iterable[BenignStream]]:
+    """One engine per fold, fitted without the fold's rows, and the benign streams made of those rows (each
+    stream's ``source`` names the engine that replays it).
+
+    Cross-fitting: the benign streams that set the risk threshold come from rows the baselines of the engine
+    replaying them never saw, as a real client's queries are. In-sample streams can look more benign than fresh
+    data (measured on one of three digits splits: median per-client max score 0.10 in-sample vs 0.57 for fresh
+    clients), which would set the threshold too low.
+    """
+    n_folds = positive_int("folds", cfg.folds, minimum=2)
+    fold_rows = np.array_split(np.random.default_rng(cfg.seed).permutation(X.shape[0]), n_folds)
+    fold_engines: list[DetectionEngine] = []
+    fold_streams: list[Iterator[BenignStream]] = []
+    for j, held in enumerate(fold_rows):
+        train = np.setdiff1d(np.arange(X.shape[0]), held)
+        fold_engines.append(build(train, cfg.seed + 101 * (j + 1)))
+        fold_streams.append(
+            benign_streams(
+                X[held],
+                None if P is None else P[held],
+                y[held],
+                n_streams=max(1, cfg.n_sim_clients // n_folds),
+                length=cfg.sim_length,
+                daily_volumes=daily_volumes_ref,
+                seed=cfg.seed + 7 * (j + 1),
+                source=j,
+            )
+        )
+    return fold_engines, itertools.chain(*fold_streams)
+
+
 def _fit_signals(
     X: np.ndarray,
     P: np.ndarray | None,
@@ -577,48 +607,25 @@ def _fit_signals(
         X_cal, y_cal = np.concatenate([X_cal, Xv[cal]]), np.concatenate([y_cal, yv[cal]])
         if P is not None:
             P_all, y_all = np.concatenate([P, Pv]), np.concatenate([y, yv])
+    # What every signal is fitted with: the input width and the classes, and (all but the boundary signal,
+    # which draws nothing at random) the fold's seed.
+    shape: dict[str, Any] = {"n_features": d, "n_classes": n_classes}
+    common = {**shape, "seed": seed}
     signals: list[Signal[Any, Any]] = []
     if P_all is not None:
+        boundary = params.get("boundary", {})
         signals.append(
-            BoundarySignal.fit(
-                top2_margin(P_all),
-                y_all,
-                n_features=d,
-                n_classes=n_classes,
-                reference_model=reference_model,
-                **params.get("boundary", {}),
-            )
+            BoundarySignal.fit(top2_margin(P_all), y_all, reference_model=reference_model, **shape, **boundary)
         )
-    signals.append(
-        PradaSignal.fit(
-            X,
-            y,
-            n_features=d,
-            n_classes=n_classes,
-            eval_every=eval_every,
-            seed=seed,
-            variation=variation,
-            **params.get("prada", {}),
-        )
-    )
+    prada = params.get("prada", {})
+    signals.append(PradaSignal.fit(X, y, eval_every=eval_every, variation=variation, **common, **prada))
     # Row-standardised OOD features by default: blind to a global gain and offset (another exposure), and on
     # digits they cost no detection against raw features (docs/detector.md, "Global intensity changes").
     ood_params = {"features": "standardised", **params.get("ood", {})}
-    signals.append(OODSignal.fit(X_index, X_cal, y_cal, n_features=d, n_classes=n_classes, seed=seed, **ood_params))
-    signals.append(
-        SweepSignal.fit(
-            X,
-            y,
-            n_features=d,
-            n_classes=n_classes,
-            daily_volumes_ref=daily_volumes_ref,
-            seed=seed,
-            **params.get("sweep", {}),
-        )
-    )
-    signals.append(
-        StepsSignal.fit(X, n_features=d, n_classes=n_classes, variation=variation, seed=seed, **params.get("steps", {}))
-    )
+    signals.append(OODSignal.fit(X_index, X_cal, y_cal, **common, **ood_params))
+    sweep = params.get("sweep", {})
+    signals.append(SweepSignal.fit(X, y, daily_volumes_ref=daily_volumes_ref, **common, **sweep))
+    signals.append(StepsSignal.fit(X, variation=variation, **common, **params.get("steps", {})))
     return signals
 
 

@@ -21,7 +21,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -75,7 +75,6 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 FORWARD_HEADERS = frozenset({b"accept", b"user-agent", b"traceparent", b"tracestate"})
 
 
-
 @dataclass(slots=True)
 class _Admitted:
     """A request that passed every check, with what forwarding and logging it need."""
@@ -89,6 +88,52 @@ class _Admitted:
     headers: dict[str, str]  # to the upstream: allow-listed, plus content type and request id
     network: str  # the source network (services/gateway/source.py), recorded for the cross-client test
 
+
+class _Refused(Exception):
+    """A step of the proxy path refuses the request: the client gets ``status`` and ``reason``."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+@dataclass(slots=True)
+class _Headers:
+    """What the proxy path reads from a request's headers."""
+
+    api_key: str | None = None
+    content_type: bytes | None = None
+    request_id: str | None = None
+    connection_named: set[bytes] = field(default_factory=set)  # named by ``Connection``: not forwarded
+
+
+@dataclass(frozen=True, slots=True)
+class _Upstream:
+    """The upstream model API's answer."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]  # without hop-by-hop headers
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """The answer as the client gets it, with what the query log records of it."""
+
+    outputs: np.ndarray | None  # [n, k] as served; None when the upstream's answer held no readable outputs
+    kind: OutputKind
+    body: bytes
+    policy: str  # the policy that changed the answer; "none" when it went out as the upstream gave it
+    marks: list[str] | None  # per row, the answer watermark served
+
+    @staticmethod
+    def unchanged(body: bytes) -> _Served:
+        return _Served(None, "none", body, "none", None)
+
+
 class Gateway:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
@@ -98,8 +143,9 @@ class Gateway:
         self.instance = settings.instance_id
         self._request_ids = itertools.count(1)
         self._rng = np.random.default_rng()  # noise policy: must not be predictable by clients
-        self.forward_headers = FORWARD_HEADERS | {h.strip().lower().encode("latin-1")
-                                                  for h in settings.gateway_forward_extra_headers}
+        self.forward_headers = FORWARD_HEADERS | {
+            h.strip().lower().encode("latin-1") for h in settings.gateway_forward_extra_headers
+        }
         self.sources = SourceNetworks(
             settings.gateway_trusted_proxies,
             settings.gateway_client_ip_header,
@@ -225,97 +271,79 @@ class Gateway:
     async def _proxy_inner(
         self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, model: str, upstream_path: str
     ) -> int:
-        """Admit the request, forward it, answer, log: each step answers the client itself when it refuses."""
-        assert self.session is not None and self.clients is not None and self.querylog is not None
-        request = await self._admit(scope, receive, send, protocol, model)
-        if isinstance(request, int):
-            return request
-        upstream = await self._forward(scope, send, request, upstream_path)
-        if isinstance(upstream, int):
-            return upstream
-        up_status, up_body, up_headers, upstream_s = upstream
-        self.metrics.upstream_duration.labels(protocol).observe(upstream_s)
-        outputs: np.ndarray | None = None
-        kind: OutputKind = "none"
-        policy_name = "none"
-        marks: list[str] | None = None
-        if up_status == 200:
-            outputs, kind, up_body, policy_name, marks = self._outputs(up_body, protocol, request.rows, request.policy)
-        await _respond(send, up_status, up_body, up_headers)
+        """Admit the request, forward it, apply the watermark and policy, answer, log. A step that refuses raises
+        ``_Refused``; the client then gets its status and reason, and nothing is forwarded or logged."""
+        try:
+            request = await self._admit(scope, receive, protocol, model)
+            upstream = await self._forward(scope, request, upstream_path)
+        except _Refused as refusal:
+            return await _error(send, refusal.status, refusal.reason, refusal.headers)
+        self.metrics.upstream_duration.labels(protocol).observe(upstream.seconds)
+        served = _Served.unchanged(upstream.body)
+        if upstream.status == 200:
+            served = self._serve(upstream.body, protocol, request.rows, request.policy)
+        await _respond(send, upstream.status, served.body, upstream.headers)
         self.metrics.rows.inc(len(request.rows))
         # Only answered queries teach the client something; errors are counted, not logged as queries.
-        if up_status == 200:
-            self.querylog.offer(
-                AnsweredRequest(
-                    request.received_at, request.client_id, model, protocol, request.request_id, request.rows,
-                    outputs, kind, up_status, upstream_s, policy_name, marks, request.network,
-                )
-            )
-        return up_status
+        if upstream.status == 200:
+            self._log(request, model, protocol, upstream, served)
+        return upstream.status
 
-    async def _admit(
-        self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, model: str
-    ) -> _Admitted | int:
+    async def _admit(self, scope: Scope, receive: Receive, protocol: Protocol, model: str) -> _Admitted:
         """Headers (declared length 413) → API key (401) → content type (415) → body (413) → rows (400) →
-        policy (403, 429) → room in the query log (503). The admitted request, or the status already sent."""
-        assert self.clients is not None and self.querylog is not None
-        s = self.settings
+        policy (403, 429) → room in the query log (503). The admitted request, or ``_Refused``."""
         headers = scope["headers"]
-        api_key = content_type = request_id = None
-        content_length = -1
-        connection_named: set[bytes] = set()
-        for name, value in headers:
-            if name == b"authorization":
-                if value[:7].lower() == b"bearer ":
-                    api_key = value[7:].strip().decode("latin-1")
-            elif name == b"x-api-key":
-                api_key = value.strip().decode("latin-1")
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"x-request-id":
-                request_id = value.decode("latin-1")[:128]
-            elif name == b"connection":  # RFC 9110 §7.6.1: the headers it names are for this hop only
-                connection_named.update(t.strip().lower() for t in value.split(b","))
-            elif name == b"content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    return await _error(send, 400, "invalid Content-Length")
-        if content_length > s.gateway_max_body_bytes:
-            return await _error(send, 413, f"request body over the limit of {s.gateway_max_body_bytes} bytes")
-        if not api_key:
-            return await _error(send, 401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
-        client_id = await self.clients.client_for_key(api_key)
-        if client_id is None:
-            return await _error(send, 401, "unknown or revoked API key")
-        if content_type is None or not content_type.split(b";")[0].strip().lower().endswith(b"json"):
-            return await _error(send, 415, "Content-Type must be application/json")
-        body = await _read_body(receive, s.gateway_max_body_bytes)
-        if body is None:
-            return await _error(send, 413, f"request body over the limit of {s.gateway_max_body_bytes} bytes")
-        try:
-            rows = self._rows(body, protocol, model)
-        except protocols.BadRequest as exc:
-            return await _error(send, 400, str(exc))
-        n = len(rows)
-        policy = self.clients.policy_for(client_id)
-        if policy.blocked:
-            return await _error(send, 403, "client blocked by policy" + (f": {policy.reason}" if policy.reason else ""))
-        now = time.time()
-        refusal = self.clients.admit(client_id, policy, n, now)
-        if refusal is not None:
-            return await _error(send, 429, refusal)
-        if not self.querylog.has_room(n) and not s.gateway_log_fail_open:
-            return await _error(send, 503, "query log buffer full; retry later", [(b"retry-after", b"1")])
+        found = _read_headers(headers, self.settings.gateway_max_body_bytes)
+        client_id = await self._authorise(found.api_key)
+        content_type = _json_content_type(found.content_type)
+        body, rows = await self._read_rows(receive, protocol, model)
+        policy, now = self._check_policy(client_id, len(rows))
+        request_id = found.request_id
         if request_id is None:
             request_id = f"{self.instance}-{next(self._request_ids)}"
-        allowed = self.forward_headers - connection_named
+        allowed = self.forward_headers - found.connection_named
         fwd_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in allowed}
         fwd_headers["content-type"] = content_type.decode("latin-1")
         fwd_headers["x-request-id"] = request_id
         peer = scope.get("client")
         network = self.sources.source(peer[0] if peer else None, headers)
         return _Admitted(client_id, request_id, now, body, rows, policy, fwd_headers, network)
+
+    async def _authorise(self, api_key: str | None) -> str:
+        """The client the API key belongs to (401 without a key, or with an unknown or revoked one)."""
+        assert self.clients is not None
+        if not api_key:
+            raise _Refused(401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+        client_id = await self.clients.client_for_key(api_key)
+        if client_id is None:
+            raise _Refused(401, "unknown or revoked API key")
+        return client_id
+
+    async def _read_rows(self, receive: Receive, protocol: Protocol, model: str) -> tuple[bytes, np.ndarray]:
+        """The body and its validated rows: within the size limit (413), valid rows (400)."""
+        limit = self.settings.gateway_max_body_bytes
+        body = await _read_body(receive, limit)
+        if body is None:
+            raise _Refused(413, f"request body over the limit of {limit} bytes")
+        try:
+            return body, self._rows(body, protocol, model)
+        except protocols.BadRequest as exc:
+            raise _Refused(400, str(exc)) from None
+
+    def _check_policy(self, client_id: str, n: int) -> tuple[Any, float]:
+        """The client's policy and the admission time, once the policy (403 blocked, 429 quota or rate) and the
+        query log (503 when full and failing closed) take ``n`` more rows."""
+        assert self.clients is not None and self.querylog is not None
+        policy = self.clients.policy_for(client_id)
+        if policy.blocked:
+            raise _Refused(403, "client blocked by policy" + (f": {policy.reason}" if policy.reason else ""))
+        now = time.time()
+        refusal = self.clients.admit(client_id, policy, n, now)
+        if refusal is not None:
+            raise _Refused(429, refusal)
+        if not self.querylog.has_room(n) and not self.settings.gateway_log_fail_open:
+            raise _Refused(503, "query log buffer full; retry later", [(b"retry-after", b"1")])
+        return policy, now
 
     def _rows(self, body: bytes, protocol: Protocol, model: str) -> np.ndarray:
         """The request's rows, validated (``protocols.BadRequest`` with the reason)."""
@@ -335,10 +363,8 @@ class Gateway:
             protocols.check_range(rows, input_range[0], input_range[1], model)
         return rows
 
-    async def _forward(
-        self, scope: Scope, send: Send, request: _Admitted, upstream_path: str
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], float] | int:
-        """The upstream's (status, body, headers, seconds), or the 502/504 already sent."""
+    async def _forward(self, scope: Scope, request: _Admitted, upstream_path: str) -> _Upstream:
+        """The upstream's answer, or ``_Refused`` (504 on a timeout, 502 when unreachable)."""
         assert self.session is not None
         headers = request.headers
         client_addr = scope.get("client")
@@ -353,60 +379,83 @@ class Gateway:
             async with self.session.post(url, data=request.body, headers=headers) as resp:
                 up_body = await resp.read()
                 up_headers = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP_BY_HOP]
-                return resp.status, up_body, up_headers, time.perf_counter() - t_up
+                return _Upstream(resp.status, up_body, up_headers, time.perf_counter() - t_up)
         except TimeoutError:
-            return await _error(send, 504, "upstream model API timed out")
+            raise _Refused(504, "upstream model API timed out") from None
         except aiohttp.ClientError as exc:
-            return await _error(send, 502, f"upstream model API unreachable ({type(exc).__name__})")
+            raise _Refused(502, f"upstream model API unreachable ({type(exc).__name__})") from None
 
-    def _outputs(
-        self, up_body: bytes, protocol: Protocol, rows: np.ndarray, policy: Any
-    ) -> tuple[np.ndarray | None, OutputKind, bytes, str, list[str] | None]:
-        """Extract output rows; apply the answer watermark and the client's policy; re-encode only on a change."""
-        n = len(rows)
+    def _serve(self, up_body: bytes, protocol: Protocol, rows: np.ndarray, policy: Any) -> _Served:
+        """The answer the client gets: the upstream's outputs through the answer watermark or the client's output
+        policy, re-encoded only on a change."""
         try:
             answer = orjson.loads(up_body)
         except orjson.JSONDecodeError:
-            return None, "none", up_body, "none", None
+            return _Served.unchanged(up_body)
         index = -1
         if protocol == "oip-v2":
-            out, index = protocols.oip_outputs(answer, n)
+            out, index = protocols.oip_outputs(answer, len(rows))
         elif protocol == "kserve-v1":
-            out = protocols.kserve_outputs(answer, n)
+            out = protocols.kserve_outputs(answer, len(rows))
         else:
-            out = protocols.generic_outputs(answer, self.settings.gateway_generic_output_path, n)
+            out = protocols.generic_outputs(answer, self.settings.gateway_generic_output_path, len(rows))
         if out is None:
-            return None, "none", up_body, "none", None
+            return _Served.unchanged(up_body)
         kind = protocols.classify_output(out)
-        served = None
-        if self.marker is not None and self.marker.applies(policy):
-            served = self.marker.serve(rows, out, kind, policy, self._rng)
-        marks: list[str] | None = None
-        new_kind: OutputKind
-        if served is not None:
-            new, new_kind, marks = served
-        elif kind != "probabilities" or not policy.transforms_output:
-            return out, kind, up_body, "none", None
-        else:
-            new = apply_policy(out, policy, self._rng)
-            new_kind = "label" if policy.label_only else "probabilities"
+        changed = self._transform(rows, out, kind, policy)
+        if changed is None:
+            return _Served(out, kind, up_body, "none", None)
+        new, new_kind, marks = changed
         if protocol == "oip-v2":
             protocols.oip_write_outputs(answer, index, new)
         elif protocol == "kserve-v1":
             answer["predictions"] = protocols.rows_for_protocol(new)
         else:
             protocols.set_path(answer, self.settings.gateway_generic_output_path, protocols.rows_for_protocol(new))
-        return new.astype(np.float64), new_kind, orjson.dumps(answer), policy.name, marks
+        return _Served(new.astype(np.float64), new_kind, orjson.dumps(answer), policy.name, marks)
+
+    def _transform(
+        self, rows: np.ndarray, out: np.ndarray, kind: OutputKind, policy: Any
+    ) -> tuple[np.ndarray, OutputKind, list[str] | None] | None:
+        """The outputs with the answer watermark (which applies the client's policy itself) or else the policy
+        applied; None when the answer goes out as the upstream gave it."""
+        if self.marker is not None and self.marker.applies(policy):
+            marked = self.marker.serve(rows, out, kind, policy, self._rng)
+            if marked is not None:
+                return marked
+        if kind != "probabilities" or not policy.transforms_output:
+            return None
+        return apply_policy(out, policy, self._rng), "label" if policy.label_only else "probabilities", None
+
+    def _log(self, request: _Admitted, model: str, protocol: Protocol, upstream: _Upstream, served: _Served) -> None:
+        """Queue the answered request for the query log (off the request path: the flusher writes it)."""
+        assert self.querylog is not None
+        self.querylog.offer(
+            AnsweredRequest(
+                request.received_at,
+                request.client_id,
+                model,
+                protocol,
+                request.request_id,
+                request.rows,
+                served.outputs,
+                served.kind,
+                upstream.status,
+                upstream.seconds,
+                served.policy,
+                served.marks,
+                request.network,
+            )
+        )
 
     async def _passthrough(self, scope: Scope, send: Send, path: str, authenticate: bool) -> None:
         assert self.session is not None and self.clients is not None
         if authenticate:
             api_key = None
             for name, value in scope["headers"]:
-                if name == b"authorization" and value[:7].lower() == b"bearer ":
-                    api_key = value[7:].strip().decode("latin-1")
-                elif name == b"x-api-key":
-                    api_key = value.strip().decode("latin-1")
+                key = _api_key(name, value)
+                if key is not None:
+                    api_key = key
             if not api_key or await self.clients.client_for_key(api_key) is None:
                 await _error(send, 401, "missing, unknown or revoked API key")
                 return
@@ -432,6 +481,48 @@ async def _bounded(step: Awaitable[Any], timeout_s: float, what: str) -> bool:
         log.warning("shutdown: %s failed (%s); going on", what, type(exc).__name__)
         return False
     return True
+
+
+def _read_headers(headers: list[tuple[bytes, bytes]], max_body_bytes: int) -> _Headers:
+    """The headers the proxy path uses (400 on an unreadable Content-Length, 413 when it declares a body over
+    the limit)."""
+    found = _Headers()
+    content_length = -1
+    for name, value in headers:
+        if name in (b"authorization", b"x-api-key"):
+            key = _api_key(name, value)
+            if key is not None:  # an empty key counts (and is refused): the last key header wins
+                found.api_key = key
+        elif name == b"content-type":
+            found.content_type = value
+        elif name == b"x-request-id":
+            found.request_id = value.decode("latin-1")[:128]
+        elif name == b"connection":  # RFC 9110 §7.6.1: the headers it names are for this hop only
+            found.connection_named.update(t.strip().lower() for t in value.split(b","))
+        elif name == b"content-length":
+            try:
+                content_length = int(value)
+            except ValueError:
+                raise _Refused(400, "invalid Content-Length") from None
+    if content_length > max_body_bytes:
+        raise _Refused(413, f"request body over the limit of {max_body_bytes} bytes")
+    return found
+
+
+def _json_content_type(content_type: bytes | None) -> bytes:
+    """The request's Content-Type when it is JSON (415 otherwise)."""
+    if content_type is None or not content_type.split(b";")[0].strip().lower().endswith(b"json"):
+        raise _Refused(415, "Content-Type must be application/json")
+    return content_type
+
+
+def _api_key(name: bytes, value: bytes) -> str | None:
+    """The API key this header carries (``Authorization: Bearer <key>`` or ``X-API-Key``), if any."""
+    if name == b"authorization":
+        return value[7:].strip().decode("latin-1") if value[:7].lower() == b"bearer " else None
+    if name == b"x-api-key":
+        return value.strip().decode("latin-1")
+    return None
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
