@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from audit.answer_watermark import (
+    BOUNDARY_TEST,
     PROBABILITY_TEST,
     SEQUENTIAL_LABEL_TEST,
     AnswerWatermark,
@@ -61,6 +62,9 @@ API_WATERMARK_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "budget": None,
 }
+# Query-log tags of label answers (services/gateway/answer_mark.py): every one went through the boundary mark
+# when the upstream answered probabilities.
+LABEL_TAGS = ("label", "label-flipped", "label-boundary")
 NULL_HYPOTHESIS = "the suspect was trained without answers marked by this deployment's answer-watermark key"
 
 
@@ -133,13 +137,15 @@ def run_api_watermark(
             served = np.array([int(logged.outputs[i][0]) for i in rows])  # type: ignore[index]
             label_probes = mark.label_probes(x, mark.unmark_labels(x, served))
     x_prob, prob_source = _probability_probes(mark, params, logged, reference, limit)
+    x_band, own_band = _boundary_probes(mark, params, logged, owner, notes)
     run_label = label_probes is not None and len(label_probes) > 0 and mark.n_classes >= 3
+    run_boundary = x_band is not None and len(x_band) >= 3
     run_prob = x_prob is not None and len(x_prob) >= 6 and suspect.has_probabilities
     if x_prob is not None and not suspect.has_probabilities:
         notes.append("the suspect answers labels only: the probability mark, invisible in the top-1, was not tested")
     if not run_label and logged is not None:
         notes.append("no logged answer of the suspected clients carries a replaced label")
-    phases = [p for p, on in (("label", run_label), ("probabilities", run_prob)) if on]
+    phases = [p for p, on in (("label", run_label), ("boundary", run_boundary), ("probabilities", run_prob)) if on]
     alpha_phase = alpha / max(1, len(phases))
 
     evidence: dict[str, Any] = {"phases": {}}
@@ -160,6 +166,18 @@ def run_api_watermark(
         p_adjusted.append(min(1.0, ev.p_value * alpha / alpha_phase))
         evidence["phases"]["label"] = {**ev.to_dict(), "probes_available": len(label_probes),
                                        "alpha": alpha_phase, "false_claim_bound": alpha_phase}
+    if run_boundary and not claimed and used < limit:
+        assert x_band is not None and own_band is not None
+        x_band, own_band = x_band[: limit - used], own_band[: limit - used]
+        achievable |= 1.0 / (params["n_null_keys"] + 1) <= alpha_phase
+        report(0.3, f"boundary phase: {len(x_band)} probes")
+        b_ev = mark.verify_boundary(x_band, suspect.labels(x_band), own_band, alpha=alpha_phase,
+                                    n_null_keys=params["n_null_keys"], seed=params["seed"])
+        used += len(x_band)
+        claimed |= b_ev.claimed
+        p_adjusted.append(min(1.0, b_ev.p_value * alpha / alpha_phase))
+        evidence["phases"]["boundary"] = {**b_ev.to_dict(), "probes": "the suspected clients' logged label "
+                                          "answers in the owner's boundary band", "queries": len(x_band)}
     if run_prob and not claimed and used < limit:
         assert x_prob is not None
         x_prob = x_prob[: limit - used]
@@ -227,7 +245,8 @@ def run_api_watermark(
         alpha=alpha,
         false_claim_bound=alpha,
         test_name=" / ".join(
-            {"label": SEQUENTIAL_LABEL_TEST, "probabilities": PROBABILITY_TEST}[p] for p in phases
+            {"label": SEQUENTIAL_LABEL_TEST, "boundary": BOUNDARY_TEST, "probabilities": PROBABILITY_TEST}[p]
+            for p in phases
         ) or "none",
         combination="claim when any phase claims; phase α split equally (union bound); p = min_i p_i·α/α_i",
         null_hypothesis=NULL_HYPOTHESIS,
@@ -261,3 +280,34 @@ def _probability_probes(
         n = min(limit, 2 * len(reference))
         return probability_probes(reference, n, seed=params["seed"]), "fresh probes from the owner's reference data"
     return None, "none"
+
+
+def _boundary_probes(
+    mark: AnswerWatermark,
+    params: Mapping[str, Any],
+    logged: LoggedAnswers | None,
+    owner: Suspect | None,
+    notes: list[str],
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The clients' distinct logged label-answer inputs where the owner's top-2 margin is in the boundary band,
+    with the owner's unmarked probabilities on them (the test needs both; without an owner answering
+    probabilities the phase does not run)."""
+    if logged is None or params["probes"] != "auto" or mark.boundary_margin <= 0:
+        return None, None
+    rows = np.flatnonzero(np.isin(np.asarray(logged.tags, dtype=object), LABEL_TAGS))
+    if not len(rows):
+        return None, None
+    own_model = owner.probabilities if owner is not None and owner.has_probabilities else None
+    if own_model is None:
+        notes.append("the boundary mark was not tested: it needs the owner's probabilities")
+        return None, None
+    x = np.asarray(logged.inputs[rows], dtype=np.float32)
+    _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)  # a repeat is one probe
+    x = x[np.sort(first)]
+    x = x[np.random.default_rng(params["seed"]).permutation(len(x))]  # not keyed: any order is valid
+    own = own_model(x)
+    if own is None:
+        notes.append("the boundary mark was not tested: the owner answered no probabilities")
+        return None, None
+    band = mark.boundary_band(own)
+    return x[band], np.asarray(own)[band]
