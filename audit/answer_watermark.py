@@ -7,6 +7,13 @@ every gateway process and every restart answers the same input the same way:
   Networks", ACM Multimedia 2021, arXiv 1906.00830). A keyed hash of the canonicalised input selects a share
   ``label_share`` of inputs; for those the served label is replaced by a keyed choice among the other classes.
   A thief's copy that fits its training answers reproduces those wrong labels on the inputs it was served.
+- **Label answers near the decision boundary** (ours; ``boundary_margin`` > 0, computed from the upstream's
+  probabilities). Where the top-2 margin p₁ − p₂ is below ``boundary_margin``, the side σ(x) ∈ {−1, 0, +1} of a
+  keyed cosine cos(f·<u, x> + ψ) against ±θ decides between the top two classes: +1 serves the higher-numbered,
+  −1 the lower-numbered. The served boundary between every pair of classes wiggles with a keyed, smooth region
+  of input space, which a copy fitting the answers reproduces around its training inputs (DAWN's per-input
+  flips are isolated points). Boundary-seeking thieves query exactly there. ``verify_boundary`` tests it by an
+  exact rank test over wrong keys (u, ψ).
 - **Probability answers** (CosWM: Charette, Chu, Chen, Pei, Wang, Zhang, "Cosine Model Watermarking Against
   Ensemble Distillation", AAAI 2022, arXiv 2203.02777). A keyed cosine of a keyed projection of the input,
   s(x) = cos(f·<v, x> + φ), moves ``amplitude``·s(x) of probability mass into (or out of) one keyed class c*.

@@ -146,6 +146,17 @@ def run_api_watermark(
     if not run_label and logged is not None:
         notes.append("no logged answer of the suspected clients carries a replaced label")
     phases = [p for p, on in (("label", run_label), ("boundary", run_boundary), ("probabilities", run_prob)) if on]
+    if run_label and len(phases) > 1 and label_probes is not None:
+        # A label phase that could not claim even if every replaced label were reproduced gets no share of α.
+        # Valid: the choice depends only on how many replaced labels were logged (the key's selection bits),
+        # not on the suspect's answers nor on the key parts the other phases test.
+        n_label = min(len(label_probes), limit)
+        perfect = float(mixture_log_wealth(np.array([n_label]), np.array([n_label]), 1.0 / (mark.n_classes - 1))[0])
+        if perfect < math.log(len(phases) / alpha):
+            run_label = False
+            phases.remove("label")
+            notes.append(f"{n_label} replaced labels could not reach p ≤ α/{len(phases) + 1} even if all were "
+                         "reproduced: the label phase was skipped and its share of α went to the other phases")
     alpha_phase = alpha / max(1, len(phases))
 
     evidence: dict[str, Any] = {"phases": {}}
