@@ -9,7 +9,8 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 
 - **Victim**: a scikit-learn MLP on the owner's rows (digits 600, MNIST 10,000).
 - **Marking**: the gateway's own function (``services.gateway.answer_mark.AnswerMarker.serve``, default settings:
-  amplitude 0.1, frequency 5.75 rad per unit, label share 1 %; ``--frequency`` overrides) applied in-process
+  amplitude 0.1, frequency 5.75 rad per unit, label share 1 %, boundary margin 0.5 and share 1 for label
+  answers; ``--frequency``, ``--boundary-margin``, ``--boundary-share`` override) applied in-process
   to the victim's answers, so every copy here is trained on exactly what a gateway would have served. A live
   gateway per copy is too slow on two shared cores; ``tests/integration/test_audits_e2e.py`` and
   ``modelcustody demo`` run one copy through the real gateway end to end.
@@ -21,15 +22,18 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 - **Audit**: ``audit.api_watermark.run_api_watermark`` with the thief's logged answers (the suspected clients),
   the victim's unmarked probabilities as baseline, α = 1e-3, at most 500 suspect queries.
 - **Independents** (``--independents``): MLPs of three widths on the owner's distribution with true labels on
-  rows disjoint from every thief's pool, each audited against two thieves' logs (a probability and a label
-  thief): the false-claim side when the suspected clients' logs exist but the suspect never saw them.
+  rows disjoint from every thief's pool, each audited against four thieves' logs (``INDEPENDENT_LOGS``: the
+  Knockoff probability thief and the three label thieves): the false-claim side when the suspected clients'
+  logs exist but the suspect never saw them.
 - **Removal**: the Knockoff-probabilities copy fine-tuned on 300 clean true-labelled rows (20 epochs), and
   re-distilled (a fresh student trained on the copy's own probabilities over other natural inputs).
-- **Diagnosis** per copy (the owner's view with the key, not a test; ``diagnosis``): replaced labels served and
-  reproduced (label copies), share of the served move reproduced (probability copies). The same ensemble is
-  audited again with a 1,000-query budget (``extra_…``, not counted).
+- **Diagnosis** per copy (the owner's view with the key, not a test; ``diagnosis``): replaced labels (DAWN's
+  and the boundary mark's) served and reproduced (label copies), share of the served move reproduced
+  (probability copies). The same ensemble is audited again with a 1,000-query budget (``extra_…``, not
+  counted).
 - **Benign side**: over the test rows, how many served top-1 labels differ from the upstream's on probability
-  answers (must be 0) and the share of label answers the mark replaced.
+  answers (must be 0) and the share of label answers the marks replaced (in all, by DAWN, by the boundary mark)
+  and in the boundary band.
 """
 
 from __future__ import annotations
