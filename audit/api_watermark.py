@@ -8,7 +8,12 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    (``AnswerWatermark.unmark_labels``). Test: the anytime-valid sequential test on the suspect's
    disagreements (``SequentialLabelTest``: P(answer = served label | answer ≠ upstream label) = 1/(k−1)
    under the null that the suspect never saw our marked answers). It stops at the first query with p ≤ α.
-2. **Probability phase** (CosWM-style), when the suspect answers probabilities. Probes: the suspected
+2. **Boundary phase**, when the clients were served label answers and the owner answers probabilities.
+   Probes: the clients' distinct logged label-answer inputs where the owner's top-2 margin is in the boundary
+   band. Test: ``AnswerWatermark.verify_boundary``, the exact rank test of the suspect's departures from the
+   owner's label against the key's region side, over wrong keys (exact when the logged queries did not depend
+   on the key; docs/audits.md has the false-claim measurement on adaptive clients' logs). One look.
+3. **Probability phase** (CosWM-style), when the suspect answers probabilities. Probes: the suspected
    clients' logged inputs that were served marked probabilities (the thief trained on exactly these, so its
    copy carries the cosine there most strongly), or, with no log, fresh probes from the owner's reference
    data (``probability_probes``, chosen without looking at the key). Baseline: the owner's own unmarked
@@ -18,7 +23,8 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    the same wrong keys), looked at twice (half and all of the budget), each look at half of the phase's α
    (Bonferroni over looks), so it stops early when the first half suffices.
 
-False claims. Each phase gets a share of α (half each when both run, all of it when one does); a claim by
+False claims. Each phase that runs gets an equal share of α (a label phase whose replaced labels could not
+reach its share even all reproduced is skipped first: that depends only on how many were logged); a claim by
 either phase is a claim, so the false-claim probability is at most α (union bound). The reported p-value is
 the Bonferroni-adjusted minimum, min_i p_i·α/α_i, valid at the same level. *inconclusive* when the budget or
 the probes available could not have reached α even on a perfect copy (e.g. no logged marked answers and a
