@@ -7,6 +7,13 @@ every gateway process and every restart answers the same input the same way:
   Networks", ACM Multimedia 2021, arXiv 1906.00830). A keyed hash of the canonicalised input selects a share
   ``label_share`` of inputs; for those the served label is replaced by a keyed choice among the other classes.
   A thief's copy that fits its training answers reproduces those wrong labels on the inputs it was served.
+- **Label answers near the decision boundary** (ours; ``boundary_margin`` > 0, computed from the upstream's
+  probabilities). Where the top-2 margin p₁ − p₂ is below ``boundary_margin``, the side σ(x) ∈ {−1, 0, +1} of a
+  keyed cosine cos(f·<u, x> + ψ) against ±θ decides between the top two classes: +1 serves the higher-numbered,
+  −1 the lower-numbered. The served boundary between every pair of classes wiggles with a keyed, smooth region
+  of input space, which a copy fitting the answers reproduces around its training inputs (DAWN's per-input
+  flips are isolated points). Boundary-seeking thieves query exactly there. ``verify_boundary`` tests it by an
+  exact rank test over wrong keys (u, ψ).
 - **Probability answers** (CosWM: Charette, Chu, Chen, Pei, Wang, Zhang, "Cosine Model Watermarking Against
   Ensemble Distillation", AAAI 2022, arXiv 2203.02777). A keyed cosine of a keyed projection of the input,
   s(x) = cos(f·<v, x> + φ), moves ``amplitude``·s(x) of probability mass into (or out of) one keyed class c*.
@@ -129,6 +136,11 @@ from numpy.typing import ArrayLike
 DOMAIN = b"modelcustody.answer-watermark/v1"
 LABEL_TEST = "exact one-sided binomial on the suspect's disagreements with the upstream label, p0 = 1/(k-1)"
 SEQUENTIAL_LABEL_TEST = "uniform-mixture Bernoulli test martingale on disagreements, p0 = 1/(k-1) (Ville)"
+BOUNDARY_TEST = (
+    "Monte-Carlo rank test against random wrong keys of the correlation between the keyed region's side and the "
+    "suspect's move towards the higher- or lower-numbered class of the owner's top two, on probes where the "
+    "owner's top-2 margin is below the boundary margin"
+)
 PROBABILITY_TEST = (
     "Monte-Carlo rank test against random wrong keys (same c*) of the smaller rank p-value of two statistics: "
     "the class-c* residual's correlation with the keyed cosine, and on probes where the baseline gives c* < 1%, "
@@ -169,6 +181,13 @@ def _unit_vector(key: bytes, dim: int) -> np.ndarray:
     radius = np.sqrt(-2.0 * np.log(u[:, 0]))
     normals = np.concatenate([radius * np.cos(2 * np.pi * u[:, 1]), radius * np.sin(2 * np.pi * u[:, 1])])[:dim]
     return normals / np.linalg.norm(normals)
+
+
+def _digest_after(base: hmac.HMAC, data: bytes) -> bytes:
+    """HMAC(key, prefix ‖ data) from an HMAC already fed the prefix (same digest as one call on the whole)."""
+    h = base.copy()
+    h.update(data)
+    return h.digest()
 
 
 def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
@@ -213,6 +232,29 @@ class _Claim:
     @property
     def decision(self) -> str:
         return CLAIMED if self.claimed else NOT_CLAIMED
+
+
+@dataclass(frozen=True)
+class BoundaryEvidence(_Claim):
+    """The boundary label test's outcome (``AnswerWatermark.verify_boundary``)."""
+
+    statistic: float  # T under the true key
+    p_value: float  # exact Monte-Carlo rank p-value, ≥ 1/(n_null_keys + 1)
+    z: float  # (T − mean of the wrong keys' T) / their std: approximate, for reading, not for the decision
+    n_probes: int  # probes in the owner's boundary band (top-2 margin below the boundary margin)
+    n_moved: int  # of them, probes where the suspect's answer differs from the owner's in the pair's order
+    n_null_keys: int
+    alpha: float
+    claimed: bool
+    test: str = BOUNDARY_TEST
+
+    def to_dict(self) -> dict[str, Any]:
+        null = ("suspect independent of the key and probes chosen without it: the statistic under the true (u, ψ) "
+                "is exchangeable with those under (u, ψ) drawn from the same distribution")
+        counts = {"n_probes": self.n_probes, "n_moved": self.n_moved, "n_null_keys": self.n_null_keys}
+        return {"test": self.test, "null": null, **counts, "statistic": self.statistic, "z_approx": self.z,
+                "p_value": self.p_value, "alpha": self.alpha, "false_claim_bound": self.alpha,
+                "decision": self.decision}
 
 
 @dataclass(frozen=True)
@@ -420,6 +462,8 @@ class AnswerWatermark:
         label_share: float = 0.01,
         significant_bits: int = 13,
         margin_kept: float = 0.5,
+        boundary_margin: float = 0.0,
+        boundary_share: float = 1.0,
     ) -> None:
         if not isinstance(secret, bytes | bytearray) or len(secret) < 16:
             raise ValueError("secret must be at least 16 bytes (128 bits)")
@@ -437,6 +481,10 @@ class AnswerWatermark:
             raise ValueError(f"significant_bits must be in 1..23, got {significant_bits}")
         if not 0.0 <= margin_kept < 1.0:
             raise ValueError(f"margin_kept must be in [0, 1), got {margin_kept}")
+        if not 0.0 <= boundary_margin < 1.0:
+            raise ValueError(f"boundary_margin must be in [0, 1), got {boundary_margin}")
+        if not 0.0 < boundary_share <= 1.0:
+            raise ValueError(f"boundary_share must be in (0, 1], got {boundary_share}")
         self.n_classes = n_classes
         self.input_dim = input_dim
         self.amplitude = amplitude
@@ -444,12 +492,18 @@ class AnswerWatermark:
         self.label_share = label_share
         self.significant_bits = significant_bits
         self.margin_kept = margin_kept
+        self.boundary_margin = boundary_margin
+        self.boundary_share = boundary_share
+        # |cos| ≥ θ on a share ``boundary_share`` of a uniform phase: P(|cos U| ≥ θ) = (2/π)·arccos θ
+        self._boundary_threshold = math.cos(math.pi * boundary_share / 2)
         self._input_key = _subkey(bytes(secret), b"input")
         self._label_threshold = min(int(label_share * 2.0**64), 2**64 - 1)
         self.projection = _unit_vector(_subkey(bytes(secret), b"projection"), input_dim)
         self.phase = float(2 * np.pi * _uniforms(_subkey(bytes(secret), b"phase"), 1)[0])
         self.target_class = int.from_bytes(_subkey(bytes(secret), b"target-class")[:8], "big") % n_classes
         self.fingerprint = _subkey(bytes(secret), b"fingerprint").hex()[:16]
+        self.boundary_projection = _unit_vector(_subkey(bytes(secret), b"boundary-projection"), input_dim)
+        self.boundary_phase = float(2 * np.pi * _uniforms(_subkey(bytes(secret), b"boundary-phase"), 1)[0])
 
     def describe(self) -> dict[str, Any]:
         """Public parameters for a report (no key material beyond the fingerprint)."""
@@ -462,6 +516,8 @@ class AnswerWatermark:
             "label_share": self.label_share,
             "significant_bits": self.significant_bits,
             "margin_kept": self.margin_kept,
+            "boundary_margin": self.boundary_margin,
+            "boundary_share": self.boundary_share,
         }
 
     @staticmethod
@@ -494,10 +550,13 @@ class AnswerWatermark:
         """Rows as float32 with the mantissa rounded to ``significant_bits`` bits and −0.0 made 0.0."""
         arr = self._rows(x)
         drop = 23 - self.significant_bits
-        bits = arr.view(np.uint32).astype(np.uint64)
+        # uint32 arithmetic cannot overflow here: a finite float32 is at most 0xFF7FFFFF, plus half a step
+        # (≤ 2²¹) stays below 2³²; a carry into the exponent can make ±inf, refused below.
+        bits = np.array(arr, dtype=np.float32, copy=True).view(np.uint32)
         if drop:
-            bits = (bits + (1 << (drop - 1))) & ~np.uint64((1 << drop) - 1)  # round half away from zero
-        bits = np.where((bits & 0x7FFFFFFF) == 0, 0, bits).astype(np.uint32)  # −0.0 → 0.0
+            bits += np.uint32(1 << (drop - 1))  # round half away from zero
+            bits &= np.uint32(0xFFFFFFFF ^ ((1 << drop) - 1))
+        bits[(bits & np.uint32(0x7FFFFFFF)) == 0] = 0  # −0.0 → 0.0
         out = bits.view(np.float32)
         if not np.all(np.isfinite(out)):
             raise ValueError("inputs too close to the float32 range limit")
@@ -506,8 +565,8 @@ class AnswerWatermark:
     def _digests(self, x: ArrayLike) -> np.ndarray:
         """[n, 4] big-endian uint64 words of HMAC(input key, dim ‖ canonical row bytes)."""
         canon = self.canonicalize(x).astype("<f4")
-        head = self.input_dim.to_bytes(4, "big")
-        raw = b"".join(hmac.new(self._input_key, head + row.tobytes(), hashlib.sha256).digest() for row in canon)
+        base = hmac.new(self._input_key, self.input_dim.to_bytes(4, "big"), hashlib.sha256)
+        raw = b"".join(_digest_after(base, row.tobytes()) for row in canon)  # a copy skips the key set-up
         return np.frombuffer(raw, dtype=">u8").reshape(-1, 4).astype(np.uint64)
 
     def canonical_key(self, x_row: ArrayLike) -> bytes:
@@ -591,6 +650,118 @@ class AnswerWatermark:
 
     def sequential_label_test(self, *, alpha: float = 1e-3) -> SequentialLabelTest:
         return SequentialLabelTest(self.n_classes, alpha=alpha)
+
+    # --- boundary label mark ------------------------------------------------------------------------------
+
+    def _boundary_sides(self, x: np.ndarray, projections: np.ndarray, phases: np.ndarray) -> np.ndarray:
+        """[n, keys] side of each key's region: +1 where cos(f·<u, x> + ψ) ≥ θ, −1 where ≤ −θ, else 0."""
+        s = np.cos(self.frequency * (x @ projections) + phases)
+        theta = self._boundary_threshold
+        return (s >= theta).astype(np.float64) - (s <= -theta).astype(np.float64)
+
+    def boundary_side(self, x: ArrayLike) -> np.ndarray:
+        """[n] the key's region side of each input (+1: the higher-numbered class gains, −1: the lower, 0: none)."""
+        x64 = self._rows(x).astype(np.float64)
+        return self._boundary_sides(x64, self.boundary_projection[:, None], np.array([self.boundary_phase]))[:, 0]
+
+    def _top_two(self, probabilities: ArrayLike, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        p = np.asarray(probabilities, dtype=np.float64)
+        if p.shape != (n, self.n_classes) or not np.all(np.isfinite(p)):
+            raise ValueError(f"probabilities must be finite [{n}, {self.n_classes}]")
+        order = np.argsort(-p, axis=1, kind="stable")
+        rows = np.arange(n)
+        top, runner = order[:, 0], order[:, 1]
+        total = np.maximum(p.sum(axis=1), 1e-300)  # margins in shares of the row, whatever the row sums to
+        return top, runner, (p[rows, top] - p[rows, runner]) / total
+
+    def boundary_band(self, probabilities: ArrayLike) -> np.ndarray:
+        """[n] bool: the rows whose top-2 margin is below ``boundary_margin`` (where the boundary mark acts)."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        if p.ndim != 2:
+            raise ValueError(f"probabilities must be [n, {self.n_classes}], got shape {p.shape}")
+        return np.asarray(self._top_two(p, len(p))[2] < self.boundary_margin)
+
+    def mark_boundary_labels(
+        self, x: ArrayLike, probabilities: ArrayLike, labels: ArrayLike | None = None
+    ) -> MarkedLabels:
+        """Near the decision boundary, answer the runner-up where the key's region says so.
+
+        An input is in the band when the upstream's top-2 margin (p₁ − p₂, as a share of the row) is below
+        ``boundary_margin``. With a = top-1, b = runner-up, the key's region side σ(x) (``boundary_side``):
+        σ = +1 makes the higher-numbered of {a, b} the answer, σ = −1 the lower-numbered one, σ = 0 leaves a.
+        So on one side of the keyed cosine the served boundary between every pair of classes moves into the
+        lower class's band, on the other into the higher class's: a smooth, keyed wiggle of the boundary that a
+        copy fitting the answers reproduces near its training inputs. ``labels`` (default: the top-1) are what
+        the client would get otherwise (e.g. after its output policy); they are kept where nothing flips.
+        """
+        x64 = self._rows(x).astype(np.float64)
+        n = len(x64)
+        top, runner, margin = self._top_two(probabilities, n)
+        y = top if labels is None else self._labels(labels, n)
+        if self.boundary_margin <= 0.0 or n == 0:
+            return MarkedLabels(labels=y, marked=np.zeros(n, dtype=bool))
+        side = self._boundary_sides(x64, self.boundary_projection[:, None], np.array([self.boundary_phase]))[:, 0]
+        higher = np.where(runner > top, 1.0, -1.0)  # +1 when the runner-up is the higher-numbered class
+        flip = (margin < self.boundary_margin) & (side == higher)
+        return MarkedLabels(labels=np.where(flip, runner, y), marked=flip)
+
+    def verify_boundary(
+        self,
+        x_probe: ArrayLike,
+        suspect_labels: ArrayLike,
+        owner_probabilities: ArrayLike,
+        *,
+        alpha: float = 1e-3,
+        n_null_keys: int = 1999,
+        seed: int = 0,
+    ) -> BoundaryEvidence:
+        """Does the suspect's boundary wiggle with the key's region?
+
+        Probes: inputs chosen without the key; only those where the owner's top-2 margin is below
+        ``boundary_margin`` count (elsewhere nothing was marked). Per probe, with (a, b) the owner's top two,
+        e = +1 if the suspect answers the higher-numbered of them, −1 the lower, 0 another class; the residual
+        r = e − e_owner (the owner answers a) keeps only where the suspect departs from the owner's unmarked
+        answer. Statistic T = Σ rσ / √Σ (rσ)² with r centred and σ the key's region side. Null: the suspect
+        and the probes are independent of the key; the wrong keys draw (u, ψ) from the key's distribution, so
+        the true key's T is exchangeable with theirs and the rank p-value (1 + #{wrong keys with T ≥ the true
+        key's}) / (N + 1) is exact (ties count against the claim). A client whose queries adapted to our answers
+        makes its logged inputs depend on the key: docs/audits.md has the false-claim rate measured there.
+        """
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if n_null_keys < 1:
+            raise ValueError(f"n_null_keys must be ≥ 1, got {n_null_keys}")
+        if self.boundary_margin <= 0.0:
+            raise ValueError("the boundary mark is off (boundary_margin 0)")
+        x64 = self._rows(x_probe).astype(np.float64)
+        n = len(x64)
+        z = self._labels(suspect_labels, n)
+        top, runner, margin = self._top_two(owner_probabilities, n)
+        band = margin < self.boundary_margin
+        x64, z, top, runner = x64[band], z[band], top[band], runner[band]
+        hi, lo = np.maximum(top, runner), np.minimum(top, runner)
+        e = (z == hi).astype(np.float64) - (z == lo).astype(np.float64)
+        r = e - np.where(top == hi, 1.0, -1.0)
+        moved = int(np.sum(r != 0))
+        r = (r - r.mean())[:, None] if len(r) else r[:, None]
+
+        def statistic(projections: np.ndarray, phases: np.ndarray) -> np.ndarray:
+            return self._correlation(r, self._boundary_sides(x64, projections, phases))[0]
+
+        true_t = statistic(self.boundary_projection[:, None], np.array([self.boundary_phase]))
+        rng = np.random.default_rng(seed)
+        null_t: list[np.ndarray] = []
+        for start in range(0, n_null_keys, 256):  # chunks keep the [n, keys] arrays small
+            m = min(256, n_null_keys - start)
+            v = rng.standard_normal((self.input_dim, m))
+            v /= np.linalg.norm(v, axis=0)
+            null_t.append(statistic(v, rng.uniform(0.0, 2 * np.pi, m)))
+        wrong = np.concatenate(null_t)
+        t0 = float(true_t[0])
+        p = float((1 + np.sum(wrong >= t0)) / (n_null_keys + 1)) if moved else 1.0
+        std = float(wrong.std(ddof=1)) if n_null_keys > 1 else 0.0
+        z_score = (t0 - float(wrong.mean())) / std if std > 0 else 0.0
+        return BoundaryEvidence(t0, p, z_score, int(band.sum()), moved, n_null_keys, alpha, p <= alpha)
 
     # --- probability answers ------------------------------------------------------------------------------
 

@@ -8,7 +8,12 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    (``AnswerWatermark.unmark_labels``). Test: the anytime-valid sequential test on the suspect's
    disagreements (``SequentialLabelTest``: P(answer = served label | answer ≠ upstream label) = 1/(k−1)
    under the null that the suspect never saw our marked answers). It stops at the first query with p ≤ α.
-2. **Probability phase** (CosWM-style), when the suspect answers probabilities. Probes: the suspected
+2. **Boundary phase**, when the clients were served label answers and the owner answers probabilities.
+   Probes: the clients' distinct logged label-answer inputs where the owner's top-2 margin is in the boundary
+   band. Test: ``AnswerWatermark.verify_boundary``, the exact rank test of the suspect's departures from the
+   owner's label against the key's region side, over wrong keys (exact when the logged queries did not depend
+   on the key; docs/audits.md has the false-claim measurement on adaptive clients' logs). One look.
+3. **Probability phase** (CosWM-style), when the suspect answers probabilities. Probes: the suspected
    clients' logged inputs that were served marked probabilities (the thief trained on exactly these, so its
    copy carries the cosine there most strongly), or, with no log, fresh probes from the owner's reference
    data (``probability_probes``, chosen without looking at the key). Baseline: the owner's own unmarked
@@ -18,7 +23,8 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    the same wrong keys), looked at twice (half and all of the budget), each look at half of the phase's α
    (Bonferroni over looks), so it stops early when the first half suffices.
 
-False claims. Each phase gets a share of α (half each when both run, all of it when one does); a claim by
+False claims. Each phase that runs gets an equal share of α (a label phase whose replaced labels could not
+reach its share even all reproduced is skipped first: that depends only on how many were logged); a claim by
 either phase is a claim, so the false-claim probability is at most α (union bound). The reported p-value is
 the Bonferroni-adjusted minimum, min_i p_i·α/α_i, valid at the same level. *inconclusive* when the budget or
 the probes available could not have reached α even on a perfect copy (e.g. no logged marked answers and a
@@ -40,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from audit.answer_watermark import (
+    BOUNDARY_TEST,
     PROBABILITY_TEST,
     SEQUENTIAL_LABEL_TEST,
     AnswerWatermark,
@@ -61,6 +68,9 @@ API_WATERMARK_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "budget": None,
 }
+# Query-log tags of label answers (services/gateway/answer_mark.py): every one went through the boundary mark
+# when the upstream answered probabilities.
+LABEL_TAGS = ("label", "label-flipped", "label-boundary")
 NULL_HYPOTHESIS = "the suspect was trained without answers marked by this deployment's answer-watermark key"
 
 
@@ -133,13 +143,26 @@ def run_api_watermark(
             served = np.array([int(logged.outputs[i][0]) for i in rows])  # type: ignore[index]
             label_probes = mark.label_probes(x, mark.unmark_labels(x, served))
     x_prob, prob_source = _probability_probes(mark, params, logged, reference, limit)
+    x_band, own_band = _boundary_probes(mark, params, logged, owner, notes)
     run_label = label_probes is not None and len(label_probes) > 0 and mark.n_classes >= 3
+    run_boundary = x_band is not None and len(x_band) >= 3
     run_prob = x_prob is not None and len(x_prob) >= 6 and suspect.has_probabilities
     if x_prob is not None and not suspect.has_probabilities:
         notes.append("the suspect answers labels only: the probability mark, invisible in the top-1, was not tested")
     if not run_label and logged is not None:
         notes.append("no logged answer of the suspected clients carries a replaced label")
-    phases = [p for p, on in (("label", run_label), ("probabilities", run_prob)) if on]
+    phases = [p for p, on in (("label", run_label), ("boundary", run_boundary), ("probabilities", run_prob)) if on]
+    if run_label and len(phases) > 1 and label_probes is not None:
+        # A label phase that could not claim even if every replaced label were reproduced gets no share of α.
+        # Valid: the choice depends only on how many replaced labels were logged (the key's selection bits),
+        # not on the suspect's answers nor on the key parts the other phases test.
+        n_label = min(len(label_probes), limit)
+        perfect = float(mixture_log_wealth(np.array([n_label]), np.array([n_label]), 1.0 / (mark.n_classes - 1))[0])
+        if perfect < math.log(len(phases) / alpha):
+            run_label = False
+            phases.remove("label")
+            notes.append(f"{n_label} replaced labels could not reach p ≤ α/{len(phases) + 1} even if all were "
+                         "reproduced: the label phase was skipped and its share of α went to the other phases")
     alpha_phase = alpha / max(1, len(phases))
 
     evidence: dict[str, Any] = {"phases": {}}
@@ -160,6 +183,18 @@ def run_api_watermark(
         p_adjusted.append(min(1.0, ev.p_value * alpha / alpha_phase))
         evidence["phases"]["label"] = {**ev.to_dict(), "probes_available": len(label_probes),
                                        "alpha": alpha_phase, "false_claim_bound": alpha_phase}
+    if run_boundary and not claimed and used < limit:
+        assert x_band is not None and own_band is not None
+        x_band, own_band = x_band[: limit - used], own_band[: limit - used]
+        achievable |= 1.0 / (params["n_null_keys"] + 1) <= alpha_phase
+        report(0.3, f"boundary phase: {len(x_band)} probes")
+        b_ev = mark.verify_boundary(x_band, suspect.labels(x_band), own_band, alpha=alpha_phase,
+                                    n_null_keys=params["n_null_keys"], seed=params["seed"])
+        used += len(x_band)
+        claimed |= b_ev.claimed
+        p_adjusted.append(min(1.0, b_ev.p_value * alpha / alpha_phase))
+        evidence["phases"]["boundary"] = {**b_ev.to_dict(), "probes": "the suspected clients' logged label "
+                                          "answers in the owner's boundary band", "queries": len(x_band)}
     if run_prob and not claimed and used < limit:
         assert x_prob is not None
         x_prob = x_prob[: limit - used]
@@ -227,7 +262,8 @@ def run_api_watermark(
         alpha=alpha,
         false_claim_bound=alpha,
         test_name=" / ".join(
-            {"label": SEQUENTIAL_LABEL_TEST, "probabilities": PROBABILITY_TEST}[p] for p in phases
+            {"label": SEQUENTIAL_LABEL_TEST, "boundary": BOUNDARY_TEST, "probabilities": PROBABILITY_TEST}[p]
+            for p in phases
         ) or "none",
         combination="claim when any phase claims; phase α split equally (union bound); p = min_i p_i·α/α_i",
         null_hypothesis=NULL_HYPOTHESIS,
@@ -261,3 +297,34 @@ def _probability_probes(
         n = min(limit, 2 * len(reference))
         return probability_probes(reference, n, seed=params["seed"]), "fresh probes from the owner's reference data"
     return None, "none"
+
+
+def _boundary_probes(
+    mark: AnswerWatermark,
+    params: Mapping[str, Any],
+    logged: LoggedAnswers | None,
+    owner: Suspect | None,
+    notes: list[str],
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The clients' distinct logged label-answer inputs where the owner's top-2 margin is in the boundary band,
+    with the owner's unmarked probabilities on them (the test needs both; without an owner answering
+    probabilities the phase does not run)."""
+    if logged is None or params["probes"] != "auto" or mark.boundary_margin <= 0:
+        return None, None
+    rows = np.flatnonzero(np.isin(np.asarray(logged.tags, dtype=object), LABEL_TAGS))
+    if not len(rows):
+        return None, None
+    own_model = owner.probabilities if owner is not None and owner.has_probabilities else None
+    if own_model is None:
+        notes.append("the boundary mark was not tested: it needs the owner's probabilities")
+        return None, None
+    x = np.asarray(logged.inputs[rows], dtype=np.float32)
+    _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)  # a repeat is one probe
+    x = x[np.sort(first)]
+    x = x[np.random.default_rng(params["seed"]).permutation(len(x))]  # not keyed: any order is valid
+    own = own_model(x)
+    if own is None:
+        notes.append("the boundary mark was not tested: the owner answered no probabilities")
+        return None, None
+    band = mark.boundary_band(own)
+    return x[band], np.asarray(own)[band]

@@ -9,7 +9,8 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 
 - **Victim**: a scikit-learn MLP on the owner's rows (digits 600, MNIST 10,000).
 - **Marking**: the gateway's own function (``services.gateway.answer_mark.AnswerMarker.serve``, default settings:
-  amplitude 0.1, frequency 5.75 rad per unit, label share 1 %; ``--frequency`` overrides) applied in-process
+  amplitude 0.1, frequency 5.75 rad per unit, label share 1 %, boundary margin 0.5 and share 1 for label
+  answers; ``--frequency``, ``--boundary-margin``, ``--boundary-share`` override) applied in-process
   to the victim's answers, so every copy here is trained on exactly what a gateway would have served. A live
   gateway per copy is too slow on two shared cores; ``tests/integration/test_audits_e2e.py`` and
   ``modelcustody demo`` run one copy through the real gateway end to end.
@@ -21,15 +22,18 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 - **Audit**: ``audit.api_watermark.run_api_watermark`` with the thief's logged answers (the suspected clients),
   the victim's unmarked probabilities as baseline, α = 1e-3, at most 500 suspect queries.
 - **Independents** (``--independents``): MLPs of three widths on the owner's distribution with true labels on
-  rows disjoint from every thief's pool, each audited against two thieves' logs (a probability and a label
-  thief): the false-claim side when the suspected clients' logs exist but the suspect never saw them.
+  rows disjoint from every thief's pool, each audited against four thieves' logs (``INDEPENDENT_LOGS``: the
+  Knockoff probability thief and the three label thieves): the false-claim side when the suspected clients'
+  logs exist but the suspect never saw them.
 - **Removal**: the Knockoff-probabilities copy fine-tuned on 300 clean true-labelled rows (20 epochs), and
   re-distilled (a fresh student trained on the copy's own probabilities over other natural inputs).
-- **Diagnosis** per copy (the owner's view with the key, not a test; ``diagnosis``): replaced labels served and
-  reproduced (label copies), share of the served move reproduced (probability copies). The same ensemble is
-  audited again with a 1,000-query budget (``extra_…``, not counted).
+- **Diagnosis** per copy (the owner's view with the key, not a test; ``diagnosis``): replaced labels (DAWN's
+  and the boundary mark's) served and reproduced (label copies), share of the served move reproduced
+  (probability copies). The same ensemble is audited again with a 1,000-query budget (``extra_…``, not
+  counted).
 - **Benign side**: over the test rows, how many served top-1 labels differ from the upstream's on probability
-  answers (must be 0) and the share of label answers the mark replaced.
+  answers (must be 0) and the share of label answers the marks replaced (in all, by DAWN, by the boundary mark)
+  and in the boundary band.
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ AGREEMENT_WORTH_STEALING = 0.8  # stolen_claim_rate counts copies at least this 
 # 4: the sequential label test (p0 = 1/9) needs 4 reproduced replaced labels out of 4 to reach p ≤ 1e-3
 # (mixture wealth 1/p ≈ 1,476 at 4 of 4, 205 at 3 of 3: α = 1e-3 needs 1,000).
 MIN_MARKED_LABELS = 4
+# The logs independents are audited against: a probability thief's and every label thief's (the boundary test
+# on an adaptive client's log is where a false claim could come from: its queries depend on our answers).
+INDEPENDENT_LOGS = ("knockoff_probabilities", "knockoff_labels", "jbda_labels", "adaptive_labels")
 DEFAULT_FREQUENCY = float(Settings.model_fields["answer_watermark_frequency"].default)  # the gateway's default
 SECRET = "bench-answer-watermark-secret-0001"
 
@@ -196,12 +203,16 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     x_test = x[parts["test"]]
     settings = Settings(env="test", answer_watermark_secret=SECRET, answer_watermark_amplitude=args.amplitude,
                         answer_watermark_label_share=args.label_share,
-                        answer_watermark_frequency=args.frequency or DEFAULT_FREQUENCY)
+                        answer_watermark_frequency=args.frequency or DEFAULT_FREQUENCY,
+                        answer_watermark_boundary_margin=args.boundary_margin,
+                        answer_watermark_boundary_share=args.boundary_share)
     marker = AnswerMarker(settings, GatewayMetrics(CollectorRegistry()))
     mark = AnswerWatermark(SECRET.encode(), n_classes=K, input_dim=x.shape[1],
                            amplitude=settings.answer_watermark_amplitude,
                            frequency=settings.answer_watermark_frequency,
-                           label_share=settings.answer_watermark_label_share)
+                           label_share=settings.answer_watermark_label_share,
+                           boundary_margin=settings.answer_watermark_boundary_margin,
+                           boundary_share=settings.answer_watermark_boundary_share)
     owner = CallableSuspect(victim.predict, victim.predict_proba)
     victim_test = victim.predict(x_test)
     log(f"[{name}] victim accuracy {np.mean(victim_test == y[parts['test']]):.3f} ({time.perf_counter() - t0:.0f} s)")
@@ -285,10 +296,11 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
             # what is tested (a model that never saw our answers) and costs minutes per model on 2 cores.
             model = MLPClassifier(widths[i % 3], max_iter=200 if name == "digits" else 30, random_state=100 + i)
             model.fit(x[ind_rows[pick]], y[ind_rows[pick]])
-        for kind in ("knockoff_probabilities", "knockoff_labels"):
+        for kind in INDEPENDENT_LOGS:
             independents.append(audit_row(f"independent_{i}_vs_{kind}", model, copies[kind][1], mark, owner, x_test,
                                           victim_test, kind.endswith("labels"), args))
     claims = sum(r["claimed"] for r in independents)
+    claims_by_log = {k: sum(r["claimed"] for r in independents if r["kind"].endswith(k)) for k in INDEPENDENT_LOGS}
     log(f"[{name}] independents: {claims}/{len(independents)} claimed")
 
     benign = x_test
@@ -300,7 +312,8 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     worth = [r for r in stolen if r["agreement"] >= AGREEMENT_WORTH_STEALING]
     # Copies whose thief received enough marks for any copy to be claimable: every probability copy; a label
     # copy with ≥ MIN_MARKED_LABELS replaced answers (fewer cannot reach α = 1e-3 even if all are reproduced).
-    carrying = [r for r in worth if r.get("marked_answers", MIN_MARKED_LABELS) >= MIN_MARKED_LABELS]
+    carrying = [r for r in worth
+                if r.get("marked_answers", MIN_MARKED_LABELS) + r.get("boundary_answers", 0) >= MIN_MARKED_LABELS]
     claimed_q = [r["queries_used"] for r in stolen if r["claimed"]]
     return {
         "queries_to_claim": statistics.median(claimed_q) if claimed_q else None,
@@ -310,10 +323,14 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "stolen_enough_marks": len(carrying),
         "independent_false_claim_rate": claims / len(independents),
         "independent_trials": len(independents),
+        "independent_claims_by_log": claims_by_log,
         "independent_models": args.independents,
         "benign_top1_changed": int(np.sum(served[0].argmax(1) != p_up.argmax(1))),
         "benign_max_probability_change": float(np.abs(served[0] - p_up).max()),
         "benign_label_flip_rate": float(np.mean(served_labels[0][:, 0] != p_up.argmax(1))),
+        "benign_label_flip_rate_boundary": float(np.mean(np.asarray(served_labels[2]) == "label-boundary")),
+        "benign_label_flip_rate_dawn": float(np.mean(np.asarray(served_labels[2]) == "label-flipped")),
+        "benign_boundary_band": float(np.mean(mark.boundary_band(p_up))) if mark.boundary_margin > 0 else 0.0,
         "benign_rows": len(benign),
         "victim_accuracy": float(np.mean(victim_test == y[parts["test"]])),
         "answered_queries_per_thief": budget,
@@ -361,6 +378,8 @@ def audit_row(
         "queries_used": ev["queries_used"],
         "phases": sorted(ev["phases"]),
         "label_probes": ev["phases"].get("label", {}).get("probes_available", 0),
+        "boundary_probes": ev["phases"].get("boundary", {}).get("n_probes", 0),
+        "boundary_z": ev["phases"].get("boundary", {}).get("z_approx"),
         "answered": len(logged.tags),
     }
 
@@ -378,13 +397,16 @@ def diagnosis(copy: Any, logged: LoggedAnswers, mark: AnswerWatermark, owner: Ca
     """
     tags = np.asarray(logged.tags, dtype=object)
     if label_answers:
-        flipped = np.flatnonzero(tags == "label-flipped").tolist()
-        x = logged.inputs[flipped]
-        served = np.array([int(logged.outputs[i][0]) for i in flipped], dtype=np.int64)  # type: ignore[index]
-        _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True) if len(x) else (None, [])
-        first = np.sort(np.asarray(first, dtype=np.int64))
-        reproduced = int(np.sum(copy.predict(x[first]) == served[first])) if len(first) else 0
-        return {"marked_answers": len(first), "marked_reproduced": reproduced}
+        out: dict[str, Any] = {}
+        for tag, name in (("label-flipped", "marked"), ("label-boundary", "boundary")):
+            rows = np.flatnonzero(tags == tag).tolist()
+            x = logged.inputs[rows]
+            served = np.array([int(logged.outputs[i][0]) for i in rows], dtype=np.int64)  # type: ignore[index]
+            _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True) if len(x) else (None, [])
+            first = np.sort(np.asarray(first, dtype=np.int64))
+            out[f"{name}_answers"] = len(first)
+            out[f"{name}_reproduced"] = int(np.sum(copy.predict(x[first]) == served[first])) if len(first) else 0
+        return out
     x = np.asarray(logged.inputs, dtype=np.float32)
     _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)
     x = x[np.sort(first)].astype(np.float64)
@@ -408,12 +430,19 @@ def main() -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--amplitude", type=float, default=0.1, help="the gateway's largest probability change")
     parser.add_argument("--label-share", type=float, default=0.01, help="share of label answers the mark replaces")
+    parser.add_argument("--boundary-margin", type=float,
+                        default=float(Settings.model_fields["answer_watermark_boundary_margin"].default),
+                        help="top-2 margin below which the boundary label mark acts (0: off)")
+    parser.add_argument("--boundary-share", type=float,
+                        default=float(Settings.model_fields["answer_watermark_boundary_share"].default),
+                        help="share of the band's keyed region where the boundary mark acts")
     parser.add_argument("--frequency", type=float, default=None, help="radians per unit of <v, x> (default: settings)")
     args, _ = parser.parse_known_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
     out = {name: run_world(name, args) for name in args.worlds}
     result = {"api_watermark": out, "amplitude": args.amplitude, "label_share": args.label_share,
+              "boundary_margin": args.boundary_margin, "boundary_share": args.boundary_share,
               "frequency": args.frequency or DEFAULT_FREQUENCY,
               "wall_s": round(time.perf_counter() - started, 1)}
     return result

@@ -123,6 +123,8 @@ def api_watermark_context(settings: Settings, protected: ProtectedModel, params:
         amplitude=settings.answer_watermark_amplitude,
         frequency=settings.answer_watermark_frequency,
         label_share=settings.answer_watermark_label_share,
+        boundary_margin=settings.answer_watermark_boundary_margin,
+        boundary_share=settings.answer_watermark_boundary_share,
     )
     if logged is not None and len(logged.tags) and logged.inputs.shape[1] != dim:
         logged = None

@@ -40,7 +40,8 @@ class QueryRecord:
     policy: str  # name of the output policy applied, "none" if the answer passed unchanged
     schema: int = SCHEMA_VERSION
     # Which answer watermark the served answer carries: "" none, "probabilities" the keyed cosine,
-    # "label" a label that went through the label mark unchanged, "label-flipped" one it replaced.
+    # "label" a label that went through the label mark unchanged, "label-flipped" one it replaced,
+    # "label-boundary" one the boundary mark replaced by the upstream's runner-up.
     # Added in 0.2 with a default, so v1 records written before it still read (same schema version).
     watermark: str = ""
     # The request's source network ("203.0.113.0/24", "2001:db8:1::/48"; services/gateway/source.py): the

@@ -106,7 +106,9 @@ def audit_and_sign(
     logged = read_logged_answers(r, stream, [thief])
     mark = AnswerWatermark(settings.answer_watermark_key(), n_classes=10, input_dim=64,
                            amplitude=settings.answer_watermark_amplitude, frequency=settings.answer_watermark_frequency,
-                           label_share=settings.answer_watermark_label_share)
+                           label_share=settings.answer_watermark_label_share,
+                           boundary_margin=settings.answer_watermark_boundary_margin,
+                           boundary_share=settings.answer_watermark_boundary_share)
     victim = train_model("mlp", split)  # the same seeded model the server runs: the owner's unmarked answers
     owner = CallableSuspect(victim.predict, victim.predict_proba)
     from sklearn.exceptions import ConvergenceWarning

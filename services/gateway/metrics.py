@@ -58,9 +58,10 @@ class GatewayMetrics:
             r,
             "modelcustody_gateway_watermarked_rows_total",
             "Answer rows served through the answer watermark, by mark: probabilities (keyed cosine), label "
-            "(label mark, unchanged) and label-flipped (label replaced).",
+            "(label mark, unchanged), label-flipped (label replaced) and label-boundary (runner-up served near the "
+            "boundary).",
             ["mark"],
-            ("probabilities", "label", "label-flipped"),
+            ("probabilities", "label", "label-flipped", "label-boundary"),
         )
         self.watermark_skipped_rows = counter(
             r,

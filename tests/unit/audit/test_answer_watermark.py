@@ -229,6 +229,88 @@ def test_label_test_false_claims_stay_below_alpha() -> None:
     assert fixed <= bound and sequential <= bound
 
 
+# --- boundary label mark ----------------------------------------------------------------------------------
+
+BOUNDARY_D = 8  # a low-dimensional world, where a nearest-neighbour copy generalises the keyed region
+
+
+def _boundary_world(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs uniform in [0, 1]^8 and an owner whose probabilities are a softmax of a fixed linear map."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, BOUNDARY_D)).astype(np.float32)
+    logits = x.astype(np.float64) @ (6.0 * np.random.default_rng(11).normal(size=(BOUNDARY_D, K)))
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return x, p / p.sum(axis=1, keepdims=True)
+
+
+def _boundary_mark(secret: bytes = SECRET, margin: float = 0.5, **kw: Any) -> AnswerWatermark:
+    return AnswerWatermark(secret, n_classes=K, input_dim=BOUNDARY_D, frequency=5.75, boundary_margin=margin, **kw)
+
+
+def test_boundary_mark_serves_the_runner_up_in_the_band_on_the_keys_side() -> None:
+    x, p = _boundary_world(5000, seed=1)
+    w = _boundary_mark()
+    marked = w.mark_boundary_labels(x, p)
+    order = np.argsort(-p, axis=1)
+    band = w.boundary_band(p)
+    assert 0.05 < band.mean() < 0.5
+    assert not np.any(marked.marked & ~band)  # confident answers are never touched
+    np.testing.assert_array_equal(marked.labels[marked.marked], order[marked.marked, 1])  # the runner-up
+    np.testing.assert_array_equal(marked.labels[~marked.marked], order[~marked.marked, 0])
+    # the side rule: +1 → the higher-numbered of the top two is served, −1 → the lower one
+    side = w.boundary_side(x)
+    served_higher = marked.labels == np.maximum(order[:, 0], order[:, 1])
+    assert np.all(served_higher[band & (side > 0)]) and not np.any(served_higher[band & (side < 0)])
+    assert 0.3 < marked.marked.sum() / band.sum() < 0.7  # share 1: about half of the band moves
+    again = _boundary_mark().mark_boundary_labels(x[::-1], p[::-1])  # another instance, another order
+    np.testing.assert_array_equal(again.labels[::-1], marked.labels)
+    assert not _boundary_mark(margin=0.0).mark_boundary_labels(x, p).marked.any()  # off
+    half = _boundary_mark(boundary_share=0.5).mark_boundary_labels(x, p)
+    assert half.marked.sum() < marked.marked.sum() and not np.any(half.marked & ~marked.marked)
+    policy = np.full(len(x), 3)  # labels the client would get otherwise are kept where nothing moves
+    kept = w.mark_boundary_labels(x, p, policy)
+    np.testing.assert_array_equal(kept.labels, np.where(marked.marked, marked.labels, 3))
+
+
+def test_boundary_test_claims_a_copy_that_generalises_the_region_and_not_a_clean_one() -> None:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x, p = _boundary_world(6000, seed=2)
+    w = _boundary_mark()
+    served = w.mark_labels(x, w.mark_boundary_labels(x, p).labels).labels  # what a label thief receives
+    copy = KNeighborsClassifier(5).fit(x, served)
+    clean = KNeighborsClassifier(5).fit(x, p.argmax(axis=1))
+    probes, owner = _boundary_world(3000, seed=3)  # fresh inputs: the copy never saw them
+    ev = w.verify_boundary(probes, copy.predict(probes), owner, alpha=1e-3, n_null_keys=1999)
+    assert ev.claimed and ev.p_value == pytest.approx(1 / 2000) and ev.decision == CLAIMED
+    assert ev.n_probes == int(w.boundary_band(owner).sum())
+    ev0 = w.verify_boundary(probes, clean.predict(probes), owner, alpha=1e-3, n_null_keys=1999)
+    assert not ev0.claimed and ev0.p_value > 0.01
+    same = w.verify_boundary(probes, owner.argmax(axis=1), owner, n_null_keys=99)  # the owner itself
+    assert same.n_moved == 0 and same.p_value == 1.0
+    json.dumps(ev.to_dict())
+    with pytest.raises(ValueError, match="off"):
+        _boundary_mark(margin=0.0).verify_boundary(probes, owner.argmax(axis=1), owner)
+
+
+def test_boundary_test_false_claims_over_wrong_keys() -> None:
+    """A suspect independent of the key with its own boundary (a perturbed linear map), probed on fixed
+    inputs: over 400 keys, claims at α = 0.05 stay within sampling error of α (the rank test is exact when
+    averaged over keys; ties count against the claim)."""
+    probes, owner = _boundary_world(3000, seed=4)
+    weights = 6.0 * np.random.default_rng(11).normal(size=(BOUNDARY_D, K))
+    own_boundary = (probes.astype(np.float64) @ (weights + np.random.default_rng(5).normal(0, 1.5, weights.shape)))
+    z = own_boundary.argmax(axis=1)
+    alpha, trials = 0.05, 400
+    claims = sum(
+        _boundary_mark(f"null-key-{i:05d}".encode().ljust(32, b".")).verify_boundary(
+            probes, z, owner, alpha=alpha, n_null_keys=199, seed=i
+        ).claimed
+        for i in range(trials)
+    )
+    assert claims <= alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)  # +3σ of the binomial
+
+
 # --- probability answers ----------------------------------------------------------------------------------
 
 

@@ -77,6 +77,46 @@ def test_the_probability_phase_uses_logged_inputs_and_the_owners_baseline() -> N
     assert ev0["verdict"] == "no-claim" and ev0["queries_used"] == 400
 
 
+def test_the_boundary_phase_claims_a_label_copy_with_too_few_dawn_marks() -> None:
+    """DAWN at a 0.15 % share leaves a 3,000-answer thief 2 replaced labels (too few for α/2); the boundary
+    mark moved hundreds of its near-boundary answers, and a copy that fits them is claimed by the boundary phase.
+    A model that answers the owner's labels with noise of its own is not, and without the owner's probabilities
+    the phase does not run."""
+    _, x, p = _world(seed=4)
+    mark = AnswerWatermark(SECRET, n_classes=K, input_dim=D, frequency=8.0, label_share=0.0015, boundary_margin=0.5)
+    near = mark.mark_boundary_labels(x, p)
+    served = mark.mark_labels(x, near.labels)
+    tags = np.where(served.marked, "label-flipped", np.where(near.marked, "label-boundary", "label")).tolist()
+    logged = LoggedAnswers(x.astype(np.float64), served.labels[:, None].tolist(), tags, ["thief"])
+    table = {row.tobytes(): int(label) for row, label in zip(x, served.labels, strict=True)}
+    copy = CallableSuspect(lambda q: np.array([table[r.astype(np.float32).tobytes()] for r in q]))
+    owner = CallableSuspect(lambda q: p_of(q).argmax(1), lambda q: p_of(q))
+    index = {row.tobytes(): i for i, row in enumerate(x)}
+
+    def p_of(q: np.ndarray) -> np.ndarray:
+        return p[[index[r.astype(np.float32).tobytes()] for r in q]]
+
+    params = {"clients": ["thief"], "n_null_keys": 1999}
+    ev = run_api_watermark(copy, mark, params, logged=logged, owner=owner)
+    assert ev["verdict"] == "claim" and "boundary" in ev["phases"]
+    phase = ev["phases"]["boundary"]
+    # the few replaced labels could not reach α/2 even all reproduced: the label phase gave its α away
+    assert set(ev["phases"]) == {"boundary"} and phase["p_value"] <= phase["alpha"] == 1e-3
+    assert any("label phase was skipped" in n for n in ev["notes"])
+    assert ev["queries_used"] <= 500
+
+    rng = np.random.default_rng(1)
+    upstream = p.argmax(1)
+    noisy = np.where(rng.uniform(size=len(x)) < 0.3, rng.integers(0, K, len(x)), upstream)
+    noisy_table = {row.tobytes(): int(label) for row, label in zip(x, noisy, strict=True)}
+    independent = CallableSuspect(lambda q: np.array([noisy_table[r.astype(np.float32).tobytes()] for r in q]))
+    ev0 = run_api_watermark(independent, mark, params, logged=logged, owner=owner)
+    assert ev0["verdict"] == "no-claim" and ev0["phases"]["boundary"]["p_value"] > 1e-3
+    labels_owner = CallableSuspect(lambda q: p_of(q).argmax(1))
+    ev1 = run_api_watermark(copy, mark, params, logged=logged, owner=labels_owner)
+    assert "boundary" not in ev1["phases"] and any("owner's probabilities" in n for n in ev1["notes"])
+
+
 def test_inconclusive_when_the_audit_could_not_have_claimed() -> None:
     mark, x, p = _world(seed=4)
     served = mark.mark_probabilities(x, p).probabilities

@@ -85,16 +85,34 @@ def test_label_answers_flip_a_keyed_share_the_same_way_every_time(tmp_path: Path
     labels, kind, tags = served
     assert kind == "label" and labels.dtype.kind == "i" and labels.shape == (5000, 1)
     flipped = np.array([t == "label-flipped" for t in tags])
-    assert np.array_equal(labels[:, 0] != p.argmax(axis=1), flipped)
+    moved = np.array([t == "label-boundary" for t in tags])
+    changed = labels[:, 0] != p.argmax(axis=1)
+    # every change is tagged; a DAWN flip on top of a boundary move can land back on the top-1 (tagged, unchanged)
+    assert not np.any(changed & ~(flipped | moved)) and np.all(changed[moved])
     assert 0.005 < flipped.mean() < 0.015  # label_share 1 %, binomial sd at n = 5,000 is 0.14 %
+    top2 = np.sort(p, axis=1)[:, -2:]
+    near = top2[:, 1] - top2[:, 0] < 0.5  # the default boundary margin
+    assert moved.any() and not np.any(moved & ~near)  # the boundary mark acts only near the boundary
+    runner_up = np.argsort(-p, axis=1)[:, 1]
+    np.testing.assert_array_equal(labels[moved, 0], runner_up[moved])
+    assert (
+        marker.metrics.registry.get_sample_value(
+            "modelcustody_gateway_watermarked_rows_total", {"mark": "label-boundary"}
+        )
+        == moved.sum()
+    )
     twice = marker.serve(x[::-1], p[::-1], "probabilities", label_only, np.random.default_rng(1))
     assert twice is not None and np.array_equal(twice[0][::-1], labels)  # order and batch do not matter
-    # An upstream answering labels: marked only when the deployment says how many classes the model has.
+    # An upstream answering labels: marked only when the deployment says how many classes the model has, and
+    # only by DAWN (there is no margin to place the boundary mark).
     upstream_labels = p.argmax(axis=1).astype(np.float64)[:, None]
     assert marker.serve(x, upstream_labels, "label", OutputPolicy(), np.random.default_rng(0)) is None
     with_k = _marker(tmp_path, answer_watermark_n_classes=10)
     from_labels = with_k.serve(x, upstream_labels, "label", OutputPolicy(), np.random.default_rng(0))
-    assert from_labels is not None and np.array_equal(from_labels[0], labels)
+    dawn_only = _marker(tmp_path, answer_watermark_boundary_margin=0.0)
+    plain = dawn_only.serve(x, p, "probabilities", label_only, np.random.default_rng(0))
+    assert plain is not None and set(plain[2]) == {"label", "label-flipped"}
+    assert from_labels is not None and np.array_equal(from_labels[0], plain[0])
 
 
 def test_inputs_the_mark_cannot_canonicalise_are_served_unmarked_and_counted(tmp_path: Path) -> None:
