@@ -10,9 +10,11 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    under the null that the suspect never saw our marked answers). It stops at the first query with p ≤ α.
 2. **Boundary phase**, when the clients were served label answers and the owner answers probabilities.
    Probes: the clients' distinct logged label-answer inputs where the owner's top-2 margin is in the boundary
-   band. Test: ``AnswerWatermark.verify_boundary``, the exact rank test of the suspect's departures from the
-   owner's label against the key's region side, over wrong keys (exact when the logged queries did not depend
-   on the key; docs/audits.md has the false-claim measurement on adaptive clients' logs). One look.
+   band. Test: ``AnswerWatermark.verify_boundary``. With the smooth side (the keyed cosine region), the exact
+   rank test of the suspect's departures from the owner's label against the key's region side, over wrong
+   keys (exact when the logged queries did not depend on the key; docs/audits.md has the false-claim
+   measurement on adaptive clients' logs); one look. With the hash side (a keyed coin per input), the probes
+   stay in logged order and the test is a Bernoulli(1/2) test martingale, valid whatever the client adapted.
 3. **Probability phase** (CosWM-style), when the suspect answers probabilities. Probes: the suspected
    clients' logged inputs that were served marked probabilities (the thief trained on exactly these, so its
    copy carries the cosine there most strongly), or, with no log, fresh probes from the owner's reference
@@ -46,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from audit.answer_watermark import (
+    BOUNDARY_HASH_TEST,
     BOUNDARY_TEST,
     PROBABILITY_TEST,
     SEQUENTIAL_LABEL_TEST,
@@ -186,7 +189,12 @@ def run_api_watermark(
     if run_boundary and not claimed and used < limit:
         assert x_band is not None and own_band is not None
         x_band, own_band = x_band[: limit - used], own_band[: limit - used]
-        achievable |= 1.0 / (params["n_null_keys"] + 1) <= alpha_phase
+        if mark.boundary_side_mode == "hash":  # a perfect copy: every probe relevant and matching
+            n_b = len(x_band)
+            achievable |= float(mixture_log_wealth(np.array([n_b]), np.array([n_b]), 0.5)[0]) >= math.log(
+                1.0 / alpha_phase)
+        else:
+            achievable |= 1.0 / (params["n_null_keys"] + 1) <= alpha_phase
         report(0.3, f"boundary phase: {len(x_band)} probes")
         b_ev = mark.verify_boundary(x_band, suspect.labels(x_band), own_band, alpha=alpha_phase,
                                     n_null_keys=params["n_null_keys"], seed=params["seed"])
@@ -262,7 +270,8 @@ def run_api_watermark(
         alpha=alpha,
         false_claim_bound=alpha,
         test_name=" / ".join(
-            {"label": SEQUENTIAL_LABEL_TEST, "boundary": BOUNDARY_TEST, "probabilities": PROBABILITY_TEST}[p]
+            {"label": SEQUENTIAL_LABEL_TEST, "probabilities": PROBABILITY_TEST,
+             "boundary": BOUNDARY_HASH_TEST if mark.boundary_side_mode == "hash" else BOUNDARY_TEST}[p]
             for p in phases
         ) or "none",
         combination="claim when any phase claims; phase α split equally (union bound); p = min_i p_i·α/α_i",
@@ -320,8 +329,9 @@ def _boundary_probes(
         return None, None
     x = np.asarray(logged.inputs[rows], dtype=np.float32)
     _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)  # a repeat is one probe
-    x = x[np.sort(first)]
-    x = x[np.random.default_rng(params["seed"]).permutation(len(x))]  # not keyed: any order is valid
+    x = x[np.sort(first)]  # each input's first occurrence, in logged (time) order
+    if mark.boundary_side_mode != "hash":  # the hash side's martingale needs the order the client sent them in
+        x = x[np.random.default_rng(params["seed"]).permutation(len(x))]  # not keyed: any order is valid
     own = own_model(x)
     if own is None:
         notes.append("the boundary mark was not tested: the owner answered no probabilities")

@@ -160,6 +160,17 @@ def world(name: str, seed: int) -> dict[str, Any]:
             "domain": Domain.box(0.0, 1.0, x.shape[1]), "hidden": hidden}
 
 
+def settings_mark(settings: Settings, dim: int) -> AnswerWatermark:
+    """The audit's view of the gateway's key and parameters (what ``workers/api_watermark.py`` builds)."""
+    return AnswerWatermark(settings.answer_watermark_key(), n_classes=K, input_dim=dim,
+                           amplitude=settings.answer_watermark_amplitude,
+                           frequency=settings.answer_watermark_frequency,
+                           label_share=settings.answer_watermark_label_share,
+                           boundary_margin=settings.answer_watermark_boundary_margin,
+                           boundary_share=settings.answer_watermark_boundary_share,
+                           boundary_side=settings.answer_watermark_boundary_side)
+
+
 # --- the gateway's marking as an oracle --------------------------------------------------------------------
 
 
@@ -205,14 +216,10 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
                         answer_watermark_label_share=args.label_share,
                         answer_watermark_frequency=args.frequency or DEFAULT_FREQUENCY,
                         answer_watermark_boundary_margin=args.boundary_margin,
-                        answer_watermark_boundary_share=args.boundary_share)
+                        answer_watermark_boundary_share=args.boundary_share,
+                        answer_watermark_boundary_side=args.boundary_side)
     marker = AnswerMarker(settings, GatewayMetrics(CollectorRegistry()))
-    mark = AnswerWatermark(SECRET.encode(), n_classes=K, input_dim=x.shape[1],
-                           amplitude=settings.answer_watermark_amplitude,
-                           frequency=settings.answer_watermark_frequency,
-                           label_share=settings.answer_watermark_label_share,
-                           boundary_margin=settings.answer_watermark_boundary_margin,
-                           boundary_share=settings.answer_watermark_boundary_share)
+    mark = settings_mark(settings, x.shape[1])
     owner = CallableSuspect(victim.predict, victim.predict_proba)
     victim_test = victim.predict(x_test)
     log(f"[{name}] victim accuracy {np.mean(victim_test == y[parts['test']]):.3f} ({time.perf_counter() - t0:.0f} s)")
@@ -380,6 +387,9 @@ def audit_row(
         "label_probes": ev["phases"].get("label", {}).get("probes_available", 0),
         "boundary_probes": ev["phases"].get("boundary", {}).get("n_probes", 0),
         "boundary_z": ev["phases"].get("boundary", {}).get("z_approx"),
+        "boundary_p": ev["phases"].get("boundary", {}).get("p_value"),
+        "boundary_matches": ev["phases"].get("boundary", {}).get("matches"),
+        "boundary_relevant": ev["phases"].get("boundary", {}).get("n_moved"),
         "answered": len(logged.tags),
     }
 
@@ -436,6 +446,9 @@ def main() -> dict[str, Any]:
     parser.add_argument("--boundary-share", type=float,
                         default=float(Settings.model_fields["answer_watermark_boundary_share"].default),
                         help="share of the band's keyed region where the boundary mark acts")
+    parser.add_argument("--boundary-side", choices=["smooth", "hash"],
+                        default=str(Settings.model_fields["answer_watermark_boundary_side"].default),
+                        help="what picks the boundary mark's side: the keyed cosine region or the input's keyed hash")
     parser.add_argument("--frequency", type=float, default=None, help="radians per unit of <v, x> (default: settings)")
     args, _ = parser.parse_known_args()
     torch.set_num_threads(1)
@@ -443,6 +456,7 @@ def main() -> dict[str, Any]:
     out = {name: run_world(name, args) for name in args.worlds}
     result = {"api_watermark": out, "amplitude": args.amplitude, "label_share": args.label_share,
               "boundary_margin": args.boundary_margin, "boundary_share": args.boundary_share,
+              "boundary_side": args.boundary_side,
               "frequency": args.frequency or DEFAULT_FREQUENCY,
               "wall_s": round(time.perf_counter() - started, 1)}
     return result

@@ -125,6 +125,7 @@ def api_watermark_context(settings: Settings, protected: ProtectedModel, params:
         label_share=settings.answer_watermark_label_share,
         boundary_margin=settings.answer_watermark_boundary_margin,
         boundary_share=settings.answer_watermark_boundary_share,
+        boundary_side=settings.answer_watermark_boundary_side,
     )
     if logged is not None and len(logged.tags) and logged.inputs.shape[1] != dim:
         logged = None

@@ -147,12 +147,17 @@ class Settings(BaseSettings):
     # 1 %: DAWN's order of magnitude (0.5 %); ~10 marked labels per 1,000 answers claim an MLP copy.
     answer_watermark_label_share: float = Field(default=0.01, gt=0.0, le=0.1)
     # Boundary label mark (label answers computed from upstream probabilities): where the upstream's top-2 margin
-    # (p1 − p2) is below this, a keyed smooth region of the input decides whether the runner-up is served. Boundary-
+    # (p1 − p2) is below this, a keyed side of the input decides whether the runner-up is served. Boundary-
     # seeking thieves (JBDA, adaptive retraining) query there most; 0 turns it off. docs/audits.md has the
     # trade-off measured (benign label flip rate against copies claimed).
     answer_watermark_boundary_margin: float = Field(default=0.5, ge=0.0, lt=1.0)
     # Share of the band's region where the mark acts (1: everywhere in the band, half of its labels move).
     answer_watermark_boundary_share: float = Field(default=1.0, gt=0.0, le=1.0)
+    # What picks the side in the band: "hash", the input's keyed HMAC (a fair coin per distinct input, so the
+    # audit's test is valid even on an adaptive client's log); "smooth", a keyed cosine region of the input.
+    # Over 20 keys on digits (bench/api_watermark_keys.py) the hash side claimed more of the boundary thieves'
+    # copies; docs/audits.md has the comparison. Gateways and workers of a deployment must agree.
+    answer_watermark_boundary_side: Literal["smooth", "hash"] = "hash"
     # Classes of a model whose upstream answers labels (a probability answer tells the gateway by its width).
     answer_watermark_n_classes: int | None = Field(default=None, ge=3)
 

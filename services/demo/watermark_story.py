@@ -108,7 +108,8 @@ def audit_and_sign(
                            amplitude=settings.answer_watermark_amplitude, frequency=settings.answer_watermark_frequency,
                            label_share=settings.answer_watermark_label_share,
                            boundary_margin=settings.answer_watermark_boundary_margin,
-                           boundary_share=settings.answer_watermark_boundary_share)
+                           boundary_share=settings.answer_watermark_boundary_share,
+                           boundary_side=settings.answer_watermark_boundary_side)
     victim = train_model("mlp", split)  # the same seeded model the server runs: the owner's unmarked answers
     owner = CallableSuspect(victim.predict, victim.predict_proba)
     from sklearn.exceptions import ConvergenceWarning

@@ -10,8 +10,9 @@ input the same answer, and a client repeating a query cannot average the mark aw
   top-1 label never changes (the algorithm asserts it on every row).
 - Label answers (an upstream that answers labels, or a ``label_only`` policy on a probability upstream): the
   keyed label flip (DAWN-style) on the label the client would otherwise get. On a probability upstream the
-  boundary mark comes first: where the upstream's top-2 margin is small, a keyed smooth region of the input
-  decides whether the runner-up is served (an upstream that answers labels has no margin: DAWN only).
+  boundary mark comes first: where the upstream's top-2 margin is small, a keyed side of the input (its keyed
+  hash by default, or a keyed smooth region) decides whether the runner-up is served (an upstream that answers
+  labels has no margin: DAWN only).
 
 An input the algorithm cannot canonicalise (non-finite in float32) is served unmarked and counted: the
 gateway never fails a request because of its watermark.
@@ -49,6 +50,7 @@ class AnswerMarker:
         self._label_share = settings.answer_watermark_label_share
         self._boundary_margin = settings.answer_watermark_boundary_margin
         self._boundary_share = settings.answer_watermark_boundary_share
+        self._boundary_side = settings.answer_watermark_boundary_side
         self._label_classes = settings.answer_watermark_n_classes
         self._marks: dict[tuple[int, int], AnswerWatermark] = {}
         self._warned_no_classes = False
@@ -75,6 +77,7 @@ class AnswerMarker:
                 label_share=self._label_share,
                 boundary_margin=self._boundary_margin,
                 boundary_share=self._boundary_share,
+                boundary_side=self._boundary_side,
             )
         return mark
 

@@ -77,13 +77,15 @@ def test_the_probability_phase_uses_logged_inputs_and_the_owners_baseline() -> N
     assert ev0["verdict"] == "no-claim" and ev0["queries_used"] == 400
 
 
-def test_the_boundary_phase_claims_a_label_copy_with_too_few_dawn_marks() -> None:
+@pytest.mark.parametrize("side", ["hash", "smooth"])
+def test_the_boundary_phase_claims_a_label_copy_with_too_few_dawn_marks(side: str) -> None:
     """DAWN at a 0.15 % share leaves a 3,000-answer thief 2 replaced labels (too few for α/2); the boundary
     mark moved hundreds of its near-boundary answers, and a copy that fits them is claimed by the boundary phase.
     A model that answers the owner's labels with noise of its own is not, and without the owner's probabilities
     the phase does not run."""
     _, x, p = _world(seed=4)
-    mark = AnswerWatermark(SECRET, n_classes=K, input_dim=D, frequency=8.0, label_share=0.0015, boundary_margin=0.5)
+    mark = AnswerWatermark(SECRET, n_classes=K, input_dim=D, frequency=8.0, label_share=0.0015, boundary_margin=0.5,
+                           boundary_side=side)
     near = mark.mark_boundary_labels(x, p)
     served = mark.mark_labels(x, near.labels)
     tags = np.where(served.marked, "label-flipped", np.where(near.marked, "label-boundary", "label")).tolist()
