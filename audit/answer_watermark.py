@@ -261,19 +261,43 @@ class BoundaryEvidence(_Claim):
 
     def to_dict(self) -> dict[str, Any]:
         if self.test == BOUNDARY_HASH_TEST:
-            null = ("suspect independent of the key: on each new logged input where it answers one of the owner's "
-                    "top two, it answers the keyed choice with probability 1/2 given everything before")
-            counts = {"n_probes": self.n_probes, "n_moved": self.n_moved, "matches": self.matches,
-                      "p_binomial_fixed_n": self.p_binomial}
-            return {"test": self.test, "null": null, **counts, "statistic": self.statistic, "z_approx": self.z,
-                    "p_value": self.p_value, "alpha": self.alpha, "false_claim_bound": self.alpha,
-                    "decision": self.decision}
-        null = ("suspect independent of the key and probes chosen without it: the statistic under the true (u, ψ) "
-                "is exchangeable with those under (u, ψ) drawn from the same distribution")
+            null = (
+                "suspect independent of the key: on each new logged input where it answers one of the owner's "
+                "top two, it answers the keyed choice with probability 1/2 given everything before"
+            )
+            counts = {
+                "n_probes": self.n_probes,
+                "n_moved": self.n_moved,
+                "matches": self.matches,
+                "p_binomial_fixed_n": self.p_binomial,
+            }
+            return {
+                "test": self.test,
+                "null": null,
+                **counts,
+                "statistic": self.statistic,
+                "z_approx": self.z,
+                "p_value": self.p_value,
+                "alpha": self.alpha,
+                "false_claim_bound": self.alpha,
+                "decision": self.decision,
+            }
+        null = (
+            "suspect independent of the key and probes chosen without it: the statistic under the true (u, ψ) "
+            "is exchangeable with those under (u, ψ) drawn from the same distribution"
+        )
         counts = {"n_probes": self.n_probes, "n_moved": self.n_moved, "n_null_keys": self.n_null_keys}
-        return {"test": self.test, "null": null, **counts, "statistic": self.statistic, "z_approx": self.z,
-                "p_value": self.p_value, "alpha": self.alpha, "false_claim_bound": self.alpha,
-                "decision": self.decision}
+        return {
+            "test": self.test,
+            "null": null,
+            **counts,
+            "statistic": self.statistic,
+            "z_approx": self.z,
+            "p_value": self.p_value,
+            "alpha": self.alpha,
+            "false_claim_bound": self.alpha,
+            "decision": self.decision,
+        }
 
 
 @dataclass(frozen=True)
@@ -840,9 +864,17 @@ class AnswerWatermark:
         p_bin = float(stats.binom.sf(matches - 1, n_rel, 0.5)) if matches else 1.0
         z_score = (matches - n_rel / 2) / math.sqrt(n_rel / 4) if n_rel else 0.0
         return BoundaryEvidence(
-            statistic=float(matches / n_rel) if n_rel else 0.0, p_value=p, z=z_score, n_probes=int(band.sum()),
-            n_moved=n_rel, n_null_keys=0, alpha=alpha, claimed=p <= alpha, test=BOUNDARY_HASH_TEST,
-            matches=matches, p_binomial=p_bin,
+            statistic=float(matches / n_rel) if n_rel else 0.0,
+            p_value=p,
+            z=z_score,
+            n_probes=int(band.sum()),
+            n_moved=n_rel,
+            n_null_keys=0,
+            alpha=alpha,
+            claimed=p <= alpha,
+            test=BOUNDARY_HASH_TEST,
+            matches=matches,
+            p_binomial=p_bin,
         )
 
     # --- probability answers ------------------------------------------------------------------------------
@@ -948,8 +980,11 @@ class AnswerWatermark:
         if base is not None and not base_labels and not labels_only:
             quiet = base[:, c] < QUIET_BELOW
         use_half = int(quiet.sum()) >= 3
-        log_residual = (np.log(answers[quiet, c] + LOG_FLOOR) - np.log(base[quiet, c] + LOG_FLOOR))[:, None] if (
-            use_half and base is not None) else np.zeros((0, 1))
+        log_residual = (
+            (np.log(answers[quiet, c] + LOG_FLOOR) - np.log(base[quiet, c] + LOG_FLOOR))[:, None]
+            if (use_half and base is not None)
+            else np.zeros((0, 1))
+        )
 
         def statistics(v: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             s = np.cos(self.frequency * (x @ v) + phases)

@@ -164,8 +164,10 @@ def run_api_watermark(
         if perfect < math.log(len(phases) / alpha):
             run_label = False
             phases.remove("label")
-            notes.append(f"{n_label} replaced labels could not reach p ≤ α/{len(phases) + 1} even if all were "
-                         "reproduced: the label phase was skipped and its share of α went to the other phases")
+            notes.append(
+                f"{n_label} replaced labels could not reach p ≤ α/{len(phases) + 1} even if all were "
+                "reproduced: the label phase was skipped and its share of α went to the other phases"
+            )
     alpha_phase = alpha / max(1, len(phases))
 
     evidence: dict[str, Any] = {"phases": {}}
@@ -184,25 +186,39 @@ def run_api_watermark(
         used += ev.queries
         claimed |= ev.claimed
         p_adjusted.append(min(1.0, ev.p_value * alpha / alpha_phase))
-        evidence["phases"]["label"] = {**ev.to_dict(), "probes_available": len(label_probes),
-                                       "alpha": alpha_phase, "false_claim_bound": alpha_phase}
+        evidence["phases"]["label"] = {
+            **ev.to_dict(),
+            "probes_available": len(label_probes),
+            "alpha": alpha_phase,
+            "false_claim_bound": alpha_phase,
+        }
     if run_boundary and not claimed and used < limit:
         assert x_band is not None and own_band is not None
         x_band, own_band = x_band[: limit - used], own_band[: limit - used]
         if mark.boundary_side_mode == "hash":  # a perfect copy: every probe relevant and matching
             n_b = len(x_band)
             achievable |= float(mixture_log_wealth(np.array([n_b]), np.array([n_b]), 0.5)[0]) >= math.log(
-                1.0 / alpha_phase)
+                1.0 / alpha_phase
+            )
         else:
             achievable |= 1.0 / (params["n_null_keys"] + 1) <= alpha_phase
         report(0.3, f"boundary phase: {len(x_band)} probes")
-        b_ev = mark.verify_boundary(x_band, suspect.labels(x_band), own_band, alpha=alpha_phase,
-                                    n_null_keys=params["n_null_keys"], seed=params["seed"])
+        b_ev = mark.verify_boundary(
+            x_band,
+            suspect.labels(x_band),
+            own_band,
+            alpha=alpha_phase,
+            n_null_keys=params["n_null_keys"],
+            seed=params["seed"],
+        )
         used += len(x_band)
         claimed |= b_ev.claimed
         p_adjusted.append(min(1.0, b_ev.p_value * alpha / alpha_phase))
-        evidence["phases"]["boundary"] = {**b_ev.to_dict(), "probes": "the suspected clients' logged label "
-                                          "answers in the owner's boundary band", "queries": len(x_band)}
+        evidence["phases"]["boundary"] = {
+            **b_ev.to_dict(),
+            "probes": "the suspected clients' logged label answers in the owner's boundary band",
+            "queries": len(x_band),
+        }
     if run_prob and not claimed and used < limit:
         assert x_prob is not None
         x_prob = x_prob[: limit - used]
@@ -223,8 +239,14 @@ def run_api_watermark(
                 if own is None:  # an owner answering labels: its one-hot answers are the baseline
                     own = np.eye(mark.n_classes)[owner.labels(new)]
                 baseline = np.concatenate([baseline, own])
-            prob_ev = mark.verify_probabilities(x_prob[:n], answers, baseline=baseline, alpha=alpha_look,
-                                                n_null_keys=params["n_null_keys"], seed=params["seed"] + i)
+            prob_ev = mark.verify_probabilities(
+                x_prob[:n],
+                answers,
+                baseline=baseline,
+                alpha=alpha_look,
+                n_null_keys=params["n_null_keys"],
+                seed=params["seed"] + i,
+            )
             if prob_ev.claimed:
                 break
         assert prob_ev is not None
@@ -270,10 +292,14 @@ def run_api_watermark(
         alpha=alpha,
         false_claim_bound=alpha,
         test_name=" / ".join(
-            {"label": SEQUENTIAL_LABEL_TEST, "probabilities": PROBABILITY_TEST,
-             "boundary": BOUNDARY_HASH_TEST if mark.boundary_side_mode == "hash" else BOUNDARY_TEST}[p]
+            {
+                "label": SEQUENTIAL_LABEL_TEST,
+                "probabilities": PROBABILITY_TEST,
+                "boundary": BOUNDARY_HASH_TEST if mark.boundary_side_mode == "hash" else BOUNDARY_TEST,
+            }[p]
             for p in phases
-        ) or "none",
+        )
+        or "none",
         combination="claim when any phase claims; phase α split equally (union bound); p = min_i p_i·α/α_i",
         null_hypothesis=NULL_HYPOTHESIS,
         queries_used=used,

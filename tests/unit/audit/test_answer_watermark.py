@@ -301,13 +301,13 @@ def test_boundary_test_false_claims_over_wrong_keys() -> None:
     averaged over keys; ties count against the claim)."""
     probes, owner = _boundary_world(3000, seed=4)
     weights = 6.0 * np.random.default_rng(11).normal(size=(BOUNDARY_D, K))
-    own_boundary = (probes.astype(np.float64) @ (weights + np.random.default_rng(5).normal(0, 1.5, weights.shape)))
+    own_boundary = probes.astype(np.float64) @ (weights + np.random.default_rng(5).normal(0, 1.5, weights.shape))
     z = own_boundary.argmax(axis=1)
     alpha, trials = 0.05, 400
     claims = sum(
-        _boundary_mark(f"null-key-{i:05d}".encode().ljust(32, b".")).verify_boundary(
-            probes, z, owner, alpha=alpha, n_null_keys=199, seed=i
-        ).claimed
+        _boundary_mark(f"null-key-{i:05d}".encode().ljust(32, b"."))
+        .verify_boundary(probes, z, owner, alpha=alpha, n_null_keys=199, seed=i)
+        .claimed
         for i in range(trials)
     )
     assert claims <= alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)  # +3σ of the binomial
@@ -474,8 +474,9 @@ def test_combined_probability_test_false_claims_over_keys() -> None:
     by the same wrong keys, so the claim rate at α = 0.1 stays about 0.1 (no multiplicity inflation)."""
     alpha, claims, trials = 0.1, 0, 0
     for i in range(150):
-        w = AnswerWatermark(f"combined-null-{i:04d}".encode().ljust(32, b"."), n_classes=K, input_dim=D,
-                            amplitude=0.1, frequency=23.0)
+        w = AnswerWatermark(
+            f"combined-null-{i:04d}".encode().ljust(32, b"."), n_classes=K, input_dim=D, amplitude=0.1, frequency=23.0
+        )
         x, owner, q = _diluted_copy(w, 200, seed=1000 + i, share=0.0)
         ev = w.verify_probabilities(x, q, baseline=owner, alpha=alpha, n_null_keys=99, seed=i)
         assert ev.half_wave_probes > 0
