@@ -260,33 +260,19 @@ class BoundaryEvidence(_Claim):
     p_binomial: float | None = None  # hash side: fixed-n binomial P(Bin(n_moved, 1/2) ≥ matches), for reading
 
     def to_dict(self) -> dict[str, Any]:
+        counts: dict[str, Any] = {"n_probes": self.n_probes, "n_moved": self.n_moved}
         if self.test == BOUNDARY_HASH_TEST:
             null = (
                 "suspect independent of the key: on each new logged input where it answers one of the owner's "
                 "top two, it answers the keyed choice with probability 1/2 given everything before"
             )
-            counts = {
-                "n_probes": self.n_probes,
-                "n_moved": self.n_moved,
-                "matches": self.matches,
-                "p_binomial_fixed_n": self.p_binomial,
-            }
-            return {
-                "test": self.test,
-                "null": null,
-                **counts,
-                "statistic": self.statistic,
-                "z_approx": self.z,
-                "p_value": self.p_value,
-                "alpha": self.alpha,
-                "false_claim_bound": self.alpha,
-                "decision": self.decision,
-            }
-        null = (
-            "suspect independent of the key and probes chosen without it: the statistic under the true (u, ψ) "
-            "is exchangeable with those under (u, ψ) drawn from the same distribution"
-        )
-        counts = {"n_probes": self.n_probes, "n_moved": self.n_moved, "n_null_keys": self.n_null_keys}
+            counts.update(matches=self.matches, p_binomial_fixed_n=self.p_binomial)
+        else:
+            null = (
+                "suspect independent of the key and probes chosen without it: the statistic under the true (u, ψ) "
+                "is exchangeable with those under (u, ψ) drawn from the same distribution"
+            )
+            counts.update(n_null_keys=self.n_null_keys)
         return {
             "test": self.test,
             "null": null,

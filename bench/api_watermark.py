@@ -166,21 +166,6 @@ def world(name: str, seed: int) -> dict[str, Any]:
     }
 
 
-def settings_mark(settings: Settings, dim: int) -> AnswerWatermark:
-    """The audit's view of the gateway's key and parameters (what ``workers/api_watermark.py`` builds)."""
-    return AnswerWatermark(
-        settings.answer_watermark_key(),
-        n_classes=K,
-        input_dim=dim,
-        amplitude=settings.answer_watermark_amplitude,
-        frequency=settings.answer_watermark_frequency,
-        label_share=settings.answer_watermark_label_share,
-        boundary_margin=settings.answer_watermark_boundary_margin,
-        boundary_share=settings.answer_watermark_boundary_share,
-        boundary_side=settings.answer_watermark_boundary_side,
-    )
-
-
 # --- the gateway's marking as an oracle --------------------------------------------------------------------
 
 
@@ -237,7 +222,7 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
         answer_watermark_boundary_side=args.boundary_side,
     )
     marker = AnswerMarker(settings, GatewayMetrics(CollectorRegistry()))
-    mark = settings_mark(settings, x.shape[1])
+    mark = settings.answer_watermark(K, x.shape[1])
     owner = CallableSuspect(victim.predict, victim.predict_proba)
     victim_test = victim.predict(x_test)
     log(f"[{name}] victim accuracy {np.mean(victim_test == y[parts['test']]):.3f} ({time.perf_counter() - t0:.0f} s)")

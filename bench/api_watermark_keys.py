@@ -31,7 +31,7 @@ from sklearn.neural_network import MLPClassifier
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api_watermark import SECRET, K, MarkedOracle, audit_row, log, settings_mark, world  # noqa: E402  (beside this script)
+from api_watermark import SECRET, K, MarkedOracle, audit_row, log, world  # noqa: E402  (beside this script)
 
 from audit.suspects.base import CallableSuspect  # noqa: E402
 from services.core.settings import Settings  # noqa: E402
@@ -76,7 +76,7 @@ def main() -> dict[str, Any]:
         for k, secret in enumerate(secrets(args.keys)):
             settings = Settings(env="test", answer_watermark_secret=secret, answer_watermark_boundary_side=side)
             marker = AnswerMarker(settings, GatewayMetrics(CollectorRegistry()))
-            mark = settings_mark(settings, x.shape[1])
+            mark = settings.answer_watermark(K, x.shape[1])
             thieves = {
                 "jbda_labels": lambda: JacobianAugmentation(
                     seed_set=pool[thieves_pool[2]][:100],

@@ -19,7 +19,7 @@ import secrets
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -27,6 +27,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from services.core import keys
 from services.core.policy import OutputPolicy
+
+if TYPE_CHECKING:
+    from audit.answer_watermark import AnswerWatermark
 
 T = TypeVar("T")
 
@@ -352,6 +355,17 @@ class Settings(BaseSettings):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"MODELCUSTODY_DETECTOR_TIGHTENED_POLICY is not a valid output policy: {exc}") from None
         return self
+
+    def answer_watermark(self, n_classes: int, input_dim: int, secret: bytes | None = None) -> AnswerWatermark:
+        """The deployment's answer watermark for one model shape: the gateway, the audit worker, the demo and the
+        benchmarks build it here, so they agree on every parameter. ``secret``: one already read (default: read
+        it with ``answer_watermark_key``)."""
+        from audit.answer_watermark import AnswerWatermark  # numpy: not every reader of the settings needs it
+
+        names = ("amplitude", "frequency", "label_share", "boundary_margin", "boundary_share", "boundary_side")
+        key = self.answer_watermark_key() if secret is None else secret
+        params = {name: getattr(self, f"answer_watermark_{name}") for name in names}
+        return AnswerWatermark(key, n_classes=n_classes, input_dim=input_dim, **params)
 
     def answer_watermark_key(self) -> bytes:
         """The deployment's answer-watermark secret as bytes (dev/demo/test: the data dir's shared file)."""

@@ -27,7 +27,6 @@ import numpy as np
 import redis
 from rich.console import Console
 
-from audit.answer_watermark import AnswerWatermark
 from audit.api_watermark import run_api_watermark
 from audit.report import build_report, report_subjects
 from audit.signing import (
@@ -113,17 +112,7 @@ def audit_and_sign(
 ) -> StoryResult:
     settings = Settings(env="demo", data_dir=data_dir, answer_watermark_frequency=DEMO_FREQUENCY)
     logged = read_logged_answers(r, stream, [thief])
-    mark = AnswerWatermark(
-        settings.answer_watermark_key(),
-        n_classes=10,
-        input_dim=64,
-        amplitude=settings.answer_watermark_amplitude,
-        frequency=settings.answer_watermark_frequency,
-        label_share=settings.answer_watermark_label_share,
-        boundary_margin=settings.answer_watermark_boundary_margin,
-        boundary_share=settings.answer_watermark_boundary_share,
-        boundary_side=settings.answer_watermark_boundary_side,
-    )
+    mark = settings.answer_watermark(10, 64)
     victim = train_model("mlp", split)  # the same seeded model the server runs: the owner's unmarked answers
     owner = CallableSuspect(victim.predict, victim.predict_proba)
     from sklearn.exceptions import ConvergenceWarning

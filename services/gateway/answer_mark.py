@@ -44,13 +44,8 @@ class AnswerMarker:
     def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
         self.mode = settings.answer_watermark_mode
         self.metrics = metrics
+        self._settings = settings
         self._secret = settings.answer_watermark_key() if self.mode != "off" else b""
-        self._amplitude = settings.answer_watermark_amplitude
-        self._frequency = settings.answer_watermark_frequency
-        self._label_share = settings.answer_watermark_label_share
-        self._boundary_margin = settings.answer_watermark_boundary_margin
-        self._boundary_share = settings.answer_watermark_boundary_share
-        self._boundary_side = settings.answer_watermark_boundary_side
         self._label_classes = settings.answer_watermark_n_classes
         self._marks: dict[tuple[int, int], AnswerWatermark] = {}
         self._warned_no_classes = False
@@ -68,17 +63,7 @@ class AnswerMarker:
         if mark is None:
             if len(self._marks) >= 64:  # a bound on what clients sending odd shapes can make us keep
                 self._marks.clear()
-            mark = self._marks[(dim, n_classes)] = AnswerWatermark(
-                self._secret,
-                n_classes=n_classes,
-                input_dim=dim,
-                amplitude=self._amplitude,
-                frequency=self._frequency,
-                label_share=self._label_share,
-                boundary_margin=self._boundary_margin,
-                boundary_share=self._boundary_share,
-                boundary_side=self._boundary_side,
-            )
+            mark = self._marks[(dim, n_classes)] = self._settings.answer_watermark(n_classes, dim, self._secret)
         return mark
 
     def serve(
