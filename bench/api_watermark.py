@@ -9,8 +9,9 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 
 - **Victim**: a scikit-learn MLP on the owner's rows (digits 600, MNIST 10,000).
 - **Marking**: the gateway's own function (``services.gateway.answer_mark.AnswerMarker.serve``, default settings:
-  amplitude 0.1, frequency 5.75 rad per unit, label share 1 %, boundary margin 0.5 and share 1 for label
-  answers; ``--frequency``, ``--boundary-margin``, ``--boundary-share`` override) applied in-process
+  amplitude 0.1, frequency 5.75 rad per unit, label share 1 %, boundary margin 0.5, share 1 and side "hash"
+  for label answers; ``--frequency``, ``--boundary-margin``, ``--boundary-share``, ``--boundary-side``
+  override) applied in-process
   to the victim's answers, so every copy here is trained on exactly what a gateway would have served. A live
   gateway per copy is too slow on two shared cores; ``tests/integration/test_audits_e2e.py`` and
   ``modelcustody demo`` run one copy through the real gateway end to end.
