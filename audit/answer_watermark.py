@@ -8,12 +8,16 @@ every gateway process and every restart answers the same input the same way:
   ``label_share`` of inputs; for those the served label is replaced by a keyed choice among the other classes.
   A thief's copy that fits its training answers reproduces those wrong labels on the inputs it was served.
 - **Label answers near the decision boundary** (ours; ``boundary_margin`` > 0, computed from the upstream's
-  probabilities). Where the top-2 margin p₁ − p₂ is below ``boundary_margin``, the side σ(x) ∈ {−1, 0, +1} of a
-  keyed cosine cos(f·<u, x> + ψ) against ±θ decides between the top two classes: +1 serves the higher-numbered,
-  −1 the lower-numbered. The served boundary between every pair of classes wiggles with a keyed, smooth region
-  of input space, which a copy fitting the answers reproduces around its training inputs (DAWN's per-input
-  flips are isolated points). Boundary-seeking thieves query exactly there. ``verify_boundary`` tests it by an
-  exact rank test over wrong keys (u, ψ).
+  probabilities). Where the top-2 margin p₁ − p₂ is below ``boundary_margin``, a keyed side σ(x) ∈ {−1, 0, +1}
+  decides between the top two classes: +1 serves the higher-numbered, −1 the lower-numbered. Boundary-seeking
+  thieves query exactly there, and the runner-up is a label copies fit far more easily than DAWN's random one.
+  Two ways to pick σ (``boundary_side``): "hash" (default), a coin per distinct canonical input from its keyed
+  HMAC (the DAWN digest's 4th word), so each logged input is an independent fair coin under the null and
+  ``verify_boundary`` is a Bernoulli(1/2) test martingale in logged order, valid even on the log of a client
+  that adapted to our answers; "smooth", the side of a keyed cosine cos(f·<u, x> + ψ) against ±θ, a smooth
+  keyed region a copy reproduces around its training inputs, tested by a rank test over wrong keys (u, ψ),
+  exact only when the probes did not depend on the key, and weaker over keys because nearby logged probes share
+  a side (docs/audits.md has both measured over keys).
 - **Probability answers** (CosWM: Charette, Chu, Chen, Pei, Wang, Zhang, "Cosine Model Watermarking Against
   Ensemble Distillation", AAAI 2022, arXiv 2203.02777). A keyed cosine of a keyed projection of the input,
   s(x) = cos(f·<v, x> + φ), moves ``amplitude``·s(x) of probability mass into (or out of) one keyed class c*.
@@ -141,6 +145,11 @@ BOUNDARY_TEST = (
     "suspect's move towards the higher- or lower-numbered class of the owner's top two, on probes where the "
     "owner's top-2 margin is below the boundary margin"
 )
+BOUNDARY_HASH_TEST = (
+    "uniform-mixture Bernoulli test martingale (Ville) on the probes, in logged order, where the suspect answers "
+    "one of the owner's top two and the input's keyed side is active: P(answer = the keyed choice) = 1/2"
+)
+BOUNDARY_SIDES = ("smooth", "hash")
 PROBABILITY_TEST = (
     "Monte-Carlo rank test against random wrong keys (same c*) of the smaller rank p-value of two statistics: "
     "the class-c* residual's correlation with the keyed cosine, and on probes where the baseline gives c* < 1%, "
@@ -247,14 +256,34 @@ class BoundaryEvidence(_Claim):
     alpha: float
     claimed: bool
     test: str = BOUNDARY_TEST
+    matches: int | None = None  # hash side: probes where the suspect answers the keyed choice of the top two
+    p_binomial: float | None = None  # hash side: fixed-n binomial P(Bin(n_moved, 1/2) ≥ matches), for reading
 
     def to_dict(self) -> dict[str, Any]:
-        null = ("suspect independent of the key and probes chosen without it: the statistic under the true (u, ψ) "
-                "is exchangeable with those under (u, ψ) drawn from the same distribution")
-        counts = {"n_probes": self.n_probes, "n_moved": self.n_moved, "n_null_keys": self.n_null_keys}
-        return {"test": self.test, "null": null, **counts, "statistic": self.statistic, "z_approx": self.z,
-                "p_value": self.p_value, "alpha": self.alpha, "false_claim_bound": self.alpha,
-                "decision": self.decision}
+        counts: dict[str, Any] = {"n_probes": self.n_probes, "n_moved": self.n_moved}
+        if self.test == BOUNDARY_HASH_TEST:
+            null = (
+                "suspect independent of the key: on each new logged input where it answers one of the owner's "
+                "top two, it answers the keyed choice with probability 1/2 given everything before"
+            )
+            counts.update(matches=self.matches, p_binomial_fixed_n=self.p_binomial)
+        else:
+            null = (
+                "suspect independent of the key and probes chosen without it: the statistic under the true (u, ψ) "
+                "is exchangeable with those under (u, ψ) drawn from the same distribution"
+            )
+            counts.update(n_null_keys=self.n_null_keys)
+        return {
+            "test": self.test,
+            "null": null,
+            **counts,
+            "statistic": self.statistic,
+            "z_approx": self.z,
+            "p_value": self.p_value,
+            "alpha": self.alpha,
+            "false_claim_bound": self.alpha,
+            "decision": self.decision,
+        }
 
 
 @dataclass(frozen=True)
@@ -464,6 +493,7 @@ class AnswerWatermark:
         margin_kept: float = 0.5,
         boundary_margin: float = 0.0,
         boundary_share: float = 1.0,
+        boundary_side: str = "hash",
     ) -> None:
         if not isinstance(secret, bytes | bytearray) or len(secret) < 16:
             raise ValueError("secret must be at least 16 bytes (128 bits)")
@@ -485,6 +515,8 @@ class AnswerWatermark:
             raise ValueError(f"boundary_margin must be in [0, 1), got {boundary_margin}")
         if not 0.0 < boundary_share <= 1.0:
             raise ValueError(f"boundary_share must be in (0, 1], got {boundary_share}")
+        if boundary_side not in BOUNDARY_SIDES:
+            raise ValueError(f"boundary_side must be one of {BOUNDARY_SIDES}, got {boundary_side!r}")
         self.n_classes = n_classes
         self.input_dim = input_dim
         self.amplitude = amplitude
@@ -494,6 +526,9 @@ class AnswerWatermark:
         self.margin_kept = margin_kept
         self.boundary_margin = boundary_margin
         self.boundary_share = boundary_share
+        self.boundary_side_mode = boundary_side
+        # hash side: the input's 4th digest word; bits 1..63 below this make the side active, bit 0 its sign
+        self._boundary_active = min(int(boundary_share * 2.0**63), 2**63 - 1)
         # |cos| ≥ θ on a share ``boundary_share`` of a uniform phase: P(|cos U| ≥ θ) = (2/π)·arccos θ
         self._boundary_threshold = math.cos(math.pi * boundary_share / 2)
         self._input_key = _subkey(bytes(secret), b"input")
@@ -518,6 +553,7 @@ class AnswerWatermark:
             "margin_kept": self.margin_kept,
             "boundary_margin": self.boundary_margin,
             "boundary_share": self.boundary_share,
+            "boundary_side": self.boundary_side_mode,
         }
 
     @staticmethod
@@ -659,8 +695,20 @@ class AnswerWatermark:
         theta = self._boundary_threshold
         return (s >= theta).astype(np.float64) - (s <= -theta).astype(np.float64)
 
+    def _hash_sides(self, words: np.ndarray) -> np.ndarray:
+        """[n] per-input side from the input's keyed digest: active on a share ``boundary_share`` (bits 1..63 of
+        the 4th word), then +1 or −1 by its bit 0. DAWN's selection, offset and probe order use words 0–2, so
+        the side is independent of them; each distinct canonical input draws a fresh fair sign."""
+        w = words[:, 3]
+        active = (w >> np.uint64(1)) < np.uint64(self._boundary_active)
+        sign = np.where((w & np.uint64(1)) == 1, 1.0, -1.0)
+        return np.where(active, sign, 0.0)
+
     def boundary_side(self, x: ArrayLike) -> np.ndarray:
-        """[n] the key's region side of each input (+1: the higher-numbered class gains, −1: the lower, 0: none)."""
+        """[n] the key's side of each input (+1: the higher-numbered class gains, −1: the lower, 0: none): the
+        region of the keyed cosine (``boundary_side`` "smooth") or the input's keyed hash ("hash")."""
+        if self.boundary_side_mode == "hash":
+            return self._hash_sides(self._digests(x))
         x64 = self._rows(x).astype(np.float64)
         return self._boundary_sides(x64, self.boundary_projection[:, None], np.array([self.boundary_phase]))[:, 0]
 
@@ -700,7 +748,7 @@ class AnswerWatermark:
         y = top if labels is None else self._labels(labels, n)
         if self.boundary_margin <= 0.0 or n == 0:
             return MarkedLabels(labels=y, marked=np.zeros(n, dtype=bool))
-        side = self._boundary_sides(x64, self.boundary_projection[:, None], np.array([self.boundary_phase]))[:, 0]
+        side = self.boundary_side(x64)
         higher = np.where(runner > top, 1.0, -1.0)  # +1 when the runner-up is the higher-numbered class
         flip = (margin < self.boundary_margin) & (side == higher)
         return MarkedLabels(labels=np.where(flip, runner, y), marked=flip)
@@ -715,9 +763,11 @@ class AnswerWatermark:
         n_null_keys: int = 1999,
         seed: int = 0,
     ) -> BoundaryEvidence:
-        """Does the suspect's boundary wiggle with the key's region?
+        """Does the suspect's boundary follow the key's sides?
 
-        Probes: inputs chosen without the key; only those where the owner's top-2 margin is below
+        With ``boundary_side`` "hash" the probes must be distinct and in the order the client sent them, and the
+        test is the test martingale of ``_verify_hash_sides`` (``n_null_keys`` and ``seed`` unused). With
+        "smooth", as follows. Probes: inputs chosen without the key; only those where the owner's top-2 margin is below
         ``boundary_margin`` count (elsewhere nothing was marked). Per probe, with (a, b) the owner's top two,
         e = +1 if the suspect answers the higher-numbered of them, −1 the lower, 0 another class; the residual
         r = e − e_owner (the owner answers a) keeps only where the suspect departs from the owner's unmarked
@@ -738,6 +788,8 @@ class AnswerWatermark:
         z = self._labels(suspect_labels, n)
         top, runner, margin = self._top_two(owner_probabilities, n)
         band = margin < self.boundary_margin
+        if self.boundary_side_mode == "hash":
+            return self._verify_hash_sides(x_probe, z, top, runner, band, alpha)
         x64, z, top, runner = x64[band], z[band], top[band], runner[band]
         hi, lo = np.maximum(top, runner), np.minimum(top, runner)
         e = (z == hi).astype(np.float64) - (z == lo).astype(np.float64)
@@ -762,6 +814,54 @@ class AnswerWatermark:
         std = float(wrong.std(ddof=1)) if n_null_keys > 1 else 0.0
         z_score = (t0 - float(wrong.mean())) / std if std > 0 else 0.0
         return BoundaryEvidence(t0, p, z_score, int(band.sum()), moved, n_null_keys, alpha, p <= alpha)
+
+    def _verify_hash_sides(
+        self, x_probe: ArrayLike, z: np.ndarray, top: np.ndarray, runner: np.ndarray, band: np.ndarray, alpha: float
+    ) -> BoundaryEvidence:
+        """The per-input (hash) side's test: a fair coin per new input under the null, taken in logged order.
+
+        Relevant probes: in the band, the key's side active, and the suspect answering one of the owner's top
+        two (a, b); all three are known before the input's side bit is looked at. The keyed choice there is b
+        when the side favours b's number (higher or lower), else a. Null: the suspect is independent of the key.
+        The side of a new canonical input is a fresh HMAC bit, fair and independent of every earlier input,
+        answer and side, and of whether the input is relevant; so, in the order the client sent them, each
+        relevant probe matches the keyed choice with probability exactly 1/2 given everything before, whatever
+        the client chose to query from what it had been served (an adaptive client included) and whenever it
+        stopped. The uniform-mixture Bernoulli likelihood ratio (q ∈ [1/2, 1]) is then a test martingale, and
+        p = 1 / max_t M_t is valid by Ville's inequality (P(p ≤ α) ≤ α). A fixed-n binomial on the same counts
+        is reported for reading only: it is exact when the number of relevant probes does not depend on the
+        key, which a client that stops on what it was served can break. Repeats of an input carry its first
+        side again, not a new coin: pass distinct inputs (the audit de-duplicates by canonical form).
+        """
+        side = self._hash_sides(self._digests(x_probe))
+        higher = np.maximum(top, runner)
+        keyed = np.where(np.where(runner == higher, 1.0, -1.0) == side, runner, top)
+        relevant = band & (side != 0) & ((z == top) | (z == runner))
+        hit = (z == keyed)[relevant]
+        n_rel = int(relevant.sum())
+        matches = int(hit.sum())
+        if n_rel:
+            log_m = mixture_log_wealth(np.cumsum(hit), np.arange(1, n_rel + 1), 0.5)
+            p = float(min(1.0, math.exp(-max(0.0, float(np.max(log_m))))))
+        else:
+            p = 1.0
+        from scipy import stats
+
+        p_bin = float(stats.binom.sf(matches - 1, n_rel, 0.5)) if matches else 1.0
+        z_score = (matches - n_rel / 2) / math.sqrt(n_rel / 4) if n_rel else 0.0
+        return BoundaryEvidence(
+            statistic=float(matches / n_rel) if n_rel else 0.0,
+            p_value=p,
+            z=z_score,
+            n_probes=int(band.sum()),
+            n_moved=n_rel,
+            n_null_keys=0,
+            alpha=alpha,
+            claimed=p <= alpha,
+            test=BOUNDARY_HASH_TEST,
+            matches=matches,
+            p_binomial=p_bin,
+        )
 
     # --- probability answers ------------------------------------------------------------------------------
 
@@ -866,8 +966,11 @@ class AnswerWatermark:
         if base is not None and not base_labels and not labels_only:
             quiet = base[:, c] < QUIET_BELOW
         use_half = int(quiet.sum()) >= 3
-        log_residual = (np.log(answers[quiet, c] + LOG_FLOOR) - np.log(base[quiet, c] + LOG_FLOOR))[:, None] if (
-            use_half and base is not None) else np.zeros((0, 1))
+        log_residual = (
+            (np.log(answers[quiet, c] + LOG_FLOOR) - np.log(base[quiet, c] + LOG_FLOOR))[:, None]
+            if (use_half and base is not None)
+            else np.zeros((0, 1))
+        )
 
         def statistics(v: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             s = np.cos(self.frequency * (x @ v) + phases)

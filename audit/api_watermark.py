@@ -10,9 +10,11 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    under the null that the suspect never saw our marked answers). It stops at the first query with p ≤ α.
 2. **Boundary phase**, when the clients were served label answers and the owner answers probabilities.
    Probes: the clients' distinct logged label-answer inputs where the owner's top-2 margin is in the boundary
-   band. Test: ``AnswerWatermark.verify_boundary``, the exact rank test of the suspect's departures from the
-   owner's label against the key's region side, over wrong keys (exact when the logged queries did not depend
-   on the key; docs/audits.md has the false-claim measurement on adaptive clients' logs). One look.
+   band. Test: ``AnswerWatermark.verify_boundary``. With the smooth side (the keyed cosine region), the exact
+   rank test of the suspect's departures from the owner's label against the key's region side, over wrong
+   keys (exact when the logged queries did not depend on the key; docs/audits.md has the false-claim
+   measurement on adaptive clients' logs); one look. With the hash side (a keyed coin per input), the probes
+   stay in logged order and the test is a Bernoulli(1/2) test martingale, valid whatever the client adapted.
 3. **Probability phase** (CosWM-style), when the suspect answers probabilities. Probes: the suspected
    clients' logged inputs that were served marked probabilities (the thief trained on exactly these, so its
    copy carries the cosine there most strongly), or, with no log, fresh probes from the owner's reference
@@ -46,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from audit.answer_watermark import (
+    BOUNDARY_HASH_TEST,
     BOUNDARY_TEST,
     PROBABILITY_TEST,
     SEQUENTIAL_LABEL_TEST,
@@ -161,8 +164,10 @@ def run_api_watermark(
         if perfect < math.log(len(phases) / alpha):
             run_label = False
             phases.remove("label")
-            notes.append(f"{n_label} replaced labels could not reach p ≤ α/{len(phases) + 1} even if all were "
-                         "reproduced: the label phase was skipped and its share of α went to the other phases")
+            notes.append(
+                f"{n_label} replaced labels could not reach p ≤ α/{len(phases) + 1} even if all were "
+                "reproduced: the label phase was skipped and its share of α went to the other phases"
+            )
     alpha_phase = alpha / max(1, len(phases))
 
     evidence: dict[str, Any] = {"phases": {}}
@@ -181,20 +186,39 @@ def run_api_watermark(
         used += ev.queries
         claimed |= ev.claimed
         p_adjusted.append(min(1.0, ev.p_value * alpha / alpha_phase))
-        evidence["phases"]["label"] = {**ev.to_dict(), "probes_available": len(label_probes),
-                                       "alpha": alpha_phase, "false_claim_bound": alpha_phase}
+        evidence["phases"]["label"] = {
+            **ev.to_dict(),
+            "probes_available": len(label_probes),
+            "alpha": alpha_phase,
+            "false_claim_bound": alpha_phase,
+        }
     if run_boundary and not claimed and used < limit:
         assert x_band is not None and own_band is not None
         x_band, own_band = x_band[: limit - used], own_band[: limit - used]
-        achievable |= 1.0 / (params["n_null_keys"] + 1) <= alpha_phase
+        if mark.boundary_side_mode == "hash":  # a perfect copy: every probe relevant and matching
+            n_b = len(x_band)
+            achievable |= float(mixture_log_wealth(np.array([n_b]), np.array([n_b]), 0.5)[0]) >= math.log(
+                1.0 / alpha_phase
+            )
+        else:
+            achievable |= 1.0 / (params["n_null_keys"] + 1) <= alpha_phase
         report(0.3, f"boundary phase: {len(x_band)} probes")
-        b_ev = mark.verify_boundary(x_band, suspect.labels(x_band), own_band, alpha=alpha_phase,
-                                    n_null_keys=params["n_null_keys"], seed=params["seed"])
+        b_ev = mark.verify_boundary(
+            x_band,
+            suspect.labels(x_band),
+            own_band,
+            alpha=alpha_phase,
+            n_null_keys=params["n_null_keys"],
+            seed=params["seed"],
+        )
         used += len(x_band)
         claimed |= b_ev.claimed
         p_adjusted.append(min(1.0, b_ev.p_value * alpha / alpha_phase))
-        evidence["phases"]["boundary"] = {**b_ev.to_dict(), "probes": "the suspected clients' logged label "
-                                          "answers in the owner's boundary band", "queries": len(x_band)}
+        evidence["phases"]["boundary"] = {
+            **b_ev.to_dict(),
+            "probes": "the suspected clients' logged label answers in the owner's boundary band",
+            "queries": len(x_band),
+        }
     if run_prob and not claimed and used < limit:
         assert x_prob is not None
         x_prob = x_prob[: limit - used]
@@ -215,8 +239,14 @@ def run_api_watermark(
                 if own is None:  # an owner answering labels: its one-hot answers are the baseline
                     own = np.eye(mark.n_classes)[owner.labels(new)]
                 baseline = np.concatenate([baseline, own])
-            prob_ev = mark.verify_probabilities(x_prob[:n], answers, baseline=baseline, alpha=alpha_look,
-                                                n_null_keys=params["n_null_keys"], seed=params["seed"] + i)
+            prob_ev = mark.verify_probabilities(
+                x_prob[:n],
+                answers,
+                baseline=baseline,
+                alpha=alpha_look,
+                n_null_keys=params["n_null_keys"],
+                seed=params["seed"] + i,
+            )
             if prob_ev.claimed:
                 break
         assert prob_ev is not None
@@ -262,9 +292,14 @@ def run_api_watermark(
         alpha=alpha,
         false_claim_bound=alpha,
         test_name=" / ".join(
-            {"label": SEQUENTIAL_LABEL_TEST, "boundary": BOUNDARY_TEST, "probabilities": PROBABILITY_TEST}[p]
+            {
+                "label": SEQUENTIAL_LABEL_TEST,
+                "probabilities": PROBABILITY_TEST,
+                "boundary": BOUNDARY_HASH_TEST if mark.boundary_side_mode == "hash" else BOUNDARY_TEST,
+            }[p]
             for p in phases
-        ) or "none",
+        )
+        or "none",
         combination="claim when any phase claims; phase α split equally (union bound); p = min_i p_i·α/α_i",
         null_hypothesis=NULL_HYPOTHESIS,
         queries_used=used,
@@ -320,8 +355,9 @@ def _boundary_probes(
         return None, None
     x = np.asarray(logged.inputs[rows], dtype=np.float32)
     _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)  # a repeat is one probe
-    x = x[np.sort(first)]
-    x = x[np.random.default_rng(params["seed"]).permutation(len(x))]  # not keyed: any order is valid
+    x = x[np.sort(first)]  # each input's first occurrence, in logged (time) order
+    if mark.boundary_side_mode != "hash":  # the hash side's martingale needs the order the client sent them in
+        x = x[np.random.default_rng(params["seed"]).permutation(len(x))]  # not keyed: any order is valid
     own = own_model(x)
     if own is None:
         notes.append("the boundary mark was not tested: the owner answered no probabilities")

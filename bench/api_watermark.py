@@ -9,8 +9,9 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 
 - **Victim**: a scikit-learn MLP on the owner's rows (digits 600, MNIST 10,000).
 - **Marking**: the gateway's own function (``services.gateway.answer_mark.AnswerMarker.serve``, default settings:
-  amplitude 0.1, frequency 5.75 rad per unit, label share 1 %, boundary margin 0.5 and share 1 for label
-  answers; ``--frequency``, ``--boundary-margin``, ``--boundary-share`` override) applied in-process
+  amplitude 0.1, frequency 5.75 rad per unit, label share 1 %, boundary margin 0.5, share 1 and side "hash"
+  for label answers; ``--frequency``, ``--boundary-margin``, ``--boundary-share``, ``--boundary-side``
+  override) applied in-process
   to the victim's answers, so every copy here is trained on exactly what a gateway would have served. A live
   gateway per copy is too slow on two shared cores; ``tests/integration/test_audits_e2e.py`` and
   ``modelcustody demo`` run one copy through the real gateway end to end.
@@ -127,9 +128,7 @@ def digits_to_mnist(x8: np.ndarray) -> np.ndarray:
 def mnist_to_digits(x28: np.ndarray) -> np.ndarray:
     """28×28 → 8×8: the central 24×24 averaged in 3×3 blocks, rescaled to digits' [0, 1] range."""
     img = x28.reshape(-1, 28, 28)[:, 2:26, 2:26].reshape(-1, 8, 3, 8, 3).mean(axis=(2, 4))
-    return np.clip(img / np.maximum(img.max(axis=(1, 2), keepdims=True), 1e-6), 0, 1).reshape(-1, 64).astype(
-        np.float32
-    )
+    return np.clip(img / np.maximum(img.max(axis=(1, 2), keepdims=True), 1e-6), 0, 1).reshape(-1, 64).astype(np.float32)
 
 
 def world(name: str, seed: int) -> dict[str, Any]:
@@ -156,8 +155,16 @@ def world(name: str, seed: int) -> dict[str, Any]:
         victim = MLPClassifier(hidden, max_iter=300 if name == "digits" else 60, random_state=seed).fit(
             x[parts["owner"]], y[parts["owner"]]
         )
-    return {"name": name, "x": x, "y": y, "parts": parts, "victim": victim, "other": other,
-            "domain": Domain.box(0.0, 1.0, x.shape[1]), "hidden": hidden}
+    return {
+        "name": name,
+        "x": x,
+        "y": y,
+        "parts": parts,
+        "victim": victim,
+        "other": other,
+        "domain": Domain.box(0.0, 1.0, x.shape[1]),
+        "hidden": hidden,
+    }
 
 
 # --- the gateway's marking as an oracle --------------------------------------------------------------------
@@ -189,8 +196,12 @@ class MarkedOracle:
 
 
 def merge(logs: list[LoggedAnswers]) -> LoggedAnswers:
-    return LoggedAnswers(np.vstack([g.inputs for g in logs]), [o for g in logs for o in g.outputs],
-                         [t for g in logs for t in g.tags], [c for g in logs for c in g.clients])
+    return LoggedAnswers(
+        np.vstack([g.inputs for g in logs]),
+        [o for g in logs for o in g.outputs],
+        [t for g in logs for t in g.tags],
+        [c for g in logs for c in g.clients],
+    )
 
 
 # --- one world --------------------------------------------------------------------------------------------
@@ -201,18 +212,18 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     w = world(name, args.seed)
     x, y, parts, victim, domain = w["x"], w["y"], w["parts"], w["victim"], w["domain"]
     x_test = x[parts["test"]]
-    settings = Settings(env="test", answer_watermark_secret=SECRET, answer_watermark_amplitude=args.amplitude,
-                        answer_watermark_label_share=args.label_share,
-                        answer_watermark_frequency=args.frequency or DEFAULT_FREQUENCY,
-                        answer_watermark_boundary_margin=args.boundary_margin,
-                        answer_watermark_boundary_share=args.boundary_share)
+    settings = Settings(
+        env="test",
+        answer_watermark_secret=SECRET,
+        answer_watermark_amplitude=args.amplitude,
+        answer_watermark_label_share=args.label_share,
+        answer_watermark_frequency=args.frequency or DEFAULT_FREQUENCY,
+        answer_watermark_boundary_margin=args.boundary_margin,
+        answer_watermark_boundary_share=args.boundary_share,
+        answer_watermark_boundary_side=args.boundary_side,
+    )
     marker = AnswerMarker(settings, GatewayMetrics(CollectorRegistry()))
-    mark = AnswerWatermark(SECRET.encode(), n_classes=K, input_dim=x.shape[1],
-                           amplitude=settings.answer_watermark_amplitude,
-                           frequency=settings.answer_watermark_frequency,
-                           label_share=settings.answer_watermark_label_share,
-                           boundary_margin=settings.answer_watermark_boundary_margin,
-                           boundary_share=settings.answer_watermark_boundary_share)
+    mark = settings.answer_watermark(K, x.shape[1])
     owner = CallableSuspect(victim.predict, victim.predict_proba)
     victim_test = victim.predict(x_test)
     log(f"[{name}] victim accuracy {np.mean(victim_test == y[parts['test']]):.3f} ({time.perf_counter() - t0:.0f} s)")
@@ -226,23 +237,43 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     shifts = image_shifts(side, side)
 
     def knockoff(pool_rows: np.ndarray, probs: bool, seed: int) -> Knockoff:
-        return Knockoff(pool=pool_rows, domain=domain, n_classes=K, budget=budget, use_probabilities=probs,
-                        transform=shifts, hidden=(128,), epochs=60, refit_epochs=25, seed=seed)
+        return Knockoff(
+            pool=pool_rows,
+            domain=domain,
+            n_classes=K,
+            budget=budget,
+            use_probabilities=probs,
+            transform=shifts,
+            hidden=(128,),
+            epochs=60,
+            refit_epochs=25,
+            seed=seed,
+        )
 
     attacks: list[tuple[str, Callable[[], Any], bool]] = [
         ("knockoff_probabilities", lambda: knockoff(pool[thieves_pool[0]], True, 1), False),
         ("knockoff_labels", lambda: knockoff(pool[thieves_pool[1]], False, 2), True),
-        ("jbda_labels", lambda: JacobianAugmentation(seed_set=pool[thieves_pool[2]][:100], domain=domain,
-                                                     n_classes=K, budget=budget, hidden=(128,), seed=3), True),
-        ("adaptive_labels", lambda: AdaptiveRetraining(domain=domain, n_classes=K, budget=budget,
-                                                       sampler=pool[thieves_pool[3]], seed=4), True),
+        (
+            "jbda_labels",
+            lambda: JacobianAugmentation(
+                seed_set=pool[thieves_pool[2]][:100], domain=domain, n_classes=K, budget=budget, hidden=(128,), seed=3
+            ),
+            True,
+        ),
+        (
+            "adaptive_labels",
+            lambda: AdaptiveRetraining(
+                domain=domain, n_classes=K, budget=budget, sampler=pool[thieves_pool[3]], seed=4
+            ),
+            True,
+        ),
     ]
     if name == "digits":  # on MNIST, L-BFGS over 7,850 unknowns re-solved 20 times ran > 12 min on 2 shared cores
-        attacks.append(("equation_solving_probabilities",
-                        lambda: EquationSolving(domain=domain, budget=budget, seed=5), False))
+        attacks.append(
+            ("equation_solving_probabilities", lambda: EquationSolving(domain=domain, budget=budget, seed=5), False)
+        )
     if w["other"] is not None:
-        attacks.insert(1, ("knockoff_other_domain_probabilities",
-                           lambda: knockoff(w["other"], True, 6), False))
+        attacks.insert(1, ("knockoff_other_domain_probabilities", lambda: knockoff(w["other"], True, 6), False))
     rows: list[dict[str, Any]] = []
     copies: dict[str, tuple[Any, LoggedAnswers]] = {}
     for kind, make, label_only in attacks:
@@ -262,26 +293,47 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
         members.append(knockoff(pool[thieves_pool[i + 1]], True, 10 + i).run(oracle).copy)
         logs.append(oracle.logged(f"ensemble-{i}"))
     ensemble = _Ensemble(members)
-    rows.append(audit_row("ensemble_3_knockoff_probabilities", ensemble, merge(logs), mark, owner, x_test,
-                          victim_test, False, args))
+    rows.append(
+        audit_row(
+            "ensemble_3_knockoff_probabilities", ensemble, merge(logs), mark, owner, x_test, victim_test, False, args
+        )
+    )
     log(f"[{name}] ensemble: {rows[-1]} ({time.perf_counter() - t:.0f} s)")
     # The same ensemble with twice the suspect queries (3 clients' logs: 3,000 answers): a diagnostic row, not
     # counted in the summary, showing what the 500-query budget leaves on the table for a diluted signal.
-    rows.append(audit_row("extra_ensemble_1000_suspect_queries", ensemble, merge(logs), mark, owner, x_test,
-                          victim_test, False, args, max_queries=2 * MAX_QUERIES))
+    rows.append(
+        audit_row(
+            "extra_ensemble_1000_suspect_queries",
+            ensemble,
+            merge(logs),
+            mark,
+            owner,
+            x_test,
+            victim_test,
+            False,
+            args,
+            max_queries=2 * MAX_QUERIES,
+        )
+    )
 
     # Removal attacks on the Knockoff-probabilities copy.
     base_copy, base_log = copies["knockoff_probabilities"]
     clean_rows = parts["independent"][:300]
-    tuned = train_mlp(x[clean_rows], y[clean_rows], n_classes=K, domain=domain, epochs=20, seed=20,
-                      init=base_copy)
-    rows.append(audit_row("removal_fine_tuned_300_clean", tuned, base_log, mark, owner, x_test, victim_test,
-                          False, args))
+    tuned = train_mlp(x[clean_rows], y[clean_rows], n_classes=K, domain=domain, epochs=20, seed=20, init=base_copy)
+    rows.append(
+        audit_row("removal_fine_tuned_300_clean", tuned, base_log, mark, owner, x_test, victim_test, False, args)
+    )
     other_inputs = pool[thieves_pool[4]]
-    redistilled = train_mlp(other_inputs, base_copy.predict_proba(other_inputs), n_classes=K, domain=domain,
-                            hidden=(128,), epochs=60, seed=21)
-    rows.append(audit_row("removal_redistilled", redistilled, base_log, mark, owner, x_test, victim_test,
-                          False, args))
+    redistilled = train_mlp(
+        other_inputs,
+        base_copy.predict_proba(other_inputs),
+        n_classes=K,
+        domain=domain,
+        hidden=(128,),
+        epochs=60,
+        seed=21,
+    )
+    rows.append(audit_row("removal_redistilled", redistilled, base_log, mark, owner, x_test, victim_test, False, args))
     log(f"[{name}] removal: {rows[-2:]}")
 
     # Independent models: true labels on rows no thief queried, audited against two thieves' logs.
@@ -297,8 +349,19 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
             model = MLPClassifier(widths[i % 3], max_iter=200 if name == "digits" else 30, random_state=100 + i)
             model.fit(x[ind_rows[pick]], y[ind_rows[pick]])
         for kind in INDEPENDENT_LOGS:
-            independents.append(audit_row(f"independent_{i}_vs_{kind}", model, copies[kind][1], mark, owner, x_test,
-                                          victim_test, kind.endswith("labels"), args))
+            independents.append(
+                audit_row(
+                    f"independent_{i}_vs_{kind}",
+                    model,
+                    copies[kind][1],
+                    mark,
+                    owner,
+                    x_test,
+                    victim_test,
+                    kind.endswith("labels"),
+                    args,
+                )
+            )
     claims = sum(r["claimed"] for r in independents)
     claims_by_log = {k: sum(r["claimed"] for r in independents if r["kind"].endswith(k)) for k in INDEPENDENT_LOGS}
     log(f"[{name}] independents: {claims}/{len(independents)} claimed")
@@ -312,8 +375,11 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     worth = [r for r in stolen if r["agreement"] >= AGREEMENT_WORTH_STEALING]
     # Copies whose thief received enough marks for any copy to be claimable: every probability copy; a label
     # copy with ≥ MIN_MARKED_LABELS replaced answers (fewer cannot reach α = 1e-3 even if all are reproduced).
-    carrying = [r for r in worth
-                if r.get("marked_answers", MIN_MARKED_LABELS) + r.get("boundary_answers", 0) >= MIN_MARKED_LABELS]
+    carrying = [
+        r
+        for r in worth
+        if r.get("marked_answers", MIN_MARKED_LABELS) + r.get("boundary_answers", 0) >= MIN_MARKED_LABELS
+    ]
     claimed_q = [r["queries_used"] for r in stolen if r["claimed"]]
     return {
         "queries_to_claim": statistics.median(claimed_q) if claimed_q else None,
@@ -365,10 +431,16 @@ def audit_row(
     max_queries: int = MAX_QUERIES,
 ) -> dict[str, Any]:
     suspect = CallableSuspect(copy.predict, copy.predict_proba)
-    params = {"clients": sorted(set(logged.clients)), "alpha": ALPHA, "max_queries": max_queries,
-              "n_null_keys": args.null_keys, "batch_size": 10}
+    params = {
+        "clients": sorted(set(logged.clients)),
+        "alpha": ALPHA,
+        "max_queries": max_queries,
+        "n_null_keys": args.null_keys,
+        "batch_size": 10,
+    }
     ev = run_api_watermark(suspect, mark, params, logged=logged, owner=owner)
-    return {**diagnosis(copy, logged, mark, owner, label_answers),
+    return {
+        **diagnosis(copy, logged, mark, owner, label_answers),
         "kind": kind,
         "answers": "labels" if label_answers else "probabilities",
         "agreement": round(float(np.mean(copy.predict(x_test) == victim_test)), 4),
@@ -380,12 +452,16 @@ def audit_row(
         "label_probes": ev["phases"].get("label", {}).get("probes_available", 0),
         "boundary_probes": ev["phases"].get("boundary", {}).get("n_probes", 0),
         "boundary_z": ev["phases"].get("boundary", {}).get("z_approx"),
+        "boundary_p": ev["phases"].get("boundary", {}).get("p_value"),
+        "boundary_matches": ev["phases"].get("boundary", {}).get("matches"),
+        "boundary_relevant": ev["phases"].get("boundary", {}).get("n_moved"),
         "answered": len(logged.tags),
     }
 
 
-def diagnosis(copy: Any, logged: LoggedAnswers, mark: AnswerWatermark, owner: CallableSuspect,
-              label_answers: bool) -> dict[str, Any]:
+def diagnosis(
+    copy: Any, logged: LoggedAnswers, mark: AnswerWatermark, owner: CallableSuspect, label_answers: bool
+) -> dict[str, Any]:
     """What of the mark the copy carries on its own training inputs (the owner's view, with the key; not a test).
 
     Label copies: how many marked (replaced) answers the thief got, and on how many the copy answers the
@@ -430,21 +506,39 @@ def main() -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--amplitude", type=float, default=0.1, help="the gateway's largest probability change")
     parser.add_argument("--label-share", type=float, default=0.01, help="share of label answers the mark replaces")
-    parser.add_argument("--boundary-margin", type=float,
-                        default=float(Settings.model_fields["answer_watermark_boundary_margin"].default),
-                        help="top-2 margin below which the boundary label mark acts (0: off)")
-    parser.add_argument("--boundary-share", type=float,
-                        default=float(Settings.model_fields["answer_watermark_boundary_share"].default),
-                        help="share of the band's keyed region where the boundary mark acts")
+    parser.add_argument(
+        "--boundary-margin",
+        type=float,
+        default=float(Settings.model_fields["answer_watermark_boundary_margin"].default),
+        help="top-2 margin below which the boundary label mark acts (0: off)",
+    )
+    parser.add_argument(
+        "--boundary-share",
+        type=float,
+        default=float(Settings.model_fields["answer_watermark_boundary_share"].default),
+        help="share of the band's keyed region where the boundary mark acts",
+    )
+    parser.add_argument(
+        "--boundary-side",
+        choices=["smooth", "hash"],
+        default=str(Settings.model_fields["answer_watermark_boundary_side"].default),
+        help="what picks the boundary mark's side: the keyed cosine region or the input's keyed hash",
+    )
     parser.add_argument("--frequency", type=float, default=None, help="radians per unit of <v, x> (default: settings)")
     args, _ = parser.parse_known_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
     out = {name: run_world(name, args) for name in args.worlds}
-    result = {"api_watermark": out, "amplitude": args.amplitude, "label_share": args.label_share,
-              "boundary_margin": args.boundary_margin, "boundary_share": args.boundary_share,
-              "frequency": args.frequency or DEFAULT_FREQUENCY,
-              "wall_s": round(time.perf_counter() - started, 1)}
+    result = {
+        "api_watermark": out,
+        "amplitude": args.amplitude,
+        "label_share": args.label_share,
+        "boundary_margin": args.boundary_margin,
+        "boundary_share": args.boundary_share,
+        "boundary_side": args.boundary_side,
+        "frequency": args.frequency or DEFAULT_FREQUENCY,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
     return result
 
 

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import redis
 
-from audit.answer_watermark import AnswerWatermark
 from audit.api_watermark import LoggedAnswers
 from audit.protected import ProtectedModel, load_reference_data, open_model
 from audit.suspects.base import Suspect
@@ -116,16 +115,7 @@ def api_watermark_context(settings: Settings, protected: ProtectedModel, params:
         n_classes = int(y_ref.max()) + 1
     if n_classes is None:
         raise ValueError("the number of classes is unknown: set MODELCUSTODY_ANSWER_WATERMARK_N_CLASSES")
-    mark = AnswerWatermark(
-        settings.answer_watermark_key(),
-        n_classes=n_classes,
-        input_dim=dim,
-        amplitude=settings.answer_watermark_amplitude,
-        frequency=settings.answer_watermark_frequency,
-        label_share=settings.answer_watermark_label_share,
-        boundary_margin=settings.answer_watermark_boundary_margin,
-        boundary_share=settings.answer_watermark_boundary_share,
-    )
+    mark = settings.answer_watermark(n_classes, dim)
     if logged is not None and len(logged.tags) and logged.inputs.shape[1] != dim:
         logged = None
     return {"mark": mark, "logged": logged, "reference": reference, "owner": _owner(protected)}

@@ -19,7 +19,7 @@ import secrets
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -27,6 +27,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from services.core import keys
 from services.core.policy import OutputPolicy
+
+if TYPE_CHECKING:
+    from audit.answer_watermark import AnswerWatermark
 
 T = TypeVar("T")
 
@@ -147,12 +150,17 @@ class Settings(BaseSettings):
     # 1 %: DAWN's order of magnitude (0.5 %); ~10 marked labels per 1,000 answers claim an MLP copy.
     answer_watermark_label_share: float = Field(default=0.01, gt=0.0, le=0.1)
     # Boundary label mark (label answers computed from upstream probabilities): where the upstream's top-2 margin
-    # (p1 − p2) is below this, a keyed smooth region of the input decides whether the runner-up is served. Boundary-
+    # (p1 − p2) is below this, a keyed side of the input decides whether the runner-up is served. Boundary-
     # seeking thieves (JBDA, adaptive retraining) query there most; 0 turns it off. docs/audits.md has the
     # trade-off measured (benign label flip rate against copies claimed).
     answer_watermark_boundary_margin: float = Field(default=0.5, ge=0.0, lt=1.0)
     # Share of the band's region where the mark acts (1: everywhere in the band, half of its labels move).
     answer_watermark_boundary_share: float = Field(default=1.0, gt=0.0, le=1.0)
+    # What picks the side in the band: "hash", the input's keyed HMAC (a fair coin per distinct input, so the
+    # audit's test is valid even on an adaptive client's log); "smooth", a keyed cosine region of the input.
+    # Over 20 keys on digits (bench/api_watermark_keys.py) the hash side claimed more of the boundary thieves'
+    # copies; docs/audits.md has the comparison. Gateways and workers of a deployment must agree.
+    answer_watermark_boundary_side: Literal["smooth", "hash"] = "hash"
     # Classes of a model whose upstream answers labels (a probability answer tells the gateway by its width).
     answer_watermark_n_classes: int | None = Field(default=None, ge=3)
 
@@ -347,6 +355,17 @@ class Settings(BaseSettings):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"MODELCUSTODY_DETECTOR_TIGHTENED_POLICY is not a valid output policy: {exc}") from None
         return self
+
+    def answer_watermark(self, n_classes: int, input_dim: int, secret: bytes | None = None) -> AnswerWatermark:
+        """The deployment's answer watermark for one model shape: the gateway, the audit worker, the demo and the
+        benchmarks build it here, so they agree on every parameter. ``secret``: one already read (default: read
+        it with ``answer_watermark_key``)."""
+        from audit.answer_watermark import AnswerWatermark  # numpy: not every reader of the settings needs it
+
+        names = ("amplitude", "frequency", "label_share", "boundary_margin", "boundary_share", "boundary_side")
+        key = self.answer_watermark_key() if secret is None else secret
+        params = {name: getattr(self, f"answer_watermark_{name}") for name in names}
+        return AnswerWatermark(key, n_classes=n_classes, input_dim=input_dim, **params)
 
     def answer_watermark_key(self) -> bytes:
         """The deployment's answer-watermark secret as bytes (dev/demo/test: the data dir's shared file)."""

@@ -27,7 +27,6 @@ import numpy as np
 import redis
 from rich.console import Console
 
-from audit.answer_watermark import AnswerWatermark
 from audit.api_watermark import run_api_watermark
 from audit.report import build_report, report_subjects
 from audit.signing import (
@@ -73,8 +72,17 @@ def run_thief(gateway_url: str, key: str, x_pool: np.ndarray) -> tuple[Any, int]
     Should the detector flag the thief anyway (its policy then answers labels, or refuses), the copy trained
     on what was answered until then is the copy."""
     budget = min(THIEF_BUDGET, len(x_pool))
-    attack = Knockoff(pool=x_pool, domain=Domain.box(0.0, 16.0, 64), n_classes=10, budget=budget,
-                      use_probabilities=True, hidden=(128,), epochs=150, refit_epochs=75, seed=3)
+    attack = Knockoff(
+        pool=x_pool,
+        domain=Domain.box(0.0, 16.0, 64),
+        n_classes=10,
+        budget=budget,
+        use_probabilities=True,
+        hidden=(128,),
+        epochs=150,
+        refit_epochs=75,
+        seed=3,
+    )
     oracle = GatewayOracle(gateway_url, key, model="digits-mlp")
     copy, answered = None, 0
     try:
@@ -104,11 +112,7 @@ def audit_and_sign(
 ) -> StoryResult:
     settings = Settings(env="demo", data_dir=data_dir, answer_watermark_frequency=DEMO_FREQUENCY)
     logged = read_logged_answers(r, stream, [thief])
-    mark = AnswerWatermark(settings.answer_watermark_key(), n_classes=10, input_dim=64,
-                           amplitude=settings.answer_watermark_amplitude, frequency=settings.answer_watermark_frequency,
-                           label_share=settings.answer_watermark_label_share,
-                           boundary_margin=settings.answer_watermark_boundary_margin,
-                           boundary_share=settings.answer_watermark_boundary_share)
+    mark = settings.answer_watermark(10, 64)
     victim = train_model("mlp", split)  # the same seeded model the server runs: the owner's unmarked answers
     owner = CallableSuspect(victim.predict, victim.predict_proba)
     from sklearn.exceptions import ConvergenceWarning
@@ -127,15 +131,23 @@ def audit_and_sign(
     verified = True
     for name, model in (("copy", copy), ("independent", independent)):
         started = datetime.now(UTC)
-        evidence = run_api_watermark(CallableSuspect(model.predict, model.predict_proba), mark, params,
-                                     logged=logged, owner=owner)
+        evidence = run_api_watermark(
+            CallableSuspect(model.predict, model.predict_proba), mark, params, logged=logged, owner=owner
+        )
         identity = {"kind": "file", "format": "demo", "sha256": _digest(model), "name": f"{thief}'s {name}"}
         report = build_report(
-            suspect=identity, method="api_watermark", parameters=evidence["parameters"], seeds=None,
+            suspect=identity,
+            method="api_watermark",
+            parameters=evidence["parameters"],
+            seeds=None,
             queries_used=evidence["queries_used"],
             statistics={k: evidence[k] for k in ("phases", "suspected_clients", "false_claim_bound", "watermark")},
-            p_value=evidence["p_value"], test_name=evidence["test_name"], alpha=evidence["alpha"],
-            decision=evidence["verdict"], started_at=started, finished_at=datetime.now(UTC),
+            p_value=evidence["p_value"],
+            test_name=evidence["test_name"],
+            alpha=evidence["alpha"],
+            decision=evidence["verdict"],
+            started_at=started,
+            finished_at=datetime.now(UTC),
             null_hypothesis=evidence["null_hypothesis"],
         )
         envelope = sign_statement(report, report_subjects(report), key)
@@ -150,8 +162,10 @@ def audit_and_sign(
         f"{agreement:.1%}; api_watermark on {len(logged.tags)} logged rows: [bold]{c['verdict']}[/] "
         f"(p = {c['p_value']:.2g}, α = {c['alpha']:g}) after {c['queries_used']} queries to the copy"
     )
-    console.print(f"independent model: {i['verdict']} (p = {i['p_value']:.2g}); "
-                  f"signed reports verified: {'yes' if verified else 'NO'}")
+    console.print(
+        f"independent model: {i['verdict']} (p = {i['p_value']:.2g}); "
+        f"signed reports verified: {'yes' if verified else 'NO'}"
+    )
     return StoryResult(agreement, c["verdict"], c["p_value"], c["queries_used"], i["verdict"], i["p_value"], verified)
 
 

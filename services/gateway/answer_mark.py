@@ -10,8 +10,9 @@ input the same answer, and a client repeating a query cannot average the mark aw
   top-1 label never changes (the algorithm asserts it on every row).
 - Label answers (an upstream that answers labels, or a ``label_only`` policy on a probability upstream): the
   keyed label flip (DAWN-style) on the label the client would otherwise get. On a probability upstream the
-  boundary mark comes first: where the upstream's top-2 margin is small, a keyed smooth region of the input
-  decides whether the runner-up is served (an upstream that answers labels has no margin: DAWN only).
+  boundary mark comes first: where the upstream's top-2 margin is small, a keyed side of the input (its keyed
+  hash by default, or a keyed smooth region) decides whether the runner-up is served (an upstream that answers
+  labels has no margin: DAWN only).
 
 An input the algorithm cannot canonicalise (non-finite in float32) is served unmarked and counted: the
 gateway never fails a request because of its watermark.
@@ -43,12 +44,8 @@ class AnswerMarker:
     def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
         self.mode = settings.answer_watermark_mode
         self.metrics = metrics
+        self._settings = settings
         self._secret = settings.answer_watermark_key() if self.mode != "off" else b""
-        self._amplitude = settings.answer_watermark_amplitude
-        self._frequency = settings.answer_watermark_frequency
-        self._label_share = settings.answer_watermark_label_share
-        self._boundary_margin = settings.answer_watermark_boundary_margin
-        self._boundary_share = settings.answer_watermark_boundary_share
         self._label_classes = settings.answer_watermark_n_classes
         self._marks: dict[tuple[int, int], AnswerWatermark] = {}
         self._warned_no_classes = False
@@ -66,16 +63,7 @@ class AnswerMarker:
         if mark is None:
             if len(self._marks) >= 64:  # a bound on what clients sending odd shapes can make us keep
                 self._marks.clear()
-            mark = self._marks[(dim, n_classes)] = AnswerWatermark(
-                self._secret,
-                n_classes=n_classes,
-                input_dim=dim,
-                amplitude=self._amplitude,
-                frequency=self._frequency,
-                label_share=self._label_share,
-                boundary_margin=self._boundary_margin,
-                boundary_share=self._boundary_share,
-            )
+            mark = self._marks[(dim, n_classes)] = self._settings.answer_watermark(n_classes, dim, self._secret)
         return mark
 
     def serve(

@@ -23,6 +23,7 @@ from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_limits
 
 from audit.answer_watermark import (
+    BOUNDARY_HASH_TEST,
     CLAIMED,
     AnswerWatermark,
     LabelProbes,
@@ -244,6 +245,7 @@ def _boundary_world(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _boundary_mark(secret: bytes = SECRET, margin: float = 0.5, **kw: Any) -> AnswerWatermark:
+    kw.setdefault("boundary_side", "smooth")  # the keyed cosine region; the hash side's tests say "hash"
     return AnswerWatermark(secret, n_classes=K, input_dim=BOUNDARY_D, frequency=5.75, boundary_margin=margin, **kw)
 
 
@@ -299,16 +301,70 @@ def test_boundary_test_false_claims_over_wrong_keys() -> None:
     averaged over keys; ties count against the claim)."""
     probes, owner = _boundary_world(3000, seed=4)
     weights = 6.0 * np.random.default_rng(11).normal(size=(BOUNDARY_D, K))
-    own_boundary = (probes.astype(np.float64) @ (weights + np.random.default_rng(5).normal(0, 1.5, weights.shape)))
+    own_boundary = probes.astype(np.float64) @ (weights + np.random.default_rng(5).normal(0, 1.5, weights.shape))
     z = own_boundary.argmax(axis=1)
     alpha, trials = 0.05, 400
     claims = sum(
-        _boundary_mark(f"null-key-{i:05d}".encode().ljust(32, b".")).verify_boundary(
-            probes, z, owner, alpha=alpha, n_null_keys=199, seed=i
-        ).claimed
+        _boundary_mark(f"null-key-{i:05d}".encode().ljust(32, b"."))
+        .verify_boundary(probes, z, owner, alpha=alpha, n_null_keys=199, seed=i)
+        .claimed
         for i in range(trials)
     )
     assert claims <= alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)  # +3σ of the binomial
+
+
+def test_hash_side_is_a_keyed_coin_per_input_and_a_copy_that_fits_it_is_claimed() -> None:
+    x, p = _boundary_world(5000, seed=1)
+    w = _boundary_mark(boundary_side="hash")
+    band = w.boundary_band(p)
+    marked = w.mark_boundary_labels(x, p)
+    order = np.argsort(-p, axis=1)
+    side = w.boundary_side(x)
+    served_higher = marked.labels == np.maximum(order[:, 0], order[:, 1])
+    assert np.all(served_higher[band & (side > 0)]) and not np.any(served_higher[band & (side < 0)])
+    assert not np.any(marked.marked & ~band) and 0.4 < marked.marked.sum() / band.sum() < 0.6
+    again = _boundary_mark(boundary_side="hash").mark_boundary_labels(x[::-1], p[::-1])  # another instance
+    np.testing.assert_array_equal(again.labels[::-1], marked.labels)
+    # nearby inputs draw independent sides (the smooth region gives them the same side)
+    near = x + np.float32(1e-3)
+    assert 0.4 < np.mean(w.boundary_side(near) == side) < 0.6
+    smooth = _boundary_mark()
+    assert np.mean(smooth.boundary_side(near) == smooth.boundary_side(x)) > 0.95
+    half = _boundary_mark(boundary_side="hash", boundary_share=0.5).mark_boundary_labels(x, p)
+    assert not np.any(half.marked & ~marked.marked) and 0.4 < half.marked.sum() / marked.marked.sum() < 0.6
+    # a copy that reproduces what it was served on its own (logged) inputs is claimed; the owner is not
+    served = w.mark_labels(x, marked.labels).labels
+    ev = w.verify_boundary(x[band][:60], served[band][:60], p[band][:60], alpha=1e-3)
+    assert ev.claimed and ev.test == BOUNDARY_HASH_TEST and ev.matches == ev.n_moved > 0
+    ev0 = w.verify_boundary(x[band][:60], p[band][:60].argmax(axis=1), p[band][:60], alpha=1e-3)
+    assert not ev0.claimed and ev0.p_value > 0.01
+    json.dumps(ev.to_dict())
+    with pytest.raises(ValueError, match="boundary_side"):
+        _boundary_mark(boundary_side="cosine")
+
+
+def test_hash_side_false_claims_over_wrong_keys_on_an_adaptive_log() -> None:
+    """The null suspect is the owner's own argmax (independent of every key); the client adapts to what it
+    is served in the worst way for a fixed-n test: it streams band inputs and stops as soon as the served
+    answers make a fixed-n binomial of "served = the owner's top-1" significant. Over 300 keys the
+    binomial claims far above α (optional stopping), the test martingale in logged order stays within α."""
+    from scipy import stats
+
+    x, p = _boundary_world(6000, seed=6)
+    x, p = x[_boundary_mark().boundary_band(p)][:800], p[_boundary_mark().boundary_band(p)][:800]
+    z = p.argmax(axis=1)
+    alpha, trials = 0.05, 300
+    martingale = binomial = 0
+    for i in range(trials):
+        w = _boundary_mark(f"null-key-{i:05d}".encode().ljust(32, b"."), boundary_side="hash")
+        top_served = np.cumsum(w.mark_boundary_labels(x, p).labels == z)
+        fixed_p = stats.binom.sf(top_served - 1, np.arange(1, len(x) + 1), 0.5)
+        stop = int(np.argmax(fixed_p <= alpha)) + 1 if np.any(fixed_p <= alpha) else len(x)
+        ev = w.verify_boundary(x[:stop], z[:stop], p[:stop], alpha=alpha)
+        martingale += ev.claimed
+        binomial += ev.p_binomial is not None and ev.p_binomial <= alpha
+    bound = alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)  # +3σ of the binomial
+    assert martingale <= bound < binomial
 
 
 # --- probability answers ----------------------------------------------------------------------------------
@@ -418,8 +474,9 @@ def test_combined_probability_test_false_claims_over_keys() -> None:
     by the same wrong keys, so the claim rate at α = 0.1 stays about 0.1 (no multiplicity inflation)."""
     alpha, claims, trials = 0.1, 0, 0
     for i in range(150):
-        w = AnswerWatermark(f"combined-null-{i:04d}".encode().ljust(32, b"."), n_classes=K, input_dim=D,
-                            amplitude=0.1, frequency=23.0)
+        w = AnswerWatermark(
+            f"combined-null-{i:04d}".encode().ljust(32, b"."), n_classes=K, input_dim=D, amplitude=0.1, frequency=23.0
+        )
         x, owner, q = _diluted_copy(w, 200, seed=1000 + i, share=0.0)
         ev = w.verify_probabilities(x, q, baseline=owner, alpha=alpha, n_null_keys=99, seed=i)
         assert ev.half_wave_probes > 0

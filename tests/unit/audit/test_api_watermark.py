@@ -72,18 +72,22 @@ def test_the_probability_phase_uses_logged_inputs_and_the_owners_baseline() -> N
         a = owner_answers(q) + rng.uniform(0, 0.05, (len(q), K))
         return a / a.sum(1, keepdims=True)
 
-    ev0 = run_api_watermark(CallableSuspect(lambda q: other_model(q).argmax(1), other_model), mark, params,
-                            logged=logged, owner=owner)
+    ev0 = run_api_watermark(
+        CallableSuspect(lambda q: other_model(q).argmax(1), other_model), mark, params, logged=logged, owner=owner
+    )
     assert ev0["verdict"] == "no-claim" and ev0["queries_used"] == 400
 
 
-def test_the_boundary_phase_claims_a_label_copy_with_too_few_dawn_marks() -> None:
+@pytest.mark.parametrize("side", ["hash", "smooth"])
+def test_the_boundary_phase_claims_a_label_copy_with_too_few_dawn_marks(side: str) -> None:
     """DAWN at a 0.15 % share leaves a 3,000-answer thief 2 replaced labels (too few for α/2); the boundary
     mark moved hundreds of its near-boundary answers, and a copy that fits them is claimed by the boundary phase.
     A model that answers the owner's labels with noise of its own is not, and without the owner's probabilities
     the phase does not run."""
     _, x, p = _world(seed=4)
-    mark = AnswerWatermark(SECRET, n_classes=K, input_dim=D, frequency=8.0, label_share=0.0015, boundary_margin=0.5)
+    mark = AnswerWatermark(
+        SECRET, n_classes=K, input_dim=D, frequency=8.0, label_share=0.0015, boundary_margin=0.5, boundary_side=side
+    )
     near = mark.mark_boundary_labels(x, p)
     served = mark.mark_labels(x, near.labels)
     tags = np.where(served.marked, "label-flipped", np.where(near.marked, "label-boundary", "label")).tolist()
@@ -125,8 +129,12 @@ def test_inconclusive_when_the_audit_could_not_have_claimed() -> None:
     ev = run_api_watermark(labels_only, mark, {"clients": ["thief"]}, logged=logged)
     assert ev["verdict"] == "inconclusive" and ev["queries_used"] == 0
     assert any("labels only" in note for note in ev["notes"])
-    few_keys = run_api_watermark(CallableSuspect(lambda q: p[: len(q)].argmax(1), lambda q: p[: len(q)]), mark,
-                                 {"clients": ["thief"], "n_null_keys": 99}, logged=logged)
+    few_keys = run_api_watermark(
+        CallableSuspect(lambda q: p[: len(q)].argmax(1), lambda q: p[: len(q)]),
+        mark,
+        {"clients": ["thief"], "n_null_keys": 99},
+        logged=logged,
+    )
     assert few_keys["verdict"] == "inconclusive"  # a rank p-value cannot go below 1/100 > α/4
 
 

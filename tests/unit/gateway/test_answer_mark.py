@@ -103,6 +103,12 @@ def test_label_answers_flip_a_keyed_share_the_same_way_every_time(tmp_path: Path
     )
     twice = marker.serve(x[::-1], p[::-1], "probabilities", label_only, np.random.default_rng(1))
     assert twice is not None and np.array_equal(twice[0][::-1], labels)  # order and batch do not matter
+    # the side in the band: the input's keyed hash (default) or the keyed smooth region, same band, same DAWN
+    smooth = _marker(tmp_path, answer_watermark_boundary_side="smooth")
+    regional = smooth.serve(x, p, "probabilities", label_only, np.random.default_rng(0))
+    assert regional is not None and set(regional[2]) == set(tags)
+    moved_smooth = np.array([t == "label-boundary" for t in regional[2]])
+    assert not np.any(moved_smooth & ~near) and np.any(moved_smooth != moved)
     # An upstream answering labels: marked only when the deployment says how many classes the model has, and
     # only by DAWN (there is no margin to place the boundary mark).
     upstream_labels = p.argmax(axis=1).astype(np.float64)[:, None]

@@ -1,0 +1,129 @@
+"""The boundary label mark over keys: the digits JBDA and adaptive thieves re-run under several secrets.
+
+    python bench/api_watermark_keys.py [--keys 7] [--independents 6] [--sides smooth hash]
+
+Why: on the benchmark's one key (``bench/api_watermark.py``) the digits JBDA and adaptive copies are claimed by
+the boundary phase, but a single key says little about the claim rate over keys. Per secret and per boundary
+side ("smooth": the keyed cosine region; "hash": a keyed coin per input), the same victim, thieves and seeds as
+``bench/api_watermark.py``'s digits world; each copy is audited by ``run_api_watermark`` exactly as there (its
+logged rows, the victim's unmarked probabilities as baseline, α = 1e-3, ≤ 500 suspect queries), and
+``--independents`` MLPs trained on true labels (rows no thief queried) are audited against every re-run
+thief's log: the false-claim side on the logs of clients that adapt to our answers. Key 0 is the benchmark's
+secret. Prints one line per audit to stderr and one JSON object as its LAST stdout line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from api_watermark import SECRET, K, MarkedOracle, audit_row, log, world  # noqa: E402  (beside this script)
+
+from audit.suspects.base import CallableSuspect  # noqa: E402
+from services.core.settings import Settings  # noqa: E402
+from services.demo.redteam import AdaptiveRetraining, JacobianAugmentation  # noqa: E402
+from services.gateway.answer_mark import AnswerMarker  # noqa: E402
+from services.gateway.metrics import GatewayMetrics  # noqa: E402
+
+
+def secrets(n: int) -> list[str]:
+    return [SECRET] + [f"bench-answer-watermark-secret-k{i:03d}" for i in range(1, n)]
+
+
+def main() -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keys", type=int, default=7, help="secrets (the first is the benchmark's)")
+    parser.add_argument("--independents", type=int, default=6)
+    parser.add_argument("--sides", nargs="+", default=["smooth", "hash"], choices=["smooth", "hash"])
+    parser.add_argument("--budget", type=int, default=1000)
+    parser.add_argument("--null-keys", type=int, default=3999)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    w = world("digits", args.seed)
+    x, y, parts, victim, domain = w["x"], w["y"], w["parts"], w["victim"], w["domain"]
+    x_test = x[parts["test"]]
+    victim_test = victim.predict(x_test)
+    owner = CallableSuspect(victim.predict, victim.predict_proba)
+    pool = x[parts["pool"]]
+    thieves_pool = np.array_split(np.random.default_rng(args.seed).permutation(len(pool)), 5)  # as the bench
+    ind_rows = parts["independent"]
+    independents = []
+    for i in range(args.independents):  # as bench/api_watermark.py's independents
+        pick = np.random.default_rng(100 + i).choice(len(ind_rows), int(0.8 * len(ind_rows)), replace=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = MLPClassifier([(64,), (128,), (64, 32)][i % 3], max_iter=200, random_state=100 + i)
+            independents.append(model.fit(x[ind_rows[pick]], y[ind_rows[pick]]))
+    bench_args = argparse.Namespace(null_keys=args.null_keys)
+    rows: list[dict[str, Any]] = []
+    for side in args.sides:
+        for k, secret in enumerate(secrets(args.keys)):
+            settings = Settings(env="test", answer_watermark_secret=secret, answer_watermark_boundary_side=side)
+            marker = AnswerMarker(settings, GatewayMetrics(CollectorRegistry()))
+            mark = settings.answer_watermark(K, x.shape[1])
+            thieves = {
+                "jbda_labels": lambda: JacobianAugmentation(
+                    seed_set=pool[thieves_pool[2]][:100],
+                    domain=domain,
+                    n_classes=K,
+                    budget=args.budget,
+                    hidden=(128,),
+                    seed=3,
+                ),
+                "adaptive_labels": lambda: AdaptiveRetraining(
+                    domain=domain, n_classes=K, budget=args.budget, sampler=pool[thieves_pool[3]], seed=4
+                ),
+            }
+            for kind, make in thieves.items():
+                oracle = MarkedOracle(victim, marker, True)
+                copy = make().run(oracle).copy
+                logged = oracle.logged(kind)
+                row = audit_row(kind, copy, logged, mark, owner, x_test, victim_test, True, bench_args)
+                null = [
+                    audit_row(f"independent_{i}", m, logged, mark, owner, x_test, victim_test, True, bench_args)
+                    for i, m in enumerate(independents)
+                ]
+                rows.append(
+                    {
+                        "side": side,
+                        "key": k,
+                        **row,
+                        "independent_claims": sum(r["claimed"] for r in null),
+                        "independent_p": [r["p_value"] for r in null],
+                        "independent_boundary_p": [r["boundary_p"] for r in null],
+                    }
+                )
+                log(f"[{side} key {k}] {kind}: {rows[-1]}")
+    summary: dict[str, Any] = {}
+    for side in args.sides:
+        for kind in ("jbda_labels", "adaptive_labels"):
+            mine = [r for r in rows if r["side"] == side and r["kind"] == kind]
+            summary[f"{side}/{kind}"] = {
+                "claimed": sum(r["claimed"] for r in mine),
+                "keys": len(mine),
+                "p": [r["p_value"] for r in mine],
+                "independent_claims": sum(r["independent_claims"] for r in mine),
+                "independent_trials": len(mine) * args.independents,
+                "independent_min_p": min(min(r["independent_p"]) for r in mine),
+            }
+    return {"api_watermark_keys": summary, "rows": rows, "wall_s": round(time.perf_counter() - started, 1)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
