@@ -79,6 +79,10 @@ from services.gateway.metrics import GatewayMetrics  # noqa: E402
 
 K = 10
 ALPHA = 1e-3  # the issue's bar for a claim
+# The level of the issue's false-claim target (independent_false_claim_rate <= 0.01): the claim rates are also read
+# there, from the same audits' Bonferroni-adjusted p-values (conservative: an audit run at 0.01 would stop earlier
+# and could only claim more).
+ALPHA_LOOSE = 0.01
 MAX_QUERIES = 500  # the issue's bar for the suspect's cost
 AGREEMENT_WORTH_STEALING = 0.8  # stolen_claim_rate counts copies at least this close to the victim
 # 4: the sequential label test (p0 = 1/9) needs 4 reproduced replaced labels out of 4 to reach p ≤ 1e-3
@@ -390,6 +394,10 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "independent_false_claim_rate": claims / len(independents),
         "independent_trials": len(independents),
         "independent_claims_by_log": claims_by_log,
+        "at_alpha_0.01": {
+            "stolen_claim_rate": (sum(r["p_value"] <= ALPHA_LOOSE for r in worth) / len(worth)) if worth else None,
+            "independent_false_claim_rate": sum(r["p_value"] <= ALPHA_LOOSE for r in independents) / len(independents),
+        },
         "independent_models": args.independents,
         "benign_top1_changed": int(np.sum(served[0].argmax(1) != p_up.argmax(1))),
         "benign_max_probability_change": float(np.abs(served[0] - p_up).max()),
