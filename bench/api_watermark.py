@@ -218,7 +218,7 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     x_test = x[parts["test"]]
     settings = Settings(
         env="test",
-        answer_watermark_secret=SECRET,
+        answer_watermark_secret=getattr(args, "secret", SECRET),
         answer_watermark_amplitude=args.amplitude,
         answer_watermark_label_share=args.label_share,
         answer_watermark_frequency=args.frequency or DEFAULT_FREQUENCY,
@@ -305,40 +305,44 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
     log(f"[{name}] ensemble: {rows[-1]} ({time.perf_counter() - t:.0f} s)")
     # The same ensemble with twice the suspect queries (3 clients' logs: 3,000 answers): a diagnostic row, not
     # counted in the summary, showing what the 500-query budget leaves on the table for a diluted signal.
-    rows.append(
-        audit_row(
-            "extra_ensemble_1000_suspect_queries",
-            ensemble,
-            merge(logs),
-            mark,
-            owner,
-            x_test,
-            victim_test,
-            False,
-            args,
-            max_queries=2 * MAX_QUERIES,
+    # Skipped, like the removal rows, when only the stolen copies are wanted (bench/api_watermark_keys.py).
+    lean = getattr(args, "stolen_only", False)
+    if not lean:
+        rows.append(
+            audit_row(
+                "extra_ensemble_1000_suspect_queries",
+                ensemble,
+                merge(logs),
+                mark,
+                owner,
+                x_test,
+                victim_test,
+                False,
+                args,
+                max_queries=2 * MAX_QUERIES,
+            )
         )
-    )
-
-    # Removal attacks on the Knockoff-probabilities copy.
-    base_copy, base_log = copies["knockoff_probabilities"]
-    clean_rows = parts["independent"][:300]
-    tuned = train_mlp(x[clean_rows], y[clean_rows], n_classes=K, domain=domain, epochs=20, seed=20, init=base_copy)
-    rows.append(
-        audit_row("removal_fine_tuned_300_clean", tuned, base_log, mark, owner, x_test, victim_test, False, args)
-    )
-    other_inputs = pool[thieves_pool[4]]
-    redistilled = train_mlp(
-        other_inputs,
-        base_copy.predict_proba(other_inputs),
-        n_classes=K,
-        domain=domain,
-        hidden=(128,),
-        epochs=60,
-        seed=21,
-    )
-    rows.append(audit_row("removal_redistilled", redistilled, base_log, mark, owner, x_test, victim_test, False, args))
-    log(f"[{name}] removal: {rows[-2:]}")
+    if not lean:  # removal attacks on the Knockoff-probabilities copy
+        base_copy, base_log = copies["knockoff_probabilities"]
+        clean_rows = parts["independent"][:300]
+        tuned = train_mlp(x[clean_rows], y[clean_rows], n_classes=K, domain=domain, epochs=20, seed=20, init=base_copy)
+        rows.append(
+            audit_row("removal_fine_tuned_300_clean", tuned, base_log, mark, owner, x_test, victim_test, False, args)
+        )
+        other_inputs = pool[thieves_pool[4]]
+        redistilled = train_mlp(
+            other_inputs,
+            base_copy.predict_proba(other_inputs),
+            n_classes=K,
+            domain=domain,
+            hidden=(128,),
+            epochs=60,
+            seed=21,
+        )
+        rows.append(
+            audit_row("removal_redistilled", redistilled, base_log, mark, owner, x_test, victim_test, False, args)
+        )
+        log(f"[{name}] removal: {rows[-2:]}")
 
     # Independent models: true labels on rows no thief queried, audited against two thieves' logs.
     ind_rows = parts["independent"]

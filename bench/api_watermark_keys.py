@@ -1,6 +1,7 @@
 """The boundary label mark over keys: the digits JBDA and adaptive thieves re-run under several secrets.
 
     python bench/api_watermark_keys.py [--keys 7] [--independents 6] [--sides smooth hash]
+    python bench/api_watermark_keys.py --all-copies [--worlds digits] [--first-key 0] [--keys 20] [--independents 6]
 
 Why: on the benchmark's one key (``bench/api_watermark.py``) the digits JBDA and adaptive copies are claimed by
 the boundary phase, but a single key says little about the claim rate over keys. Per secret and per boundary
@@ -10,6 +11,12 @@ logged rows, the victim's unmarked probabilities as baseline, α = 1e-3, ≤ 500
 ``--independents`` MLPs trained on true labels (rows no thief queried) are audited against every re-run
 thief's log: the false-claim side on the logs of clients that adapt to our answers. Key 0 is the benchmark's
 secret. Prints one line per audit to stderr and one JSON object as its LAST stdout line.
+
+``--all-copies``: every stolen copy of ``bench/api_watermark.py``'s world (Knockoff in-distribution on
+probabilities and labels, other-domain Knockoff, JBDA, adaptive, equation solving on digits, the ensemble of
+three Knockoff thieves) re-made under each secret by that benchmark's own ``run_world`` (its removal and
+extra rows skipped), with ``--independents`` independents per key against its four logs: the
+``stolen_claim_rate`` of the benchmark, over keys instead of on one key, at α = 1e-3 and read at 0.01.
 """
 
 from __future__ import annotations
@@ -31,7 +38,18 @@ from sklearn.neural_network import MLPClassifier
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api_watermark import SECRET, K, MarkedOracle, audit_row, log, world  # noqa: E402  (beside this script)
+from api_watermark import (  # noqa: E402  (beside this script)
+    AGREEMENT_WORTH_STEALING,
+    ALPHA_LOOSE,
+    DEFAULT_FREQUENCY,
+    SECRET,
+    K,
+    MarkedOracle,
+    audit_row,
+    log,
+    run_world,
+    world,
+)
 
 from audit.suspects.base import CallableSuspect  # noqa: E402
 from services.core.settings import Settings  # noqa: E402
@@ -52,8 +70,13 @@ def main() -> dict[str, Any]:
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--null-keys", type=int, default=3999)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--all-copies", action="store_true", help="every stolen copy of the benchmark, per key")
+    parser.add_argument("--first-key", type=int, default=0, help="--all-copies: keys first .. first + keys - 1")
+    parser.add_argument("--worlds", nargs="+", default=["digits"], choices=["digits", "mnist"], help="--all-copies")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.all_copies:
+        return all_copies(args)
     started = time.perf_counter()
     w = world("digits", args.seed)
     x, y, parts, victim, domain = w["x"], w["y"], w["parts"], w["victim"], w["domain"]
@@ -126,6 +149,70 @@ def main() -> dict[str, Any]:
                 "independent_claims_at_0.01": sum(p <= 0.01 for r in mine for p in r["independent_p"]),
             }
     return {"api_watermark_keys": summary, "rows": rows, "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def all_copies(args: argparse.Namespace) -> dict[str, Any]:
+    """Every stolen copy of the benchmark's world under each secret; claim rates over keys, per copy and in all."""
+    started = time.perf_counter()
+    summary: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for name in args.worlds:
+        for side in args.sides:
+            per_key = []
+            for k, secret in list(enumerate(secrets(args.first_key + args.keys)))[args.first_key :]:
+                ns = argparse.Namespace(
+                    secret=secret,
+                    stolen_only=True,
+                    independents=args.independents,
+                    budget=args.budget,
+                    null_keys=args.null_keys,
+                    seed=args.seed,
+                    amplitude=0.1,
+                    label_share=0.01,
+                    frequency=DEFAULT_FREQUENCY,
+                    boundary_margin=float(Settings.model_fields["answer_watermark_boundary_margin"].default),
+                    boundary_share=float(Settings.model_fields["answer_watermark_boundary_share"].default),
+                    boundary_side=side,
+                )
+                out = run_world(name, ns)
+                worth = [r for r in out["rows"] if r["agreement"] >= AGREEMENT_WORTH_STEALING]
+                per_key.append(out)
+                for r in out["rows"]:
+                    rows.append({"world": name, "side": side, "key": k, **{f: r[f] for f in ROW_FIELDS if f in r}})
+                log(
+                    f"[{name} {side} key {k}] claimed {sum(r['claimed'] for r in worth)} of {len(worth)} worth "
+                    f"stealing; independents {out['independent_false_claim_rate']} ({out['wall_s']} s)"
+                )
+            mine = [r for r in rows if r["world"] == name and r["side"] == side]
+            worth_rows = [r for r in mine if r["agreement"] >= AGREEMENT_WORTH_STEALING]
+            kinds = sorted({r["kind"] for r in mine})
+            summary[f"{name}/{side}"] = {
+                "keys": f"{args.first_key}-{args.first_key + args.keys - 1}",
+                "copies_worth_stealing": len(worth_rows),
+                "stolen_claim_rate": sum(r["claimed"] for r in worth_rows) / len(worth_rows),
+                "stolen_claim_rate_at_0.01": sum(r["p_value"] <= ALPHA_LOOSE for r in worth_rows) / len(worth_rows),
+                "per_copy": {
+                    kind: {
+                        "worth_stealing": sum(r["kind"] == kind for r in worth_rows),
+                        "claimed": sum(r["claimed"] for r in worth_rows if r["kind"] == kind),
+                        "claimed_at_0.01": sum(r["p_value"] <= ALPHA_LOOSE for r in worth_rows if r["kind"] == kind),
+                    }
+                    for kind in kinds
+                },
+                "independent_trials": sum(o["independent_trials"] for o in per_key),
+                "independent_claims": sum(
+                    round(o["independent_false_claim_rate"] * o["independent_trials"]) for o in per_key
+                ),
+                "independent_claims_at_0.01": sum(
+                    round(o["at_alpha_0.01"]["independent_false_claim_rate"] * o["independent_trials"])
+                    for o in per_key
+                ),
+                "per_key_stolen_claim_rate": [o["stolen_claim_rate"] for o in per_key],
+            }
+    return {"api_watermark_keys_all_copies": summary, "rows": rows, "wall_s": round(time.perf_counter() - started, 1)}
+
+
+ROW_FIELDS = ("kind", "agreement", "claimed", "verdict", "p_value", "queries_used", "phases", "boundary_p")
 
 
 if __name__ == "__main__":
