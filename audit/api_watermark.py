@@ -21,8 +21,8 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    data (``probability_probes``, chosen without looking at the key). Baseline: the owner's own unmarked
    probabilities on the probes, subtracted before the test (removes the class structure every accurate copy
    shares with the owner's model). Test: the exact Monte-Carlo rank test against random wrong keys
-   (``verify_probabilities``: the better of the cosine and the half-wave statistics, calibrated jointly by
-   the same wrong keys), looked at twice (half and all of the budget), each look at half of the phase's α
+   (``verify_probabilities``: the best of the cosine, half-wave and linear statistics, calibrated jointly
+   by the same wrong keys), looked at twice (half and all of the budget), each look at half of the phase's α
    (Bonferroni over looks), so it stops early when the first half suffices.
 
 False claims. Each phase that runs gets an equal share of α (a label phase whose replaced labels could not
@@ -270,6 +270,10 @@ def run_api_watermark(
             "half_wave_statistic": prob_ev.half_wave_statistic,
             "half_wave_null_mean": prob_ev.half_wave_null_mean,
             "half_wave_null_std": prob_ev.half_wave_null_std,
+            "linear_rank": prob_ev.linear_rank,
+            "linear_statistic": prob_ev.linear_statistic,
+            "linear_null_mean": prob_ev.linear_null_mean,
+            "linear_null_std": prob_ev.linear_null_std,
             "n_null_keys": prob_ev.n_null_keys,
             "decision": "ownership claimed" if prob_ev.claimed else "not claimed",
         }

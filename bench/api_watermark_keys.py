@@ -208,6 +208,11 @@ def all_copies(args: argparse.Namespace) -> dict[str, Any]:
                     for o in per_key
                 ),
                 "per_key_stolen_claim_rate": [o["stolen_claim_rate"] for o in per_key],
+                "independent_claims_by_key_and_log": {
+                    str(args.first_key + i): o["independent_claims_by_log"]
+                    for i, o in enumerate(per_key)
+                    if any(o["independent_claims_by_log"].values())
+                },
             }
     return {"api_watermark_keys_all_copies": summary, "rows": rows, "wall_s": round(time.perf_counter() - started, 1)}
 

@@ -469,9 +469,41 @@ def test_half_wave_statistic_claims_a_diluted_copy_the_cosine_misses() -> None:
     assert labels.half_wave_probes == 0 and labels.half_wave_statistic is None
 
 
+def test_linear_statistic_claims_a_linear_copy_the_cosine_misses() -> None:
+    """A copy that can represent only functions linear in the input (equation solving's logistic model)
+    carries the linear part of the served move plus its own error of the owner, here noise 5x that part.
+    Projected on the probes' 64-dimensional linear span, the error mostly goes and the carried part stays:
+    the linear statistic claims where the cosine cannot (|z| < 3; no quiet probe for the half-wave one)."""
+    w = _watermark(amplitude=0.1, frequency=5.75)
+    rng = np.random.default_rng(3)
+    n, c = 1000, w.target_class
+    x = rng.random((n, D)).astype(np.float32)
+    owner = np.full((n, K), 0.5 / (K - 1))
+    owner[:, c] = 0.5  # c* near one half on every probe: no quiet probe, the half-wave statistic is off
+    move = w.mark_probabilities(x, owner).probabilities[:, c] - owner[:, c]
+    design = np.hstack([np.ones((n, 1)), x.astype(np.float64)])
+    linear_part = design @ np.linalg.lstsq(design, move, rcond=None)[0]
+    q = owner.copy()
+    q[:, c] += linear_part + 5 * float(np.std(linear_part)) * rng.standard_normal(n)
+    q = np.clip(q, 1e-6, None)
+    q /= q.sum(1, keepdims=True)
+    ev = w.verify_probabilities(x, q, baseline=owner, alpha=1e-3, n_null_keys=3999)
+    assert ev.linear_statistic is not None and ev.linear_null_mean is not None and ev.linear_null_std
+    z_cos = (ev.statistic - ev.null_mean) / ev.null_std
+    z_lin = (ev.linear_statistic - ev.linear_null_mean) / ev.linear_null_std
+    print(f"\nlinear copy: z cosine {z_cos:.2f}, linear {z_lin:.2f} (rank {ev.linear_rank}), p {ev.p_value}")
+    assert ev.half_wave_probes == 0 and ev.linear_rank == D
+    assert abs(z_cos) < 3 and z_lin > 4
+    assert ev.claimed and ev.p_value <= 1e-3
+    # one-hot answers (a suspect answering labels): the linear statistic is not used
+    labels = w.verify_probabilities(x, q.argmax(1), baseline=owner, alpha=1e-3, n_null_keys=99)
+    assert labels.linear_rank == 0 and labels.linear_statistic is None
+
+
 def test_combined_probability_test_false_claims_over_keys() -> None:
-    """Independent suspects (share 0) under 150 deployment keys: the min-of-two-ranks statistic is calibrated
-    by the same wrong keys, so the claim rate at α = 0.1 stays about 0.1 (no multiplicity inflation)."""
+    """Independent suspects (share 0) under 150 deployment keys: the min-of-three-ranks statistic is
+    calibrated by the same wrong keys, so the claim rate at α = 0.1 stays about 0.1 (no multiplicity
+    inflation)."""
     alpha, claims, trials = 0.1, 0, 0
     for i in range(150):
         w = AnswerWatermark(
@@ -479,7 +511,7 @@ def test_combined_probability_test_false_claims_over_keys() -> None:
         )
         x, owner, q = _diluted_copy(w, 200, seed=1000 + i, share=0.0)
         ev = w.verify_probabilities(x, q, baseline=owner, alpha=alpha, n_null_keys=99, seed=i)
-        assert ev.half_wave_probes > 0
+        assert ev.half_wave_probes > 0 and ev.linear_rank > 0
         claims += ev.claimed
         trials += 1
     bound = alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)
