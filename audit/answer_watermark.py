@@ -154,6 +154,12 @@ BOUNDARY_HASH_TEST = (
     "uniform-mixture Bernoulli test martingale (Ville) on the probes, in logged order, where the suspect answers "
     "one of the owner's top two and the input's keyed side is active: P(answer = the keyed choice) = 1/2"
 )
+BOUNDARY_HASH_WEIGHTED_TEST = (
+    "uniform-mixture betting test martingale (Ville) on the band probes with an active side, in logged order, "
+    "betting on the suspect's signed preference between the owner's top two: the keyed one is a fair coin"
+)
+# The bet fraction λ's mixture: the average over 100 midpoints of [0, 1] (a finite mixture, exactly valid).
+BET_GRID = 100
 BOUNDARY_SIDES = ("smooth", "hash")
 PROBABILITY_TEST = (
     "Monte-Carlo rank test against random wrong keys (same c*) of the smallest rank p-value (ties: the mean) of "
@@ -272,7 +278,7 @@ class BoundaryEvidence(_Claim):
 
     def to_dict(self) -> dict[str, Any]:
         counts: dict[str, Any] = {"n_probes": self.n_probes, "n_moved": self.n_moved}
-        if self.test == BOUNDARY_HASH_TEST:
+        if self.test in (BOUNDARY_HASH_TEST, BOUNDARY_HASH_WEIGHTED_TEST):
             null = (
                 "suspect independent of the key: on each new logged input where it answers one of the owner's "
                 "top two, it answers the keyed choice with probability 1/2 given everything before"
@@ -781,11 +787,13 @@ class AnswerWatermark:
         alpha: float = 1e-3,
         n_null_keys: int = 1999,
         seed: int = 0,
+        suspect_probabilities: ArrayLike | None = None,
     ) -> BoundaryEvidence:
         """Does the suspect's boundary follow the key's sides?
 
         With ``boundary_side`` "hash" the probes must be distinct and in the order the client sent them, and the
-        test is the test martingale of ``_verify_hash_sides`` (``n_null_keys`` and ``seed`` unused). With
+        test is the test martingale of ``_verify_hash_sides`` (``n_null_keys`` and ``seed`` unused; with
+        ``suspect_probabilities``, the suspect's answers on the same probes, it bets by its preference). With
         "smooth", as follows. Probes: inputs chosen without the key; only those where the owner's top-2 margin is below
         ``boundary_margin`` count (elsewhere nothing was marked). Per probe, with (a, b) the owner's top two,
         e = +1 if the suspect answers the higher-numbered of them, −1 the lower, 0 another class; the residual
@@ -808,7 +816,8 @@ class AnswerWatermark:
         top, runner, margin = self._top_two(owner_probabilities, n)
         band = margin < self.boundary_margin
         if self.boundary_side_mode == "hash":
-            return self._verify_hash_sides(x_probe, z, top, runner, band, alpha)
+            q = None if suspect_probabilities is None else self._as_probabilities(suspect_probabilities, n)[0]
+            return self._verify_hash_sides(x_probe, z, top, runner, band, alpha, q)
         x64, z, top, runner = x64[band], z[band], top[band], runner[band]
         hi, lo = np.maximum(top, runner), np.minimum(top, runner)
         e = (z == hi).astype(np.float64) - (z == lo).astype(np.float64)
@@ -835,7 +844,14 @@ class AnswerWatermark:
         return BoundaryEvidence(t0, p, z_score, int(band.sum()), moved, n_null_keys, alpha, p <= alpha)
 
     def _verify_hash_sides(
-        self, x_probe: ArrayLike, z: np.ndarray, top: np.ndarray, runner: np.ndarray, band: np.ndarray, alpha: float
+        self,
+        x_probe: ArrayLike,
+        z: np.ndarray,
+        top: np.ndarray,
+        runner: np.ndarray,
+        band: np.ndarray,
+        alpha: float,
+        q: np.ndarray | None = None,
     ) -> BoundaryEvidence:
         """The per-input (hash) side's test: a fair coin per new input under the null, taken in logged order.
 
@@ -851,6 +867,15 @@ class AnswerWatermark:
         is reported for reading only: it is exact when the number of relevant probes does not depend on the
         key, which a client that stops on what it was served can break. Repeats of an input carry its first
         side again, not a new coin: pass distinct inputs (the audit de-duplicates by canonical form).
+
+        With the suspect's probabilities ``q``: the same mixture written as bets, M_t = ∫₀¹ Π_{s≤t} (1 + λ·x_s) dλ
+        (with x_s = ±1 it is exactly the Bernoulli mixture above, q = (1 + λ)/2), but x_s is the suspect's signed
+        preference between the two, (q_keyed − q_other) / (q_keyed + q_other) ∈ [−1, 1], on every band probe
+        whose side is active (whatever the suspect's top-1). Under the null the keyed one of the two is a fair
+        coin given everything before and given q (the suspect does not know the key), so E[x_s | past] = 0 and
+        M is again a test martingale: a copy that follows the mark confidently and misses it hesitantly gains,
+        an independent model gains nothing in expectation. The integral over λ is the average over
+        ``BET_GRID`` midpoints (an average of test martingales is one, so the grid costs no validity).
         """
         side = self._hash_sides(self._digests(x_probe))
         higher = np.maximum(top, runner)
@@ -859,7 +884,18 @@ class AnswerWatermark:
         hit = (z == keyed)[relevant]
         n_rel = int(relevant.sum())
         matches = int(hit.sum())
-        if n_rel:
+        if q is not None:
+            active = np.flatnonzero(band & (side != 0))
+            other = np.where(keyed == top, runner, top)
+            mine, theirs = q[active, keyed[active]], q[active, other[active]]
+            steps = np.divide(mine - theirs, mine + theirs, out=np.zeros(len(active)), where=(mine + theirs) > 0)
+            lams = (np.arange(BET_GRID) + 0.5) / BET_GRID
+            log_paths = np.cumsum(np.log1p(np.clip(steps, -1.0, 1.0)[:, None] * lams[None, :]), axis=0)
+            from scipy.special import logsumexp
+
+            best = float(np.max(logsumexp(log_paths, axis=1) - math.log(BET_GRID))) if len(active) else 0.0
+            p = float(min(1.0, math.exp(-max(0.0, best))))
+        elif n_rel:
             log_m = mixture_log_wealth(np.cumsum(hit), np.arange(1, n_rel + 1), 0.5)
             p = float(min(1.0, math.exp(-max(0.0, float(np.max(log_m))))))
         else:
@@ -877,7 +913,7 @@ class AnswerWatermark:
             n_null_keys=0,
             alpha=alpha,
             claimed=p <= alpha,
-            test=BOUNDARY_HASH_TEST,
+            test=BOUNDARY_HASH_TEST if q is None else BOUNDARY_HASH_WEIGHTED_TEST,
             matches=matches,
             p_binomial=p_bin,
         )

@@ -14,7 +14,9 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    rank test of the suspect's departures from the owner's label against the key's region side, over wrong
    keys (exact when the logged queries did not depend on the key; docs/audits.md has the false-claim
    measurement on adaptive clients' logs); one look. With the hash side (a keyed coin per input), the probes
-   stay in logged order and the test is a Bernoulli(1/2) test martingale, valid whatever the client adapted.
+   stay in logged order and the test is a Bernoulli(1/2) test martingale, valid whatever the client adapted;
+   when the suspect answers probabilities, the martingale bets on its signed preference between the owner's
+   top two (``_verify_hash_sides``), same null, same validity.
 3. **Probability phase** (CosWM-style), when the suspect answers probabilities. Probes: the suspected
    clients' logged inputs that were served marked probabilities (the thief trained on exactly these, so its
    copy carries the cosine there most strongly), or, with no log, fresh probes from the owner's reference
@@ -203,13 +205,17 @@ def run_api_watermark(
         else:
             achievable |= 1.0 / (params["n_null_keys"] + 1) <= alpha_phase
         report(0.3, f"boundary phase: {len(x_band)} probes")
+        # A suspect answering probabilities is asked once for them (its label is their argmax), and the hash
+        # side's test then bets on its preference between the owner's top two instead of its top-1 alone.
+        q_band = suspect.probabilities(x_band) if suspect.has_probabilities else None
         b_ev = mark.verify_boundary(
             x_band,
-            suspect.labels(x_band),
+            suspect.labels(x_band) if q_band is None else np.argmax(q_band, axis=1),
             own_band,
             alpha=alpha_phase,
             n_null_keys=params["n_null_keys"],
             seed=params["seed"],
+            suspect_probabilities=q_band if mark.boundary_side_mode == "hash" else None,
         )
         used += len(x_band)
         claimed |= b_ev.claimed
@@ -299,7 +305,9 @@ def run_api_watermark(
             {
                 "label": SEQUENTIAL_LABEL_TEST,
                 "probabilities": PROBABILITY_TEST,
-                "boundary": BOUNDARY_HASH_TEST if mark.boundary_side_mode == "hash" else BOUNDARY_TEST,
+                "boundary": evidence["phases"].get("boundary", {}).get(
+                    "test", BOUNDARY_HASH_TEST if mark.boundary_side_mode == "hash" else BOUNDARY_TEST
+                ),
             }[p]
             for p in phases
         )

@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from audit.answer_watermark import (
     BOUNDARY_HASH_TEST,
+    BOUNDARY_HASH_WEIGHTED_TEST,
     CLAIMED,
     AnswerWatermark,
     LabelProbes,
@@ -365,6 +366,54 @@ def test_hash_side_false_claims_over_wrong_keys_on_an_adaptive_log() -> None:
         binomial += ev.p_binomial is not None and ev.p_binomial <= alpha
     bound = alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)  # +3σ of the binomial
     assert martingale <= bound < binomial
+
+
+def test_hash_side_weighted_by_probabilities_reduces_to_the_label_test_and_stays_valid() -> None:
+    """The betting form: with one-hot probabilities it is the same mixture as the label test (same p up to
+    the λ grid); with an independent suspect's probabilities, even ones maximally confident and adapted to
+    the owner's top two, over 300 keys at α = 0.05 the claims stay within α; a copy that follows the mark
+    confidently and misses it hesitantly is claimed from fewer probes than by its labels alone."""
+    x, p = _boundary_world(6000, seed=7)
+    band = _boundary_mark().boundary_band(p)
+    x, p = x[band][:400], p[band][:400]
+    w = _boundary_mark(boundary_side="hash")
+    served = w.mark_boundary_labels(x, p).labels
+    labels_ev = w.verify_boundary(x[:40], served[:40], p[:40], alpha=1e-3)
+    one_hot = np.eye(K)[served[:40]]
+    bet_ev = w.verify_boundary(x[:40], served[:40], p[:40], alpha=1e-3, suspect_probabilities=one_hot)
+    assert bet_ev.test == BOUNDARY_HASH_WEIGHTED_TEST and labels_ev.test == BOUNDARY_HASH_TEST
+    assert bet_ev.p_value == pytest.approx(labels_ev.p_value, rel=0.05)
+    # a copy: follows the keyed choice 70 % of the time, with preference 0.8 when it does and 0.1 when not
+    rng = np.random.default_rng(8)
+    order = np.argsort(-p, axis=1)
+    follows = rng.random(len(x)) < 0.7
+    keyed = served
+    other = np.where(keyed == order[:, 0], order[:, 1], order[:, 0])
+    winner, loser = np.where(follows, keyed, other), np.where(follows, other, keyed)
+    strength = np.where(follows, 0.8, 0.1)
+    q = np.full((len(x), K), 0.02)
+    q[np.arange(len(x)), winner] += 0.4 * (1 + strength)
+    q[np.arange(len(x)), loser] += 0.4 * (1 - strength)
+    q /= q.sum(axis=1, keepdims=True)
+    n = 40
+    by_labels = w.verify_boundary(x[:n], q[:n].argmax(1), p[:n], alpha=1e-3)
+    by_bets = w.verify_boundary(x[:n], q[:n].argmax(1), p[:n], alpha=1e-3, suspect_probabilities=q[:n])
+    assert by_bets.p_value < by_labels.p_value / 10
+    # the null: the owner's probabilities sharpened to near one-hot (independent of every key), and a
+    # suspect as confident as possible on every band probe, preferring the owner's runner-up
+    alpha, trials = 0.05, 300
+    sharp = p**8 / np.sum(p**8, axis=1, keepdims=True)
+    contrary = np.full((len(x), K), 1e-6)
+    contrary[np.arange(len(x)), order[:, 1]] = 1.0
+    claims = {"sharp": 0, "contrary": 0}
+    for i in range(trials):
+        wi = _boundary_mark(f"null-key-{i:05d}".encode().ljust(32, b"."), boundary_side="hash")
+        for name, answers in (("sharp", sharp), ("contrary", contrary)):
+            ev = wi.verify_boundary(x, answers.argmax(1), p, alpha=alpha, suspect_probabilities=answers)
+            claims[name] += ev.claimed
+    bound = alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)
+    print(f"\nweighted boundary test, false claims over {trials} keys: {claims}")
+    assert max(claims.values()) <= bound
 
 
 # --- probability answers ----------------------------------------------------------------------------------
