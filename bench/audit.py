@@ -381,7 +381,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: small MLPs, 2 shared cores)")
     parser.add_argument("--worlds", nargs="*", default=["digits", "mnist"], choices=["digits", "mnist"],
                         help="also register the owner's model per world and audit through it (bench/audit_worlds.py)")
-    parser.add_argument("--world-independents", type=int, default=20, help=">= 20 for a false-claim rate vs 0.05")
+    parser.add_argument("--world-independents", type=int, default=60, help="60: a false-claim rate vs 0.05 to ±0.08")
     parser.add_argument("--world-nulls", type=int, default=20, help="the registration's null models per world")
     parser.add_argument("--worlds-only", action="store_true", help="skip the per-seed digits part")
     parser.add_argument("--api-watermark", nargs="*", choices=["digits", "mnist"], default=None, metavar="WORLD",

@@ -22,7 +22,7 @@ Per world (one seed each; the digits world of bench/audit.py's main part adds se
   other seeds) on attacker data: the pool (natural data the owner never trained on), 2 each; a distilled copy
   (probabilities on up to 4,000 of the owner's own training inputs); a fine-tuned copy (the owner model, 3 epochs
   on the pool).
-- **Independent models.** 20 (``--world-independents``) MLPs on random subsets of the pool, the registration's
+- **Independent models.** 60 (``--world-independents``) MLPs on random subsets of the pool, the registration's
   recipe (``audit.null_models.train_null_models``, other seeds).
 
 Watermark ``stolen_claim_rate`` counts copies with at least 80 % test agreement with the owner (the issue's
