@@ -69,6 +69,7 @@ from audit.self_test import CopyRecipe, train_copies
 from audit.suspects.base import Suspect
 from audit.suspects.safetensors_loader import TorchModuleSuspect
 from audit.watermark_embed import WatermarkEmbedder
+from bench.audit_worlds import _fine_tune  # the world's fine-tuned copy recipe
 
 SECRET = b"scratch-boundary-watermark-key-0"
 
@@ -170,22 +171,6 @@ def embed(
         round(float(np.mean(got[flip] == target.argmax(1)[flip])), 4) if flip.any() else None
     )
     return m1, info
-
-
-def fine_tune(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed: int, epochs: int = 3) -> torch.nn.Module:
-    m = copylib.deepcopy(model).train()
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
-            for idx in torch.randperm(len(xt), generator=gen).split(64):
-                loss = F.cross_entropy(m(xt[idx]), yt[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return m.eval()
 
 
 class Verifier:
@@ -340,7 +325,7 @@ def main() -> None:
         for name, _, s in train_copies(victim, xq, recipe):
             suspects.append((name, f"{name}_{r}", s))
     suspects.append(("distilled", "distilled", train_copies(victim, split.x_owner, CopyRecipe(seed=4000))[-1][2]))
-    tuned = fine_tune(m1, split.x_pool, split.y_pool, seed=5000 + seed)
+    tuned = _fine_tune(m1, split.x_pool, split.y_pool, seed=5000 + seed)
     suspects.append(("fine_tuned", "fine_tuned", TorchModuleSuspect(tuned, identity={"kind": "in-memory"})))
     log(f"copies ready ({time.perf_counter() - t_start:.0f} s); thief queries {thief_stats}")
     indep = train_null_models(
