@@ -27,9 +27,14 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    by the same wrong keys), looked at twice (half and all of the budget), each look at half of the phase's α
    (Bonferroni over looks), so it stops early when the first half suffices.
 
-False claims. Each phase that runs gets an equal share of α (a label phase whose replaced labels could not
-reach its share even all reproduced is skipped first: that depends only on how many were logged); a claim by
-either phase is a claim, so the false-claim probability is at most α (union bound). The reported p-value is
+False claims. With the hash side, the label and boundary phases are one test martingale: they test
+independent bits of the key (DAWN's selection and offset, digest words 0–2; the side, word 3), so the boundary
+phase multiplies on from the label phase's final value, M = M_label(end) × M_boundary(t), and Ville's
+inequality bounds the pair at one share of α (a label phase with no disagreement leaves M at 1; one that
+disagreed without matching costs its factor, one that matched gains it). Otherwise each phase that runs gets an
+equal share of α (with the smooth side, a label phase whose replaced labels could not reach its share even all
+reproduced is skipped first: that depends only on how many were logged); a claim by any share is a claim, so
+the false-claim probability is at most α (union bound). The reported p-value is
 the Bonferroni-adjusted minimum, min_i p_i·α/α_i, valid at the same level. *inconclusive* when the budget or
 the probes available could not have reached α even on a perfect copy (e.g. no logged marked answers and a
 suspect that answers labels only), so "no claim" never states a power the audit did not have.
@@ -157,7 +162,11 @@ def run_api_watermark(
     if not run_label and logged is not None:
         notes.append("no logged answer of the suspected clients carries a replaced label")
     phases = [p for p, on in (("label", run_label), ("boundary", run_boundary), ("probabilities", run_prob)) if on]
-    if run_label and len(phases) > 1 and label_probes is not None:
+    # The label and the hash-side boundary phases test independent bits of the key (DAWN's selection and offset:
+    # digest words 0-2; the side: word 3), both with a test martingale, so the boundary phase continues the label
+    # phase's martingale (M = M_label(end) x M_boundary(t), one Ville bound) and the two share one part of α.
+    chained = run_label and run_boundary and mark.boundary_side_mode == "hash"
+    if run_label and not chained and len(phases) > 1 and label_probes is not None:
         # A label phase that could not claim even if every replaced label were reproduced gets no share of α.
         # Valid: the choice depends only on how many replaced labels were logged (the key's selection bits),
         # not on the suspect's answers nor on the key parts the other phases test.
@@ -170,10 +179,11 @@ def run_api_watermark(
                 f"{n_label} replaced labels could not reach p ≤ α/{len(phases) + 1} even if all were "
                 "reproduced: the label phase was skipped and its share of α went to the other phases"
             )
-    alpha_phase = alpha / max(1, len(phases))
+    alpha_phase = alpha / max(1, len(phases) - (1 if chained else 0))
 
     evidence: dict[str, Any] = {"phases": {}}
     used = 0
+    carried, p_label, chained_done = 0.0, 1.0, False
     p_adjusted: list[float] = []
     achievable = False
     claimed = False
@@ -187,7 +197,11 @@ def run_api_watermark(
         ev = test.run(label_probes, suspect.labels, batch_size=params["batch_size"], max_queries=limit)
         used += ev.queries
         claimed |= ev.claimed
-        p_adjusted.append(min(1.0, ev.p_value * alpha / alpha_phase))
+        p_label = ev.p_value
+        if chained and not ev.claimed:  # what the boundary phase carries on: the martingale's value at the end
+            carried = float(mixture_log_wealth(np.array([ev.matches]), np.array([ev.disagreements]), ev.null_rate)[0])
+        else:
+            p_adjusted.append(min(1.0, ev.p_value * alpha / alpha_phase))
         evidence["phases"]["label"] = {
             **ev.to_dict(),
             "probes_available": len(label_probes),
@@ -218,13 +232,32 @@ def run_api_watermark(
             suspect_probabilities=q_band if mark.boundary_side_mode == "hash" else None,
         )
         used += len(x_band)
-        claimed |= b_ev.claimed
-        p_adjusted.append(min(1.0, b_ev.p_value * alpha / alpha_phase))
-        evidence["phases"]["boundary"] = {
+        boundary = {
             **b_ev.to_dict(),
             "probes": "the suspected clients' logged label answers in the owner's boundary band",
             "queries": len(x_band),
         }
+        if chained:
+            p_continued = min(1.0, b_ev.p_value * math.exp(-carried))
+            b_claimed = p_continued <= alpha_phase
+            p_adjusted.append(min(1.0, min(p_label, p_continued) * alpha / alpha_phase))
+            boundary.update(
+                continues_label_phase=True,
+                label_log_wealth_carried=carried,
+                p_value_boundary_alone=b_ev.p_value,
+                p_value=p_continued,
+                alpha=alpha_phase,
+                false_claim_bound=alpha_phase,
+                decision="ownership claimed" if b_claimed else "not claimed",
+            )
+            chained_done = True
+        else:
+            b_claimed = b_ev.claimed
+            p_adjusted.append(min(1.0, b_ev.p_value * alpha / alpha_phase))
+        claimed |= b_claimed
+        evidence["phases"]["boundary"] = boundary
+    if chained and not chained_done and not claimed:  # the boundary phase had no budget left
+        p_adjusted.append(min(1.0, p_label * alpha / alpha_phase))
     if run_prob and not claimed and used < limit:
         assert x_prob is not None
         x_prob = x_prob[: limit - used]
@@ -312,7 +345,10 @@ def run_api_watermark(
             for p in phases
         )
         or "none",
-        combination="claim when any phase claims; phase α split equally (union bound); p = min_i p_i·α/α_i",
+        combination=(
+            "claim when any phase claims; the hash-side boundary phase continues the label phase's test martingale "
+            "(one share of α for both); shares of α equal otherwise (union bound); p = min_i p_i·α/α_i"
+        ),
         null_hypothesis=NULL_HYPOTHESIS,
         queries_used=used,
         suspected_clients=list(params["clients"]),
