@@ -440,13 +440,14 @@ def audit_row(
     victim_test: np.ndarray,
     label_answers: bool,
     args: argparse.Namespace,
-    max_queries: int = MAX_QUERIES,
+    max_queries: int | None = None,
 ) -> dict[str, Any]:
     suspect = CallableSuspect(copy.predict, copy.predict_proba)
     params = {
         "clients": sorted(set(logged.clients)),
         "alpha": ALPHA,
-        "max_queries": max_queries,
+        # the 500 unless a diagnostic run asks for more (bench/api_watermark_keys.py --max-queries)
+        "max_queries": max_queries or getattr(args, "max_queries", MAX_QUERIES),
         "n_null_keys": args.null_keys,
         "batch_size": 10,
     }

@@ -72,6 +72,7 @@ def main() -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--all-copies", action="store_true", help="every stolen copy of the benchmark, per key")
     parser.add_argument("--first-key", type=int, default=0, help="--all-copies: keys first .. first + keys - 1")
+    parser.add_argument("--max-queries", type=int, default=500, help="--all-copies: suspect queries per audit")
     parser.add_argument("--worlds", nargs="+", default=["digits"], choices=["digits", "mnist"], help="--all-copies")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -173,6 +174,7 @@ def all_copies(args: argparse.Namespace) -> dict[str, Any]:
                     boundary_margin=float(Settings.model_fields["answer_watermark_boundary_margin"].default),
                     boundary_share=float(Settings.model_fields["answer_watermark_boundary_share"].default),
                     boundary_side=side,
+                    max_queries=args.max_queries,
                 )
                 out = run_world(name, ns)
                 worth = [r for r in out["rows"] if r["agreement"] >= AGREEMENT_WORTH_STEALING]
