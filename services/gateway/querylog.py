@@ -157,6 +157,7 @@ class QueryLogWriter:
         self._replay_offset = 0
         self._has_spill = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._wakeup = asyncio.Event()
 
     # ---------------------------------------------------------------- hot path
@@ -195,17 +196,24 @@ class QueryLogWriter:
             except _REDIS_DOWN:
                 self._mark_down()
         self._update_spill_gauge()
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="querylog-flusher")
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Flush everything: to Redis if it answers, else to the spill file. Nothing is lost."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        if self._task is not None:
+            # The flag as well as the cancel: on Python 3.11 ``asyncio.wait_for`` can swallow a cancellation that
+            # races with its inner wait finishing (fixed in 3.12), and the flusher would then run on while this
+            # await never returned (seen as a hung test). The flag ends its loop at the next turn either way.
+            self._stopping = True
+            self._wakeup.set()
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=timeout_s)
+            if not self._task.done():
+                log.warning("query-log flusher did not stop within %.1f s; flushing from stop()", timeout_s)
+            self._task = None
         self._next_probe = 0.0
         while self._buffer or self._spill_pending():
             if loop.time() > deadline:
@@ -229,7 +237,7 @@ class QueryLogWriter:
 
     # ---------------------------------------------------------------- flusher
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.flush_interval_s)
             self._wakeup.clear()

@@ -161,3 +161,30 @@ async def test_a_lost_row_overtaken_by_another_gateway_is_added_once_with_a_new_
     records = [f for _, f in r.xrange("mc:queries") if f[b"r"] != b"{}"]
     seqs = [QueryRecord.from_stream_fields(f).seq for f in records]
     assert sorted(seqs) == list(range(1, 7)) and len(seqs) == 6
+
+
+async def test_stop_returns_when_the_flusher_swallows_its_cancellation(tmp_path: Path, redis_url: str) -> None:
+    """Python 3.11's ``asyncio.wait_for`` can swallow a cancellation that races with its inner wait finishing;
+    the flusher then runs on. ``stop`` must still return (its flag ends the loop) and still flush every row."""
+    r = redis.Redis.from_url(redis_url)
+    w = _writer(redis_url, tmp_path, CollectorRegistry())
+    real_flush = w._flush_once
+    swallowed = 0
+    inside = asyncio.Event()
+
+    async def flush_swallowing_one_cancel() -> None:  # what the 3.11 race looks like from the loop's side
+        nonlocal swallowed
+        inside.set()
+        try:
+            await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            swallowed += 1
+        await real_flush()
+
+    w._flush_once = flush_swallowing_one_cancel  # type: ignore[method-assign]
+    await w.start()
+    assert w.offer(_entry(0, 2))
+    await asyncio.wait_for(inside.wait(), timeout=5.0)
+    await asyncio.wait_for(w.stop(timeout_s=5.0), timeout=10.0)
+    assert swallowed >= 1
+    assert [QueryRecord.from_stream_fields(f).seq for _, f in r.xrange("mc:queries")] == [1, 2]
