@@ -54,7 +54,8 @@ Verification (what an audit runs on a suspect's answers), with the statistics st
   both are projected on the probes' linear span (their top principal directions, one per 4 probes at most):
   a copy that can only represent functions linear in the input (equation solving's logistic model) carries
   only the linear part of the cosine, and the projection removes the part of its residual no key can
-  explain (digits equation-solving copy over 20 keys: rank p at the floor on 13 keys, against 4 for (1)/(2)).
+  explain (digits equation-solving copy: rank p at the floor on 13 of the 20 design keys against 4 for
+  (1)/(2); on 20 held-out keys the audit claimed it on 11 instead of 9).
   Null: the suspect (and baseline) are independent of the key. The test is
   conditional on c* (derived from its own subkey, independent of v and φ): the wrong keys share c* and draw
   v uniform on the sphere and φ uniform, so under the null the true (v, φ) is exchangeable with
@@ -175,7 +176,8 @@ QUIET_BELOW = 0.01
 LOG_FLOOR = 1e-3
 # The linear statistic: a span of at most one principal direction per 4 probes (digits: all 64 at 250+ probes;
 # MNIST: 62 at 250, 125 at 500), used from 40 probes. Measured on the digits equation-solving copy over the
-# benchmark's 20 keys (docs/benchmarks.md): rank p ≤ 2.5e-4 on 13 keys against 4 for the best of the other two.
+# benchmark's 20 design keys: rank p ≤ 2.5e-4 on 13 keys against 4 for the best of the other two; on 20 held-out
+# keys the audit claimed that copy on 11 instead of 9 (docs/benchmarks.md).
 LINEAR_PROBES_PER_DIM = 4
 LINEAR_MIN_PROBES = 40
 CLAIMED = "ownership claimed"
