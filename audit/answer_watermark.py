@@ -521,6 +521,7 @@ class AnswerWatermark:
         boundary_margin: float = 0.0,
         boundary_share: float = 1.0,
         boundary_side: str = "hash",
+        probability_classes: int = 1,
     ) -> None:
         if not isinstance(secret, bytes | bytearray) or len(secret) < 16:
             raise ValueError("secret must be at least 16 bytes (128 bits)")
@@ -544,6 +545,8 @@ class AnswerWatermark:
             raise ValueError(f"boundary_share must be in (0, 1], got {boundary_share}")
         if boundary_side not in BOUNDARY_SIDES:
             raise ValueError(f"boundary_side must be one of {BOUNDARY_SIDES}, got {boundary_side!r}")
+        if probability_classes not in (1, 2):
+            raise ValueError(f"probability_classes must be 1 or 2, got {probability_classes}")
         self.n_classes = n_classes
         self.input_dim = input_dim
         self.amplitude = amplitude
@@ -563,6 +566,13 @@ class AnswerWatermark:
         self.projection = _unit_vector(_subkey(bytes(secret), b"projection"), input_dim)
         self.phase = float(2 * np.pi * _uniforms(_subkey(bytes(secret), b"phase"), 1)[0])
         self.target_class = int.from_bytes(_subkey(bytes(secret), b"target-class")[:8], "big") % n_classes
+        # The quadrature class (``probability_classes`` 2, needs k ≥ 3): sin instead of cos of the same keyed
+        # projection, into a second keyed class c₂ ≠ c*. A copy that can only carry the part of the mark linear in
+        # the input (a logistic copy) finds the cosine's linear part ∝ sin(f·μ + φ) and the sine's ∝ cos(f·μ + φ)
+        # over inputs spread around μ: one of the two is large whatever the key's phase.
+        offset = int.from_bytes(_subkey(bytes(secret), b"second-class")[:8], "big") % max(n_classes - 1, 1)
+        self.second_class = (self.target_class + 1 + offset) % n_classes
+        self.probability_classes = probability_classes if n_classes >= 3 else 1
         self.fingerprint = _subkey(bytes(secret), b"fingerprint").hex()[:16]
         self.boundary_projection = _unit_vector(_subkey(bytes(secret), b"boundary-projection"), input_dim)
         self.boundary_phase = float(2 * np.pi * _uniforms(_subkey(bytes(secret), b"boundary-phase"), 1)[0])
@@ -581,6 +591,7 @@ class AnswerWatermark:
             "boundary_margin": self.boundary_margin,
             "boundary_share": self.boundary_share,
             "boundary_side": self.boundary_side_mode,
+            "probability_classes": self.probability_classes,
         }
 
     @staticmethod
@@ -923,11 +934,20 @@ class AnswerWatermark:
     # --- probability answers ------------------------------------------------------------------------------
 
     def signal(self, x: ArrayLike) -> np.ndarray:
-        """s(x) = cos(f·<v, x> + φ) in [−1, 1], on the float32 inputs."""
+        """s(x) = cos(f·<v, x> + φ) in [−1, 1], on the float32 inputs (class c*'s signal)."""
         return np.asarray(np.cos(self.frequency * (self._rows(x).astype(np.float64) @ self.projection) + self.phase))
 
+    def _marked_classes(self) -> list[tuple[int, float]]:
+        """(class, phase offset) of each class the probability mark moves: c* with the cosine, then (with two
+        classes) c₂ with the sine, cos(θ − π/2)."""
+        pairs = [(self.target_class, 0.0)]
+        if self.probability_classes == 2:
+            pairs.append((self.second_class, -math.pi / 2))
+        return pairs
+
     def mark_probabilities(self, x: ArrayLike, probabilities: ArrayLike) -> MarkedProbabilities:
-        """Move amplitude·s(x) of mass into class c* (out of it when negative), keeping the top-1 label."""
+        """Move amplitude·s(x) of mass into class c* (out of it when negative), and with two classes
+        amplitude·sin(…) into c₂ after it, keeping the top-1 label."""
         p_in = np.asarray(probabilities)
         if p_in.ndim != 2 or p_in.shape[1] != self.n_classes:
             raise ValueError(f"probabilities must be [n, {self.n_classes}], got shape {p_in.shape}")
@@ -935,14 +955,27 @@ class AnswerWatermark:
         p = p_in.astype(np.float64)
         if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p.sum(axis=1) <= 0):
             raise ValueError("probabilities must be finite, non-negative, with a positive sum per row")
-        s = self.signal(x)
-        if len(s) != len(p):
-            raise ValueError(f"{len(s)} inputs but {len(p)} probability rows")
-        n, k, c = len(p), self.n_classes, self.target_class
-        if n == 0:
+        angle = self.frequency * (self._rows(x).astype(np.float64) @ self.projection) + self.phase
+        if len(angle) != len(p):
+            raise ValueError(f"{len(angle)} inputs but {len(p)} probability rows")
+        if len(p) == 0:
             return MarkedProbabilities(p_in.astype(out_dtype), 0.0, np.ones(0))
+        current, scale = p_in, np.ones(len(p))
+        for c, offset in self._marked_classes():
+            current, step_scale = self._move_mass(current, np.cos(angle + offset), c, out_dtype)
+            scale = np.minimum(scale, step_scale)
+        max_change = float(np.max(np.abs(current.astype(np.float64) - p)))
+        return MarkedProbabilities(probabilities=current, max_change=max_change, scale=scale)
+
+    def _move_mass(
+        self, p_in: np.ndarray, s: np.ndarray, c: int, out_dtype: np.dtype[Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One class's move: amplitude·s of mass into class c, out of the others in proportion to them, shrunk
+        per row so the top-1 label holds with ``margin_kept`` of its margin. Returns (answers, the shrink)."""
+        p = p_in.astype(np.float64)
+        n, k = len(p), self.n_classes
         rest = p.sum(axis=1) - p[:, c]
-        delta = np.clip(self.amplitude * s, -p[:, c], rest)  # c* stays within [0, row sum]
+        delta = np.clip(self.amplitude * s, -p[:, c], rest)  # c stays within [0, row sum]
         share = np.where(rest[:, None] > 0, p / np.where(rest > 0, rest, 1.0)[:, None], 1.0 / (k - 1))
         share[:, c] = 0.0
         move = -delta[:, None] * share
@@ -974,8 +1007,7 @@ class AnswerWatermark:
             out[bad] = p_in[bad].astype(out_dtype)
         if not np.array_equal(np.argmax(out, axis=1), top):
             raise AssertionError("the probability mark changed a top-1 label")
-        max_change = float(np.max(np.abs(out.astype(np.float64) - p)))
-        return MarkedProbabilities(probabilities=out, max_change=max_change, scale=scale)
+        return out, scale
 
     def verify_probabilities(
         self,
@@ -1024,52 +1056,43 @@ class AnswerWatermark:
         base, base_labels = self._as_probabilities(baseline, len(x)) if baseline is not None else (None, True)
         residual = answers - (base if base is not None else 0.0)
         residual = residual - residual.mean(axis=0)
-        c = self.target_class
-        column = residual[:, [c]]
-        quiet = np.zeros(len(x), dtype=bool)
-        if base is not None and not base_labels and not labels_only:
-            quiet = base[:, c] < QUIET_BELOW
-        use_half = int(quiet.sum()) >= 3
-        log_residual = (
-            (np.log(answers[quiet, c] + LOG_FLOOR) - np.log(base[quiet, c] + LOG_FLOOR))[:, None]
-            if (use_half and base is not None)
-            else np.zeros((0, 1))
-        )
-
         basis = _linear_basis(x) if not labels_only and len(x) >= LINEAR_MIN_PROBES else None
         use_linear = basis is not None
-        linear_residual = basis.T @ column if basis is not None else np.zeros((0, 1))  # coordinates in the span
+        marked = [
+            _ClassView.of(c, off, residual, answers, base, base_labels or labels_only, basis)
+            for c, off in self._marked_classes()
+        ]
+        use_half = any(view.half for view in marked)
 
-        def statistics(v: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            s = np.cos(self.frequency * (x @ v) + phases)
-            cos_t = self._correlation(column, s)[0]
-            half_t = np.zeros_like(cos_t)
-            if use_half:
-                half = np.maximum(s[quiet], 0.0)
-                half_t = self._correlation(log_residual - log_residual.mean(), half - half.mean(axis=0))[0]
-            lin_t = np.zeros_like(cos_t)
-            if basis is not None:  # <P r, P s> / ‖P s‖ with P = B Bᵀ (B orthonormal, orthogonal to the constant)
-                s_coords = basis.T @ s
-                lin_t = (linear_residual.T @ s_coords)[0] / np.maximum(np.linalg.norm(s_coords, axis=0), 1e-300)
-            return cos_t, half_t, lin_t
+        def statistics(v: np.ndarray, phases: np.ndarray) -> list[np.ndarray]:
+            """Per key: cosine, half-wave and linear statistics, summed over the marked classes (numerators and
+            squared normalisers added), and with two classes the same three for c* alone (a copy that learnt
+            one class's part better is not diluted by the other)."""
+            angle = self.frequency * (x @ v) + phases
+            parts = [view.parts(np.cos(angle + view.offset), basis) for view in marked]
+            out = [_combine(parts)]
+            if len(parts) == 2:
+                out.append(_combine(parts[:1]))
+            return [t for triple in out for t in triple]
 
         true_stats = statistics(self.projection[:, None], np.array([self.phase]))
-        amplitude = self._correlation(column, self.signal(x)[:, None])[1]
+        amplitude = self._correlation(marked[0].column, self.signal(x)[:, None])[1]
         rng = np.random.default_rng(seed)
-        null_stats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        null_stats: list[list[np.ndarray]] = []
         for start in range(0, n_null_keys, 256):  # chunks keep the [n, keys] arrays small
             m = min(256, n_null_keys - start)
             v = rng.standard_normal((self.input_dim, m))
             v /= np.linalg.norm(v, axis=0)
             null_stats.append(statistics(v, rng.uniform(0.0, 2 * np.pi, m)))
-        all_cos, all_half, all_lin = (  # index 0: the true key
-            np.concatenate([true_stats[i], *(t[i] for t in null_stats)]) for i in range(3)
-        )
-        ranks = [_rank_p(all_cos)] + [_rank_p(a) for a, on in ((all_half, use_half), (all_lin, use_linear)) if on]
+        # index 0: the true key; per statistic: cosine, half-wave, linear (then the same for c* alone)
+        columns = [np.concatenate([true_stats[i], *(t[i] for t in null_stats)]) for i in range(len(true_stats))]
+        used = [i for i in range(len(columns)) if (i % 3 != 1 or use_half) and (i % 3 != 2 or use_linear)]
+        ranks = [_rank_p(columns[i]) for i in used]
         smallest, mean_rank = np.min(ranks, axis=0), np.mean(ranks, axis=0)
         # (1 + #{wrong keys at least as extreme}) / (N + 1), ordered by the smallest rank p, then by the mean
         as_extreme = (smallest < smallest[0]) | ((smallest == smallest[0]) & (mean_rank <= mean_rank[0]))
         p_mc = float(np.mean(as_extreme))
+        all_cos, all_half, all_lin = columns[0], columns[1], columns[2]
         from scipy import stats
 
         def gaussian(values: np.ndarray) -> tuple[float, float, float]:
@@ -1094,7 +1117,7 @@ class AnswerWatermark:
             labels_only=labels_only,
             alpha=alpha,
             claimed=p_mc <= alpha,
-            half_wave_probes=int(quiet.sum()) if use_half else 0,
+            half_wave_probes=sum(int(view.quiet.sum()) for view in marked if view.half),
             half_wave_statistic=float(all_half[0]) if use_half else None,
             half_wave_null_mean=half_mean if use_half else None,
             half_wave_null_std=half_std if use_half else None,
@@ -1123,6 +1146,68 @@ class AnswerWatermark:
         norm = np.sqrt(np.sum(prod**2, axis=0))
         t = np.divide(total, norm, out=np.zeros_like(total), where=norm > 0)
         return t, total / np.maximum(np.sum(signal**2, axis=0), 1e-300)
+
+
+@dataclass(frozen=True)
+class _ClassView:
+    """What ``verify_probabilities`` needs of one marked class, computed once for every key."""
+
+    offset: float  # the class's phase offset: 0 for c* (cosine), −π/2 for c₂ (sine)
+    column: np.ndarray  # [n, 1] the centred residual of the class
+    quiet: np.ndarray  # [n] bool: the baseline gives the class < QUIET_BELOW
+    half: bool  # the half-wave statistic runs (≥ 3 quiet probes)
+    log_residual: np.ndarray  # [quiet, 1] the centred log-residual on the quiet probes
+    linear_residual: np.ndarray | None  # [rank, 1] the residual's coordinates in the probes' linear span
+
+    @classmethod
+    def of(
+        cls,
+        c: int,
+        offset: float,
+        residual: np.ndarray,
+        answers: np.ndarray,
+        base: np.ndarray | None,
+        no_half: bool,
+        basis: np.ndarray | None,
+    ) -> _ClassView:
+        column = residual[:, [c]]
+        quiet = np.zeros(len(residual), dtype=bool) if base is None or no_half else base[:, c] < QUIET_BELOW
+        half = int(quiet.sum()) >= 3 and base is not None
+        log_residual = np.zeros((0, 1))
+        if half and base is not None:
+            log_residual = (np.log(answers[quiet, c] + LOG_FLOOR) - np.log(base[quiet, c] + LOG_FLOOR))[:, None]
+            log_residual = log_residual - log_residual.mean()
+        linear = basis.T @ column if basis is not None else None
+        return cls(offset, column, quiet, half, log_residual, linear)
+
+    def parts(self, s: np.ndarray, basis: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """[keys] numerators and squared normalisers of the cosine, half-wave and linear statistics for the
+        class's signal ``s`` [n, keys] (summed over classes by ``_combine``)."""
+        prod = self.column * s
+        zero = np.zeros(s.shape[1])
+        half_num, half_den = zero, zero
+        if self.half:
+            h = np.maximum(s[self.quiet], 0.0)
+            h_prod = self.log_residual * (h - h.mean(axis=0))
+            half_num, half_den = h_prod.sum(axis=0), np.sum(h_prod**2, axis=0)
+        lin_num, lin_den = zero, zero
+        if basis is not None and self.linear_residual is not None:
+            s_coords = basis.T @ s  # <P r, P s> with P = B Bᵀ (B orthonormal, orthogonal to the constant)
+            lin_num, lin_den = (self.linear_residual.T @ s_coords)[0], np.sum(s_coords**2, axis=0)
+        return prod.sum(axis=0), np.sum(prod**2, axis=0), half_num, half_den, lin_num, lin_den
+
+
+def _combine(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cosine (T = Σ rs / √Σ (rs)²), half-wave (the same on the log-residual) and linear (<P r, P s> / ‖P s‖)
+    statistics over the classes in ``parts``: numerators and squared normalisers added (one class: exactly the
+    single-class statistics)."""
+    total = [sum(p[i] for p in parts) for i in range(6)]
+    out = []
+    for num, den in ((total[0], total[1]), (total[2], total[3])):
+        norm = np.sqrt(den)
+        out.append(np.divide(num, norm, out=np.zeros_like(num), where=norm > 0))
+    out.append(total[4] / np.maximum(np.sqrt(total[5]), 1e-300))
+    return out[0], out[1], out[2]
 
 
 def _linear_basis(x: np.ndarray) -> np.ndarray:

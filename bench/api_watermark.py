@@ -225,6 +225,7 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
         answer_watermark_boundary_margin=args.boundary_margin,
         answer_watermark_boundary_share=args.boundary_share,
         answer_watermark_boundary_side=args.boundary_side,
+        answer_watermark_probability_classes=getattr(args, "probability_classes", 1),
     )
     marker = AnswerMarker(settings, GatewayMetrics(CollectorRegistry()))
     mark = settings.answer_watermark(K, x.shape[1])
@@ -537,6 +538,13 @@ def main() -> dict[str, Any]:
         default=str(Settings.model_fields["answer_watermark_boundary_side"].default),
         help="what picks the boundary mark's side: the keyed cosine region or the input's keyed hash",
     )
+    parser.add_argument(
+        "--probability-classes",
+        type=int,
+        choices=[1, 2],
+        default=int(Settings.model_fields["answer_watermark_probability_classes"].default),
+        help="classes the probability mark moves (2: also the sine into a second keyed class)",
+    )
     parser.add_argument("--frequency", type=float, default=None, help="radians per unit of <v, x> (default: settings)")
     args, _ = parser.parse_known_args()
     torch.set_num_threads(1)
@@ -549,6 +557,7 @@ def main() -> dict[str, Any]:
         "boundary_margin": args.boundary_margin,
         "boundary_share": args.boundary_share,
         "boundary_side": args.boundary_side,
+        "probability_classes": args.probability_classes,
         "frequency": args.frequency or DEFAULT_FREQUENCY,
         "wall_s": round(time.perf_counter() - started, 1),
     }

@@ -74,6 +74,13 @@ def main() -> dict[str, Any]:
     parser.add_argument("--first-key", type=int, default=0, help="--all-copies: keys first .. first + keys - 1")
     parser.add_argument("--max-queries", type=int, default=500, help="--all-copies: suspect queries per audit")
     parser.add_argument("--worlds", nargs="+", default=["digits"], choices=["digits", "mnist"], help="--all-copies")
+    parser.add_argument(
+        "--probability-classes",
+        type=int,
+        choices=[1, 2],
+        default=int(Settings.model_fields["answer_watermark_probability_classes"].default),
+        help="--all-copies: classes the probability mark moves",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.all_copies:
@@ -174,6 +181,7 @@ def all_copies(args: argparse.Namespace) -> dict[str, Any]:
                     boundary_margin=float(Settings.model_fields["answer_watermark_boundary_margin"].default),
                     boundary_share=float(Settings.model_fields["answer_watermark_boundary_share"].default),
                     boundary_side=side,
+                    probability_classes=args.probability_classes,
                     max_queries=args.max_queries,
                 )
                 out = run_world(name, ns)
@@ -190,6 +198,7 @@ def all_copies(args: argparse.Namespace) -> dict[str, Any]:
             kinds = sorted({r["kind"] for r in mine})
             summary[f"{name}/{side}"] = {
                 "keys": f"{args.first_key}-{args.first_key + args.keys - 1}",
+                "probability_classes": args.probability_classes,
                 "copies_worth_stealing": len(worth_rows),
                 "stolen_claim_rate": sum(r["claimed"] for r in worth_rows) / len(worth_rows),
                 "stolen_claim_rate_at_0.01": sum(r["p_value"] <= ALPHA_LOOSE for r in worth_rows) / len(worth_rows),

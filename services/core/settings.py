@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     # Over 20 keys on digits (bench/api_watermark_keys.py) the hash side claimed more of the boundary thieves'
     # copies; docs/audits.md has the comparison. Gateways and workers of a deployment must agree.
     answer_watermark_boundary_side: Literal["smooth", "hash"] = "hash"
+    # Classes the probability mark moves: 1, the cosine into one keyed class; 2, also the sine of the same
+    # projection into a second keyed class (a copy that can only carry the mark's linear part, e.g. a logistic
+    # one, then finds it whatever the key's phase). Marked answers are audited with the setting they were served
+    # under: gateways and workers of a deployment must agree.
+    answer_watermark_probability_classes: int = Field(default=1, ge=1, le=2)
     # Classes of a model whose upstream answers labels (a probability answer tells the gateway by its width).
     answer_watermark_n_classes: int | None = Field(default=None, ge=3)
 
@@ -362,7 +367,15 @@ class Settings(BaseSettings):
         it with ``answer_watermark_key``)."""
         from audit.answer_watermark import AnswerWatermark  # numpy: not every reader of the settings needs it
 
-        names = ("amplitude", "frequency", "label_share", "boundary_margin", "boundary_share", "boundary_side")
+        names = (
+            "amplitude",
+            "frequency",
+            "label_share",
+            "boundary_margin",
+            "boundary_share",
+            "boundary_side",
+            "probability_classes",
+        )
         key = self.answer_watermark_key() if secret is None else secret
         params = {name: getattr(self, f"answer_watermark_{name}") for name in names}
         return AnswerWatermark(key, n_classes=n_classes, input_dim=input_dim, **params)

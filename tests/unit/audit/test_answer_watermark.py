@@ -465,6 +465,71 @@ def test_probability_mark_carries_the_keyed_cosine() -> None:
     )
 
 
+def test_two_class_mark_adds_the_sine_into_a_second_class_and_keeps_top1() -> None:
+    """``probability_classes`` 2: c* gets the cosine as before, a second keyed class c₂ ≠ c* the sine of the same
+    projection; the top-1 never changes and no probability moves by more than twice the amplitude (each class's
+    move plus its share of the other's). With two classes there is no second class to use (one move only)."""
+    w = _watermark(amplitude=0.04, probability_classes=2)
+    assert w.second_class != w.target_class and w.describe()["probability_classes"] == 2
+    assert _watermark().second_class == w.second_class  # key material, not a setting
+    rng = np.random.default_rng(7)
+    x = rng.random((500, D)).astype(np.float32)
+    p = np.full((500, K), 0.6 / (K - 2))
+    free = [c for c in range(K) if c not in (w.target_class, w.second_class)][0]
+    p[:, [w.target_class, w.second_class]] = 0.2  # neither marked class on top or clipped: the full moves apply
+    p[:, free] = 0.4
+    p /= p.sum(1, keepdims=True)
+    marked = w.mark_probabilities(x, p)
+    assert np.all(marked.scale == 1.0)
+    angle = w.frequency * (x.astype(np.float64) @ w.projection) + w.phase
+    c, c2 = w.target_class, w.second_class
+    d1, d2 = 0.04 * np.cos(angle), 0.04 * np.sin(angle)
+    # the cosine's move first (the others, c₂ included, give in proportion), then the sine's (c* included)
+    c_after = p[:, c] + d1
+    c2_after = p[:, c2] - d1 * p[:, c2] / (1.0 - p[:, c])
+    np.testing.assert_allclose(marked.probabilities[:, c2], c2_after + d2, atol=1e-9)
+    np.testing.assert_allclose(marked.probabilities[:, c], c_after - d2 * c_after / (1.0 - c2_after), atol=1e-9)
+    # adversarial rows: top-1 unchanged, change bounded by twice the amplitude
+    q = np.concatenate([rng.dirichlet(np.full(K, 0.3), 4000), rng.dirichlet(np.full(K, 30.0), 4000)])
+    xq = rng.random((len(q), D)).astype(np.float32)
+    out = w.mark_probabilities(xq, q)
+    np.testing.assert_array_equal(out.probabilities.argmax(1), q.argmax(1))
+    assert out.max_change <= 2 * w.amplitude + 1e-9 and np.all(out.probabilities >= 0)
+    binary = AnswerWatermark(SECRET, n_classes=2, input_dim=D, probability_classes=2)
+    assert binary.probability_classes == 1
+
+
+def test_two_class_mark_reaches_linear_copies_at_every_phase() -> None:
+    """Logistic-like copies carry only the mark's part linear in the input. With one class that part is
+    ∝ sin(f·μ + φ) and vanishes for some keys' phases; with the sine in a second class one of the two parts is
+    large for every phase. 16 keys, the same copy recipe (the served move's linear part plus an error of its
+    own that is linear in the input too, as a logistic copy's misfit of a non-linear owner is, so the
+    projection cannot remove it): the two-class audit claims more keys at α = 1e-3."""
+    rng = np.random.default_rng(11)
+    n = 500
+    x = rng.random((n, D)).astype(np.float32)
+    design = np.hstack([np.ones((n, 1)), x.astype(np.float64)])
+    claimed = {1: 0, 2: 0}
+    for i in range(16):
+        secret = f"linear-phase-{i:03d}".encode().ljust(32, b".")
+        noise = design @ rng.standard_normal((D + 1, K)) / np.sqrt(D)  # the copy's own linear error
+        noise -= noise.mean(0)
+        for classes in (1, 2):
+            w = AnswerWatermark(
+                secret, n_classes=K, input_dim=D, amplitude=0.1, frequency=5.75, probability_classes=classes
+            )
+            owner = np.full((n, K), 0.5 / (K - 2))
+            owner[:, [w.target_class, w.second_class]] = 0.25
+            move = w.mark_probabilities(x, owner).probabilities - owner
+            linear = design @ np.linalg.lstsq(design, move, rcond=None)[0]
+            q = owner + linear + 0.1 * noise
+            q = np.clip(q, 1e-6, None)
+            q /= q.sum(1, keepdims=True)
+            claimed[classes] += w.verify_probabilities(x, q, baseline=owner, alpha=1e-3, n_null_keys=1999).claimed
+    print(f"\nlinear copies claimed over 16 keys: one class {claimed[1]}, two classes {claimed[2]}")
+    assert claimed[2] >= claimed[1] + 2 and claimed[2] >= 12  # measured: 11 and 14
+
+
 def test_suggest_frequency_does_not_depend_on_the_key() -> None:
     x = np.random.default_rng(8).random((500, D))
     f = AnswerWatermark.suggest_frequency(x, 0.25)
@@ -549,14 +614,20 @@ def test_linear_statistic_claims_a_linear_copy_the_cosine_misses() -> None:
     assert labels.linear_rank == 0 and labels.linear_statistic is None
 
 
-def test_combined_probability_test_false_claims_over_keys() -> None:
-    """Independent suspects (share 0) under 150 deployment keys: the min-of-three-ranks statistic is
-    calibrated by the same wrong keys, so the claim rate at α = 0.1 stays about 0.1 (no multiplicity
-    inflation)."""
+@pytest.mark.parametrize("classes", [1, 2])
+def test_combined_probability_test_false_claims_over_keys(classes: int) -> None:
+    """Independent suspects (share 0) under 150 deployment keys: the min-of-three-ranks statistic (min of six
+    with two marked classes) is calibrated by the same wrong keys, so the claim rate at α = 0.1 stays about 0.1
+    (no multiplicity inflation)."""
     alpha, claims, trials = 0.1, 0, 0
     for i in range(150):
         w = AnswerWatermark(
-            f"combined-null-{i:04d}".encode().ljust(32, b"."), n_classes=K, input_dim=D, amplitude=0.1, frequency=23.0
+            f"combined-null-{i:04d}".encode().ljust(32, b"."),
+            n_classes=K,
+            input_dim=D,
+            amplitude=0.1,
+            frequency=23.0,
+            probability_classes=classes,
         )
         x, owner, q = _diluted_copy(w, 200, seed=1000 + i, share=0.0)
         ev = w.verify_probabilities(x, q, baseline=owner, alpha=alpha, n_null_keys=99, seed=i)
