@@ -22,7 +22,11 @@ every gateway process and every restart answers the same input the same way:
   Ensemble Distillation", AAAI 2022, arXiv 2203.02777). A keyed cosine of a keyed projection of the input,
   s(x) = cos(f·<v, x> + φ), moves ``amplitude``·s(x) of probability mass into (or out of) one keyed class c*.
   A student distilled from the answers learns the periodic component; it is invisible in the top-1 label
-  (which never changes) and small in every probability (at most ``amplitude``).
+  (which never changes) and small in every probability (at most ``amplitude``). Optionally
+  (``probability_classes`` 2, not the default) the sine of the same projection moves mass into a second keyed
+  class c₂ as well, so a copy that can carry only the mark's part linear in the input finds it whatever the
+  key's phase; each probability then moves by at most twice ``amplitude``. On held-out keys it lowered the
+  logistic thief's agreement more than it raised the claims (docs/benchmarks.md).
 
 Verification (what an audit runs on a suspect's answers), with the statistics stated:
 
