@@ -24,8 +24,9 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    probabilities on the probes, subtracted before the test (removes the class structure every accurate copy
    shares with the owner's model). Test: the exact Monte-Carlo rank test against random wrong keys
    (``verify_probabilities``: the best of the cosine, half-wave and linear statistics, calibrated jointly
-   by the same wrong keys), looked at twice (half and all of the budget), each look at half of the phase's α
-   (Bonferroni over looks), so it stops early when the first half suffices.
+   by the same wrong keys), looked at twice (half and all of the budget), the first look at the share
+   ``first_look_share`` of the phase's α and the last at the rest (weighted Bonferroni over looks), so it
+   stops early when the first half suffices.
 
 False claims. With the hash side, the label and boundary phases are one test martingale: they test
 independent bits of the key (DAWN's selection and offset, digest words 0–2; the side, word 3), so the boundary
@@ -74,6 +75,9 @@ API_WATERMARK_DEFAULTS: dict[str, Any] = {
     "clients": [],
     "probes": "auto",  # auto: the clients' logged inputs, else the owner's reference data; or "reference"
     "n_null_keys": 7999,
+    # The probability phase's first look (half the probes) gets this share of the phase's α, the last look the
+    # rest (weighted Bonferroni: any split summing to α is valid).
+    "first_look_share": 0.5,
     "batch_size": 50,  # label probes per suspect call: the claim usually comes within a handful
     "seed": 0,
     "budget": None,
@@ -108,6 +112,10 @@ def validate_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     if not isinstance(out["alpha"], int | float) or not 0.0 < float(out["alpha"]) < 0.5:
         raise ValueError("alpha must be in (0, 0.5)")
     out["alpha"] = float(out["alpha"])
+    share = out["first_look_share"]
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < float(share) < 1.0:
+        raise ValueError("first_look_share must be in (0, 1)")
+    out["first_look_share"] = float(share)
     for name, low in (("max_queries", 3), ("n_null_keys", 1), ("batch_size", 1)):
         value = out[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -262,8 +270,9 @@ def run_api_watermark(
         assert x_prob is not None
         x_prob = x_prob[: limit - used]
         looks = sorted({max(3, len(x_prob) // 2), len(x_prob)})
-        alpha_look = alpha_phase / len(looks)
-        achievable |= 1.0 / (params["n_null_keys"] + 1) <= alpha_look
+        shares = [1.0] if len(looks) == 1 else [params["first_look_share"], 1.0 - params["first_look_share"]]
+        alpha_looks = [alpha_phase * share for share in shares]
+        achievable |= 1.0 / (params["n_null_keys"] + 1) <= max(alpha_looks)
         answers = np.zeros((0, mark.n_classes))
         baseline = np.zeros((0, mark.n_classes)) if owner is not None else None
         prob_ev = None
@@ -282,22 +291,23 @@ def run_api_watermark(
                 x_prob[:n],
                 answers,
                 baseline=baseline,
-                alpha=alpha_look,
+                alpha=alpha_looks[i],
                 n_null_keys=params["n_null_keys"],
                 seed=params["seed"] + i,
             )
             if prob_ev.claimed:
                 break
         assert prob_ev is not None
+        last_share = shares[looks.index(prob_ev.n_probes)]
         used += len(answers)
         claimed |= prob_ev.claimed
-        p_adjusted.append(min(1.0, prob_ev.p_value * len(looks) * alpha / alpha_phase))
+        p_adjusted.append(min(1.0, prob_ev.p_value / last_share * alpha / alpha_phase))
         evidence["phases"]["probabilities"] = {
             "test": PROBABILITY_TEST,
             "probes": prob_source,
             "baseline": "the owner's unmarked probabilities" if owner is not None else "none",
             "looks": looks,
-            "alpha_per_look": alpha_look,
+            "alpha_per_look": alpha_looks,
             "queries": len(answers),
             "statistic": prob_ev.statistic,
             "null_mean": prob_ev.null_mean,

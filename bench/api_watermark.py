@@ -61,7 +61,7 @@ from sklearn.neural_network import MLPClassifier
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audit.answer_watermark import QUIET_BELOW, AnswerWatermark  # noqa: E402
-from audit.api_watermark import LoggedAnswers, run_api_watermark  # noqa: E402
+from audit.api_watermark import API_WATERMARK_DEFAULTS, LoggedAnswers, run_api_watermark  # noqa: E402
 from audit.suspects.base import CallableSuspect  # noqa: E402
 from services.core.policy import OutputPolicy  # noqa: E402
 from services.core.settings import Settings  # noqa: E402
@@ -450,6 +450,7 @@ def audit_row(
         # the 500 unless a diagnostic run asks for more (bench/api_watermark_keys.py --max-queries)
         "max_queries": max_queries or getattr(args, "max_queries", MAX_QUERIES),
         "n_null_keys": args.null_keys,
+        "first_look_share": getattr(args, "first_look_share", API_WATERMARK_DEFAULTS["first_look_share"]),
         "batch_size": 10,
     }
     ev = run_api_watermark(suspect, mark, params, logged=logged, owner=owner)
@@ -545,6 +546,12 @@ def main() -> dict[str, Any]:
         default=int(Settings.model_fields["answer_watermark_probability_classes"].default),
         help="classes the probability mark moves (2: also the sine into a second keyed class)",
     )
+    parser.add_argument(
+        "--first-look-share",
+        type=float,
+        default=float(API_WATERMARK_DEFAULTS["first_look_share"]),
+        help="share of the probability phase's α at its first look (half the probes)",
+    )
     parser.add_argument("--frequency", type=float, default=None, help="radians per unit of <v, x> (default: settings)")
     args, _ = parser.parse_known_args()
     torch.set_num_threads(1)
@@ -558,6 +565,7 @@ def main() -> dict[str, Any]:
         "boundary_share": args.boundary_share,
         "boundary_side": args.boundary_side,
         "probability_classes": args.probability_classes,
+        "first_look_share": args.first_look_share,
         "frequency": args.frequency or DEFAULT_FREQUENCY,
         "wall_s": round(time.perf_counter() - started, 1),
     }

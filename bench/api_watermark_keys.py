@@ -51,6 +51,7 @@ from api_watermark import (  # noqa: E402  (beside this script)
     world,
 )
 
+from audit.api_watermark import API_WATERMARK_DEFAULTS  # noqa: E402
 from audit.suspects.base import CallableSuspect  # noqa: E402
 from services.core.settings import Settings  # noqa: E402
 from services.demo.redteam import AdaptiveRetraining, JacobianAugmentation  # noqa: E402
@@ -80,6 +81,12 @@ def main() -> dict[str, Any]:
         choices=[1, 2],
         default=int(Settings.model_fields["answer_watermark_probability_classes"].default),
         help="--all-copies: classes the probability mark moves",
+    )
+    parser.add_argument(
+        "--first-look-share",
+        type=float,
+        default=float(API_WATERMARK_DEFAULTS["first_look_share"]),
+        help="--all-copies: share of the probability phase's α at its first look",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -182,6 +189,7 @@ def all_copies(args: argparse.Namespace) -> dict[str, Any]:
                     boundary_share=float(Settings.model_fields["answer_watermark_boundary_share"].default),
                     boundary_side=side,
                     probability_classes=args.probability_classes,
+                    first_look_share=args.first_look_share,
                     max_queries=args.max_queries,
                 )
                 out = run_world(name, ns)
@@ -199,6 +207,7 @@ def all_copies(args: argparse.Namespace) -> dict[str, Any]:
             summary[f"{name}/{side}"] = {
                 "keys": f"{args.first_key}-{args.first_key + args.keys - 1}",
                 "probability_classes": args.probability_classes,
+                "first_look_share": args.first_look_share,
                 "copies_worth_stealing": len(worth_rows),
                 "stolen_claim_rate": sum(r["claimed"] for r in worth_rows) / len(worth_rows),
                 "stolen_claim_rate_at_0.01": sum(r["p_value"] <= ALPHA_LOOSE for r in worth_rows) / len(worth_rows),
