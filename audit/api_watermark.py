@@ -68,7 +68,7 @@ from audit.configs import Progress
 from audit.suspects.base import Suspect
 
 # α 1e-3: the issue's bar for a single-shot ownership claim; 500 queries: its bar for the suspect's cost.
-# 7,999 wrong keys: the rank p-value's floor 1/8,000 sits below the smallest per-look level α/4 = 2.5e-4.
+# 7,999 wrong keys: the rank p-value's floor 1/8,000 is the smallest per-look level, α/2 (two phases) × 1/4.
 API_WATERMARK_DEFAULTS: dict[str, Any] = {
     "alpha": 1e-3,
     "max_queries": 500,
@@ -76,8 +76,10 @@ API_WATERMARK_DEFAULTS: dict[str, Any] = {
     "probes": "auto",  # auto: the clients' logged inputs, else the owner's reference data; or "reference"
     "n_null_keys": 7999,
     # The probability phase's first look (half the probes) gets this share of the phase's α, the last look the
-    # rest (weighted Bonferroni: any split summing to α is valid).
-    "first_look_share": 0.5,
+    # rest (weighted Bonferroni: any split summing to α is valid). 0.25 rather than 0.5: adopted by a rule
+    # written before its run on 20 never-used digits keys (equation solving 5 → 6 claimed, every other copy and
+    # the Knockoff copies' queries unchanged, no independent claimed; docs/benchmarks.md).
+    "first_look_share": 0.25,
     "batch_size": 50,  # label probes per suspect call: the claim usually comes within a handful
     "seed": 0,
     "budget": None,
