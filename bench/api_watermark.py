@@ -517,7 +517,12 @@ def main() -> dict[str, Any]:
     parser.add_argument("--independents", type=int, default=20)
     parser.add_argument("--budget", type=int, default=1000, help="answered queries per thief")
     # 3,999: the rank p-value's floor 1/4,000 is at most the smallest per-look level α/4 = 2.5e-4.
-    parser.add_argument("--null-keys", type=int, default=3999, help="wrong keys of the probability test")
+    parser.add_argument(
+        "--null-keys",
+        type=int,
+        default=int(API_WATERMARK_DEFAULTS["n_null_keys"]),
+        help="wrong keys of the probability test (default: the audit's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--amplitude", type=float, default=0.1, help="the gateway's largest probability change")
     parser.add_argument("--label-share", type=float, default=0.01, help="share of label answers the mark replaces")

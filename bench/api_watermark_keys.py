@@ -69,7 +69,7 @@ def main() -> dict[str, Any]:
     parser.add_argument("--independents", type=int, default=6)
     parser.add_argument("--sides", nargs="+", default=["smooth", "hash"], choices=["smooth", "hash"])
     parser.add_argument("--budget", type=int, default=1000)
-    parser.add_argument("--null-keys", type=int, default=3999)
+    parser.add_argument("--null-keys", type=int, default=int(API_WATERMARK_DEFAULTS["n_null_keys"]))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--all-copies", action="store_true", help="every stolen copy of the benchmark, per key")
     parser.add_argument("--first-key", type=int, default=0, help="--all-copies: keys first .. first + keys - 1")
