@@ -240,7 +240,7 @@ class MarkedLabels:
 @dataclass(frozen=True)
 class MarkedProbabilities:
     probabilities: np.ndarray  # [n, k], same dtype as the input: what to serve
-    max_change: float  # max over rows and classes of |served − upstream|: ≤ amplitude (+ float32 rounding)
+    max_change: float  # max over rows and classes of |served − upstream|: ≤ amplitude, 2× with two marked classes
     scale: np.ndarray  # [n] in [0, 1]: the share of the keyed move applied (< 1 where the top-1 needed it)
 
 
@@ -1047,7 +1047,9 @@ class AnswerWatermark:
         and the combined statistic is the smallest of them, ties broken by their mean (a key at the floor of
         one statistic and strong on the others ranks above one at the floor of one alone). Its rank among the
         N + 1 keys is again exact, whatever the combination, as long as every key gets the same one: no
-        Bonferroni factor, the wrong keys calibrate the statistics jointly.
+        Bonferroni factor, the wrong keys calibrate the statistics jointly. With two marked classes
+        (``probability_classes`` 2) each statistic sums its numerator and squared normaliser over c* (cosine) and
+        c₂ (sine), and the c*-only three are kept beside them: the smallest of six rank p-values, same rule.
         """
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
