@@ -13,10 +13,11 @@ suspect is (normalised by every null):
 - ``reference_bench`` / ``reference_parts``: the same two recipes on the owner's reference rows, the data the
   null models were trained on (other seeds, so other subsets and partitions).
 
-Also the registration's own null t-statistics and their random-effects fit. If the null statistics were
-representative, models on the reference rows would sit at the nulls' mean. Prints one line per seed to stderr
-and one JSON object as its LAST stdout line. docs/audits.md ("Dataset inference: what the held-out seeds show")
-has the figures.
+Also the registration's own null t-statistics and their random-effects fit, and (``--pool-parts 2 4``) 5 models
+per disjoint part of the pool for each number of parts: how far the part means spread, by rows per model. If
+the null statistics were representative, models on the reference rows would sit at the nulls' mean. Prints one
+line per seed to stderr and one JSON object as its LAST stdout line. docs/audits.md ("Dataset inference: what the
+held-out seeds show") has the figures.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def one_seed(seed: int, n_models: int) -> dict[str, Any]:
+def one_seed(seed: int, n_models: int, pool_parts: list[int]) -> dict[str, Any]:
     split, shape, patch = audit_worlds._world_data("digits", seed)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -86,6 +87,23 @@ def one_seed(seed: int, n_models: int) -> dict[str, Any]:
                 out[f"{source}_{recipe}"] = {"mean_t": round(float(np.mean(ts)), 3), "t": [round(t, 3) for t in ts]}
         null_t = run_audit("dataset_inference", models[0], pm, {})["null_t_statistics"]
         out["null_t_mean"] = round(float(np.mean(null_t)), 3)
+        for n_parts in pool_parts:  # disjoint parts of the pool: how far part means spread, by part size
+            models = train_null_models(
+                split.x_pool,
+                split.y_pool,
+                n=5 * n_parts,
+                seed=77777 + seed,
+                **RECIPES["parts"] | {"parts": n_parts},
+            )
+            ts = np.array([float(run_audit("dataset_inference", m, pm, {})["t_statistic"]) for m in models])
+            groups = np.arange(len(ts)) % n_parts  # null i trains on part i % parts
+            means = np.array([ts[groups == g].mean() for g in range(n_parts)])
+            within = float(np.mean([ts[groups == g].var(ddof=1) for g in range(n_parts)]))
+            out[f"pool_{n_parts}_parts"] = {
+                "rows_per_model": int(0.75 * len(split.x_pool) / n_parts),
+                "part_means": [round(float(m), 3) for m in means],
+                "within_variance": round(within, 3),
+            }
         return out
 
 
@@ -93,12 +111,15 @@ def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[9])
     parser.add_argument("--models", type=int, default=12, help="models per (source, recipe)")
+    parser.add_argument(
+        "--pool-parts", type=int, nargs="*", default=[], help="also: 5 models per disjoint part of the pool, per count"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
     seeds = {}
     for seed in args.seeds:
-        seeds[str(seed)] = one_seed(seed, args.models)
+        seeds[str(seed)] = one_seed(seed, args.models, args.pool_parts)
         means = {k: v["mean_t"] for k, v in seeds[str(seed)].items() if isinstance(v, dict) and "mean_t" in v}
         print(f"[seed {seed}] nulls {seeds[str(seed)]['null_t_mean']:+.2f}; {means}", file=sys.stderr, flush=True)
     return {"di_outsiders": seeds, "wall_s": round(time.perf_counter() - started, 1)}
