@@ -49,13 +49,17 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def one_seed(seed: int, n_models: int, pool_parts: list[int]) -> dict[str, Any]:
+def one_seed(seed: int, n_models: int, pool_parts: list[int], reference_rows: int | None) -> dict[str, Any]:
     split, shape, patch = audit_worlds._world_data("digits", seed)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         audit_worlds._owner_model("digits", split, shape, patch, seed, tmp)
         perm = np.random.default_rng(seed).permutation(len(split.x_owner))
         private, spare = perm[: audit_worlds.N_PRIVATE], perm[audit_worlds.N_PRIVATE :]
+        # --reference-rows R: the nulls get the first R spare rows; the rest are an own-half pool (rows of the
+        # owner's half that no null saw), for outsiders drawn from the private samples' own half
+        own_half = spare[reference_rows:] if reference_rows else spare[:0]
+        spare = spare[:reference_rows] if reference_rows else spare
         np.savez(tmp / "reference.npz", x=split.x_owner[spare], y=split.y_owner[spare])
         np.savez(
             tmp / "di.npz",
@@ -79,6 +83,8 @@ def one_seed(seed: int, n_models: int, pool_parts: list[int]) -> dict[str, Any]:
         )
         owner = pm.record["dataset_inference"]["owner"]
         sources = {"pool": (split.x_pool, split.y_pool), "reference": (split.x_owner[spare], split.y_owner[spare])}
+        if len(own_half):
+            sources["own_half"] = (split.x_owner[own_half], split.y_owner[own_half])
         out: dict[str, Any] = {"null_fit": owner.get("null_fit")}
         for source, (x, y) in sources.items():
             for recipe, kw in RECIPES.items():
@@ -112,6 +118,9 @@ def main() -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[9])
     parser.add_argument("--models", type=int, default=12, help="models per (source, recipe)")
     parser.add_argument(
+        "--reference-rows", type=int, default=None, help="nulls on this many spare rows; rest: own half"
+    )
+    parser.add_argument(
         "--pool-parts", type=int, nargs="*", default=[], help="also: 5 models per disjoint part of the pool, per count"
     )
     args = parser.parse_args()
@@ -119,7 +128,7 @@ def main() -> dict[str, Any]:
     started = time.perf_counter()
     seeds = {}
     for seed in args.seeds:
-        seeds[str(seed)] = one_seed(seed, args.models, args.pool_parts)
+        seeds[str(seed)] = one_seed(seed, args.models, args.pool_parts, args.reference_rows)
         means = {k: v["mean_t"] for k, v in seeds[str(seed)].items() if isinstance(v, dict) and "mean_t" in v}
         print(f"[seed {seed}] nulls {seeds[str(seed)]['null_t_mean']:+.2f}; {means}", file=sys.stderr, flush=True)
     return {"di_outsiders": seeds, "wall_s": round(time.perf_counter() - started, 1)}
