@@ -49,7 +49,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def one_seed(seed: int, n_models: int, pool_parts: list[int], reference_rows: int | None) -> dict[str, Any]:
+def one_seed(
+    seed: int, n_models: int, pool_parts: list[int], reference_rows: int | None, from_pool: int | None = None
+) -> dict[str, Any]:
     split, shape, patch = audit_worlds._world_data("digits", seed)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -60,7 +62,12 @@ def one_seed(seed: int, n_models: int, pool_parts: list[int], reference_rows: in
         # owner's half that no null saw), for outsiders drawn from the private samples' own half
         own_half = spare[reference_rows:] if reference_rows else spare[:0]
         spare = spare[:reference_rows] if reference_rows else spare
-        np.savez(tmp / "reference.npz", x=split.x_owner[spare], y=split.y_owner[spare])
+        x_ref, y_ref = split.x_owner[spare], split.y_owner[spare]
+        x_pool, y_pool = split.x_pool, split.y_pool
+        if from_pool:  # --reference-from-pool R: the nulls' rows are the pool's first R, outsiders use the rest
+            x_ref, y_ref = x_pool[:from_pool], y_pool[:from_pool]
+            x_pool, y_pool = x_pool[from_pool:], y_pool[from_pool:]
+        np.savez(tmp / "reference.npz", x=x_ref, y=y_ref)
         np.savez(
             tmp / "di.npz",
             x_private=split.x_owner[private],
@@ -82,7 +89,7 @@ def one_seed(seed: int, n_models: int, pool_parts: list[int], reference_rows: in
             config=RegistrationConfig(n_null_models=20, mingd=True, reference_seed=9000 + 100 * seed),
         )
         owner = pm.record["dataset_inference"]["owner"]
-        sources = {"pool": (split.x_pool, split.y_pool), "reference": (split.x_owner[spare], split.y_owner[spare])}
+        sources = {"pool": (x_pool, y_pool), "reference": (x_ref, y_ref)}
         if len(own_half):
             sources["own_half"] = (split.x_owner[own_half], split.y_owner[own_half])
         out: dict[str, Any] = {"null_fit": owner.get("null_fit")}
@@ -95,8 +102,8 @@ def one_seed(seed: int, n_models: int, pool_parts: list[int], reference_rows: in
         out["null_t_mean"] = round(float(np.mean(null_t)), 3)
         for n_parts in pool_parts:  # disjoint parts of the pool: how far part means spread, by part size
             models = train_null_models(
-                split.x_pool,
-                split.y_pool,
+                x_pool,
+                y_pool,
                 n=5 * n_parts,
                 seed=77777 + seed,
                 **RECIPES["parts"] | {"parts": n_parts},
@@ -106,7 +113,7 @@ def one_seed(seed: int, n_models: int, pool_parts: list[int], reference_rows: in
             means = np.array([ts[groups == g].mean() for g in range(n_parts)])
             within = float(np.mean([ts[groups == g].var(ddof=1) for g in range(n_parts)]))
             out[f"pool_{n_parts}_parts"] = {
-                "rows_per_model": int(0.75 * len(split.x_pool) / n_parts),
+                "rows_per_model": int(0.75 * len(x_pool) / n_parts),
                 "part_means": [round(float(m), 3) for m in means],
                 "within_variance": round(within, 3),
             }
@@ -121,6 +128,9 @@ def main() -> dict[str, Any]:
         "--reference-rows", type=int, default=None, help="nulls on this many spare rows; rest: own half"
     )
     parser.add_argument(
+        "--reference-from-pool", type=int, default=None, help="nulls on the pool's first R rows instead"
+    )
+    parser.add_argument(
         "--pool-parts", type=int, nargs="*", default=[], help="also: 5 models per disjoint part of the pool, per count"
     )
     args = parser.parse_args()
@@ -128,7 +138,7 @@ def main() -> dict[str, Any]:
     started = time.perf_counter()
     seeds = {}
     for seed in args.seeds:
-        seeds[str(seed)] = one_seed(seed, args.models, args.pool_parts, args.reference_rows)
+        seeds[str(seed)] = one_seed(seed, args.models, args.pool_parts, args.reference_rows, args.reference_from_pool)
         means = {k: v["mean_t"] for k, v in seeds[str(seed)].items() if isinstance(v, dict) and "mean_t" in v}
         print(f"[seed {seed}] nulls {seeds[str(seed)]['null_t_mean']:+.2f}; {means}", file=sys.stderr, flush=True)
     return {"di_outsiders": seeds, "wall_s": round(time.perf_counter() - started, 1)}
