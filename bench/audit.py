@@ -382,6 +382,12 @@ def main() -> None:
     parser.add_argument("--worlds", nargs="*", default=["digits", "mnist"], choices=["digits", "mnist"],
                         help="also register the owner's model per world and audit through it (bench/audit_worlds.py)")
     parser.add_argument("--world-independents", type=int, default=60, help="60: a false-claim rate vs 0.05 to ±0.08")
+    parser.add_argument(
+        "--reference-source",
+        choices=["owner", "outside"],
+        default="owner",
+        help="--worlds: the registration's reference rows (bench/audit_worlds.py _reference_rows)",
+    )
     parser.add_argument("--world-nulls", type=int, default=20, help="the registration's null models per world")
     parser.add_argument("--worlds-only", action="store_true", help="skip the per-seed digits part")
     parser.add_argument("--api-watermark", nargs="*", choices=["digits", "mnist"], default=None, metavar="WORLD",
@@ -405,7 +411,7 @@ def main() -> None:
         out["registration_cpu_s"] = {}
         out["worlds"] = {}
         for world in args.worlds:
-            w = run_world(world, args.seeds[0], args.world_independents, args.world_nulls)
+            w = run_world(world, args.seeds[0], args.world_independents, args.world_nulls, args.reference_source)
             di, wm = summarise_world(w)
             out["dataset_inference"][world] = di
             out["watermark"][world] = wm

@@ -35,6 +35,7 @@ import copy as copylib
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,31 @@ def _world_data(world: str, seed: int) -> tuple[Any, tuple[int, int], int]:
     return split_mnist(seed, n_owner=10000, n_pool=10000, n_test=5000), (28, 28), 4
 
 
+REFERENCE_SOURCES = ("owner", "outside")
+
+
+def _reference_rows(world: str, split: Any, seed: int, source: str) -> tuple[Any, np.ndarray, np.ndarray]:
+    """(split with the attacker's pool, reference x, reference y) for the registration.
+
+    "outside": rows the owner never trained on and the attacker never holds, drawn like a third party's data
+    (digits: the first half of the non-owner pool, the attacker keeps the rest; MNIST: 7,500 further training
+    images beyond the attacker's 10,000, which stay as they were). "owner": the owner's own training rows
+    outside the dataset-inference private samples (the earlier layout; the registration asks for data the model
+    was not trained on, and on digits these rows sit in the private samples' half of the split, which biased
+    dataset inference's null: docs/audits.md)."""
+    if source == "owner":
+        spare = np.random.default_rng(seed).permutation(len(split.x_owner))[N_PRIVATE:]
+        if world == "mnist":
+            spare = spare[:7500]  # enough for 20 nulls of 3,000 rows and the self-test copies
+        return split, split.x_owner[spare], split.y_owner[spare]
+    if world == "digits":
+        half = len(split.x_pool) // 2
+        attacker = replace(split, x_pool=split.x_pool[half:], y_pool=split.y_pool[half:])
+        return attacker, split.x_pool[:half], split.y_pool[:half]
+    wider = split_mnist(seed, n_owner=10000, n_pool=17500, n_test=5000)  # the same owner, pool prefix and test
+    return split, wider.x_pool[10000:], wider.y_pool[10000:]
+
+
 def _owner_model(world: str, split: Any, shape: tuple[int, int], patch: int, seed: int, tmp: Path) -> dict[str, Any]:
     if world == "digits":
         result = WatermarkEmbedder(seed=seed).fit(split.x_owner, split.y_owner)
@@ -138,20 +164,19 @@ def _owner_model(world: str, split: Any, shape: tuple[int, int], patch: int, see
     return {"model": model, "info": info}
 
 
-def run_world(world: str, seed: int, n_independents: int, n_nulls: int) -> dict[str, Any]:
+def run_world(
+    world: str, seed: int, n_independents: int, n_nulls: int, reference_source: str = "owner"
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     split, shape, patch = _world_data(world, seed)
+    split, x_reference, y_reference = _reference_rows(world, split, seed, reference_source)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         owner = _owner_model(world, split, shape, patch, seed, tmp)
         model = owner["model"]
         log(f"[{world}] owner model ready {owner['info']} ({time.perf_counter() - t0:.0f} s)")
-        rng = np.random.default_rng(seed)
-        perm = rng.permutation(len(split.x_owner))
-        private, spare = perm[:N_PRIVATE], perm[N_PRIVATE:]
-        if world == "mnist":
-            spare = spare[:7500]  # reference rows: enough for 20 nulls of 3,000 rows and the self-test copies
-        np.savez(tmp / "reference.npz", x=split.x_owner[spare], y=split.y_owner[spare])
+        private = np.random.default_rng(seed).permutation(len(split.x_owner))[:N_PRIVATE]
+        np.savez(tmp / "reference.npz", x=x_reference, y=y_reference)
         np.savez(
             tmp / "di.npz",
             x_private=split.x_owner[private],
@@ -219,6 +244,7 @@ def run_world(world: str, seed: int, n_independents: int, n_nulls: int) -> dict[
             )
     return {
         "world": world,
+        "reference_source": reference_source,
         "seed": seed,
         "owner": owner["info"],
         "registration_cpu_s": round(registration_cpu_s, 1),
