@@ -161,13 +161,14 @@ def run_watermark_audit(
     evidence = verifier.run(wrapped, key, null).to_dict()
     p0 = float(evidence["null_rate_bound"])
     # The best the audit could have done: every one of its allowed queries answered with the target class.
-    best_log_wealth = float(log_wealth(int(limit), int(limit), p0, verifier.test, verifier.alternative_rate))
-    achievable = best_log_wealth >= math.log(1.0 / verifier.alpha)
+    achievable = p0 < 1.0 and float(
+        log_wealth(int(limit), int(limit), p0, verifier.test, verifier.alternative_rate)
+    ) >= math.log(1.0 / verifier.alpha)
     if evidence["decision"] == CLAIMED:
         verdict = "claim"
     else:
         verdict = "no-claim" if achievable else "inconclusive"
-    if not achievable:
+    if not achievable and p0 < 1.0:  # (a bound of 1: the verifier's note says why no query was made)
         evidence["notes"].append(
             f"even {int(limit)} target answers in {int(limit)} queries could not reach p < {verifier.alpha} against "
             f"the null bound {p0:.4g}: allow more queries or calibrate a tighter null"

@@ -376,18 +376,27 @@ class WatermarkVerifier:
         else:
             p0, pooled, calibration = float(null), None, None
             notes.append("null-rate bound stated by the caller, not calibrated on reference models")
-        if not 0.0 < p0 < 1.0:
+        # A calibrated bound of 1 (clean reference models answer the key's target that often) is a fact about
+        # the registration, not a caller's error: the audit answers without querying, and the caller reports
+        # it inconclusive. A bound a caller states outside (0, 1) is refused.
+        untestable = isinstance(null, NullCalibration) and p0 >= 1.0
+        if untestable:
+            notes.append(
+                f"the reference models answer the key's target class so often that the null-rate bound is {p0:.4g}:"
+                " no number of target answers can reject it, so the suspect was not queried"
+            )
+        elif not 0.0 < p0 < 1.0:
             raise ValueError(f"the null-rate bound must be in (0, 1), got {p0}; no test can claim against it")
         if self.test == "sprt" and self.alternative_rate is not None and self.alternative_rate <= p0:
             raise ValueError(f"alternative_rate {self.alternative_rate} must exceed the null bound {p0:.4g}")
 
         inputs = null.test_inputs(key) if isinstance(null, NullCalibration) else key.inputs
         order = np.random.default_rng(self.seed).permutation(len(inputs))
-        limit = min(self.max_queries, len(order))
+        limit = 0 if untestable else min(self.max_queries, len(order))
         used = successes = 0
         best = 0.0  # max log-wealth so far; the martingale starts at 1
         trajectory: list[tuple[int, float]] = []
-        stopped = "max_queries" if limit == self.max_queries else "key_exhausted"
+        stopped = "null_bound_is_one" if untestable else "max_queries" if limit == self.max_queries else "key_exhausted"
         start_count = suspect.queries_used
         while used < limit:
             size = min(self.batch_size, limit - used)

@@ -39,6 +39,7 @@ from audit.report import render_html, report_subjects
 from audit.signing import VerificationError, public_key_pem, sign_statement, verify_envelope
 from audit.suspects.base import CallableSuspect
 from audit.suspects.loader import load_suspect_file
+from audit.watermark import NullCalibration
 from audit.watermark_embed import WatermarkEmbedder
 
 # Self-test copies: 5 epochs on 300 rows keep a registration at a second or two; their power is not what these
@@ -234,6 +235,22 @@ def test_watermark_audit_verdicts(registered: ProtectedModel, owner: dict[str, A
     assert one["verdict"] == "inconclusive" and one["claim_achievable"] is False and one["notes"]
     budget = run_watermark_audit(load_suspect_file(owner["clean"], "safetensors"), registered, {"budget": 7})
     assert budget["queries_used"] == 7 and budget["stopped_because"] == "budget_exhausted"
+
+
+def test_watermark_audit_against_a_null_bound_of_one_is_inconclusive(
+    registered: ProtectedModel, owner: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registration whose clean references answer the key's target on every input (bound 1, seen with small
+    reference sets) gets an inconclusive audit that says why, without a query: not a failed audit."""
+    key = registered.watermark_key()
+    assert key is not None
+    n = len(key.inputs)
+    monkeypatch.setattr(
+        registered, "watermark_null", lambda: NullCalibration(counts=(n, n), n_inputs=n, confidence=0.99, margin=0.1)
+    )
+    ev = run_watermark_audit(load_suspect_file(owner["model"], "safetensors"), registered, {})
+    assert ev["verdict"] == "inconclusive" and ev["queries_used"] == 0 and ev["claim_achievable"] is False
+    assert any("not queried" in note for note in ev["notes"])
 
 
 def test_report_from_evidence_signs_and_names_the_registration(

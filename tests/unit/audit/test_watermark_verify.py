@@ -199,3 +199,18 @@ def test_selected_indices_must_fit_the_key() -> None:
     null = NullCalibration(counts=(0,), n_inputs=1, confidence=0.99, margin=0.1, selected=(99,))
     with pytest.raises(ValueError, match="does not have"):
         null.test_inputs(make_key(10))
+
+
+def test_a_calibrated_bound_of_one_is_answered_without_queries_and_a_stated_one_is_refused() -> None:
+    """Clean reference models that answer the key's target on every input make the calibrated bound 1: no
+    number of target answers can reject it, so the verifier answers without querying (the audit then says
+    inconclusive) instead of failing the audit; a bound of 1 stated by a caller is still refused."""
+    key = make_key(10)
+    null = NullCalibration(counts=(10, 10), n_inputs=10, confidence=0.99, margin=0.1)
+    assert null.bound == 1.0
+    suspect = scripted(key, np.ones(10, dtype=bool))
+    ev = WatermarkVerifier(max_queries=100).run(suspect, key, null)
+    assert not ev.claimed and ev.queries_used == 0 and ev.p_value == 1.0
+    assert ev.stopped_because == "null_bound_is_one" and any("not queried" in n for n in ev.notes)
+    with pytest.raises(ValueError, match="null-rate bound"):
+        WatermarkVerifier(max_queries=100).run(suspect, key, 1.0)
