@@ -63,7 +63,7 @@ def test_a_claim_by_a_method_measured_above_its_alpha_says_so_in_the_verdict() -
     watermark = verdict_sentence(_report())
     inference = verdict_sentence(_report(method="dataset_inference"))
     assert "supports the claim" in watermark and "Caution" not in watermark
-    assert "supports the claim" in inference and "Caution" in inference and "25 of 160" in inference
+    assert "supports the claim" in inference and "Caution" in inference and "27 of 320" in inference
     assert "Caution" not in verdict_sentence(_report(method="dataset_inference", decision="inconclusive"))
     assert "Caution" in render_html(_report(method="dataset_inference"))
 
