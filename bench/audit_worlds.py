@@ -17,7 +17,9 @@ Per world (one seed each; the digits world of bench/audit.py's main part adds se
   split; 20 null models (the registration's default key selection: 10 choose the key inputs, 10 set the
   watermark bound, docs/audits.md "Key selection at registration"); MinGD off for MNIST (its white-box walks
   cost more than the rest of the registration; digits keeps it). CPU seconds are ``time.process_time`` of the
-  registration call.
+  registration call. ``--reference-source outside`` (bench/audit.py) draws the reference rows from data the owner
+  never trained on instead (digits: half of the pool; MNIST: 7,500 further images): tried and not adopted
+  (docs/benchmarks.md, "The benchmark's reference rows").
 - **Stolen copies.** label and probability copies (``audit.self_test.train_copies``, the self-test's recipe,
   other seeds) on attacker data: the pool (natural data the owner never trained on), 2 each; a distilled copy
   (probabilities on up to 4,000 of the owner's own training inputs); a fine-tuned copy (the owner model, 3 epochs
