@@ -49,7 +49,7 @@ from audit.architectures import predict_labels, save_model
 from audit.data import split_digits, split_mnist
 from audit.methods import run_audit
 from audit.null_models import train_null_models
-from audit.protected import RegistrationConfig, RegistrationInputs, register_protected_model
+from audit.protected import ProtectedModel, RegistrationConfig, RegistrationInputs, register_protected_model
 from audit.self_test import CopyRecipe, train_copies
 from audit.suspects.base import Suspect
 from audit.suspects.safetensors_loader import TorchModuleSuspect
@@ -166,6 +166,40 @@ def _owner_model(world: str, split: Any, shape: tuple[int, int], patch: int, see
     return {"model": model, "info": info}
 
 
+def register(
+    world: str,
+    split: Any,
+    private: np.ndarray,
+    x_reference: np.ndarray,
+    y_reference: np.ndarray,
+    tmp: Path,
+    cfg: RegistrationConfig,
+) -> ProtectedModel:
+    """``modelcustody protect register`` on the owner model saved in ``tmp`` (``_owner_model``): the reference
+    rows, the dataset-inference private samples (owner rows ``private``) and public samples (the test split)."""
+    np.savez(tmp / "reference.npz", x=x_reference, y=y_reference)
+    np.savez(
+        tmp / "di.npz",
+        x_private=split.x_owner[private],
+        y_private=split.y_owner[private],
+        x_public=split.x_test,
+        y_public=split.y_test,
+    )
+    return register_protected_model(
+        RegistrationInputs(
+            name=world,
+            model_path=tmp / "owner.safetensors",
+            watermark_key_path=tmp / "owner.key.json",
+            reference_data_path=tmp / "reference.npz",
+            di_data_path=tmp / "di.npz",
+        ),
+        tmp / "protected",
+        Ed25519PrivateKey.generate(),
+        registration_id=f"pm_{world}",
+        config=cfg,
+    )
+
+
 def run_world(
     world: str, seed: int, n_independents: int, n_nulls: int, reference_source: str = "owner"
 ) -> dict[str, Any]:
@@ -178,30 +212,10 @@ def run_world(
         model = owner["model"]
         log(f"[{world}] owner model ready {owner['info']} ({time.perf_counter() - t0:.0f} s)")
         private = np.random.default_rng(seed).permutation(len(split.x_owner))[:N_PRIVATE]
-        np.savez(tmp / "reference.npz", x=x_reference, y=y_reference)
-        np.savez(
-            tmp / "di.npz",
-            x_private=split.x_owner[private],
-            y_private=split.y_owner[private],
-            x_public=split.x_test,
-            y_public=split.y_test,
-        )
         cfg = RegistrationConfig(n_null_models=n_nulls, mingd=world == "digits", reference_seed=9000 + 100 * seed)
         cpu = time.process_time()
         wall = time.perf_counter()
-        pm = register_protected_model(
-            RegistrationInputs(
-                name=world,
-                model_path=tmp / "owner.safetensors",
-                watermark_key_path=tmp / "owner.key.json",
-                reference_data_path=tmp / "reference.npz",
-                di_data_path=tmp / "di.npz",
-            ),
-            tmp / "protected",
-            Ed25519PrivateKey.generate(),
-            registration_id=f"pm_{world}",
-            config=cfg,
-        )
+        pm = register(world, split, private, x_reference, y_reference, tmp, cfg)
         registration_cpu_s = time.process_time() - cpu
         registration_wall_s = time.perf_counter() - wall
         log(

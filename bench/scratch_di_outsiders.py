@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,7 +40,7 @@ import audit_worlds  # noqa: E402  (beside this script)
 
 from audit.methods import run_audit  # noqa: E402
 from audit.null_models import train_null_models  # noqa: E402
-from audit.protected import RegistrationConfig, RegistrationInputs, register_protected_model  # noqa: E402
+from audit.protected import RegistrationConfig  # noqa: E402
 
 RECIPES: dict[str, dict[str, Any]] = {
     "bench": {"subsample": 0.6},  # bench/audit_worlds.py's independents
@@ -67,27 +66,8 @@ def one_seed(
         if from_pool:  # --reference-from-pool R: the nulls' rows are the pool's first R, outsiders use the rest
             x_ref, y_ref = x_pool[:from_pool], y_pool[:from_pool]
             x_pool, y_pool = x_pool[from_pool:], y_pool[from_pool:]
-        np.savez(tmp / "reference.npz", x=x_ref, y=y_ref)
-        np.savez(
-            tmp / "di.npz",
-            x_private=split.x_owner[private],
-            y_private=split.y_owner[private],
-            x_public=split.x_test,
-            y_public=split.y_test,
-        )
-        pm = register_protected_model(
-            RegistrationInputs(
-                name="digits",
-                model_path=tmp / "owner.safetensors",
-                watermark_key_path=tmp / "owner.key.json",
-                reference_data_path=tmp / "reference.npz",
-                di_data_path=tmp / "di.npz",
-            ),
-            tmp / "protected",
-            Ed25519PrivateKey.generate(),
-            registration_id="pm",
-            config=RegistrationConfig(n_null_models=20, mingd=True, reference_seed=9000 + 100 * seed),
-        )
+        cfg = RegistrationConfig(n_null_models=20, mingd=True, reference_seed=9000 + 100 * seed)
+        pm = audit_worlds.register("digits", split, private, x_ref, y_ref, tmp, cfg)
         owner = pm.record["dataset_inference"]["owner"]
         sources = {"pool": (x_pool, y_pool), "reference": (x_ref, y_ref)}
         if len(own_half):
