@@ -86,17 +86,29 @@ def claimed(t: float, p_welch: float, null_t: np.ndarray, groups: np.ndarray) ->
     return decide(p_welch, p_cal, len(null_t), 0.05, "parametric" if use else "rank")[0] == "claimed"
 
 
-def one_seed(seed: int, n_models: int) -> dict[str, Any]:
+def registration(seed: int) -> tuple[Any, Any, np.ndarray, np.ndarray, Any]:
+    """(split, owner model, reference x, reference y, Blind Walk artifacts) of the digits world's registration."""
     split, shape, patch = audit_worlds._world_data("digits", seed)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        audit_worlds._owner_model("digits", split, shape, patch, seed, tmp)
+        owner = audit_worlds._owner_model("digits", split, shape, patch, seed, tmp)["model"]
         split, x_ref, y_ref = audit_worlds._reference_rows("digits", split, seed, "owner")
         private = np.random.default_rng(seed).permutation(len(split.x_owner))[: audit_worlds.N_PRIVATE]
         cfg = RegistrationConfig(n_null_models=20, mingd=False, reference_seed=9000 + 100 * seed)
         pm = audit_worlds.register("digits", split, private, x_ref, y_ref, tmp, cfg)
-        art = pm.dataset_inference_artifacts("blind_walk")
+        return split, owner, x_ref, y_ref, pm.dataset_inference_artifacts("blind_walk")
+
+
+def walk(model: Any, art: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The model's log-distances and correctness on the registration's revealed samples."""
     m = art.null_log_distances.shape[1] // 2
+    emb = _walk_both(model, art.x_private[:m].astype(np.float64), art.y_private[:m], art.private_ids[:m],
+                     art.x_public[:m].astype(np.float64), art.y_public[:m], art.public_ids[:m], art.config)
+    return emb.log_distances(), emb.correct.astype(np.float64)
+
+
+def one_seed(seed: int, n_models: int) -> dict[str, Any]:
+    split, _, x_ref, y_ref, art = registration(seed)
     groups = null_groups_of(art.null_groups, len(art.null_log_distances))
     sources = {
         "reference": train_null_models(x_ref, y_ref, n=n_models, seed=55555 + seed, max_rows=3000, subsample=0.75,
@@ -108,9 +120,7 @@ def one_seed(seed: int, n_models: int) -> dict[str, Any]:
     for source, models in sources.items():
         rows: dict[str, list[Any]] = {v: [] for v in VARIANTS}
         for model in models:
-            emb = _walk_both(model, art.x_private[:m].astype(np.float64), art.y_private[:m], art.private_ids[:m],
-                             art.x_public[:m].astype(np.float64), art.y_public[:m], art.public_ids[:m], art.config)
-            s_log, s_cor = emb.log_distances(), emb.correct.astype(np.float64)
+            s_log, s_cor = walk(model, art)
             for v in VARIANTS:
                 t, p_w, null_t = variant_stats(s_log, s_cor, art, v)
                 rows[v].append((t - float(null_t.mean()), claimed(t, p_w, null_t, groups)))
