@@ -25,8 +25,10 @@ CALIBRATION_NAME = (
 )
 PARAMETRIC_NAME = (
     "one-sided Student prediction-interval test of the suspect's Welch t against a normal fitted to the null "
-    "models' t-statistics (used when a Shapiro-Wilk test does not reject the fit)"
+    "models' t-statistics, its variance widened for another party's data (used when a Shapiro-Wilk test does not "
+    "reject the fit)"
 )
+NO_CALIBRATION = "no calibrated null (the normal fit to the null models' t-statistics was not accepted)"
 # The parametric null replaces the rank only with enough null models to check the fit: Shapiro-Wilk on fewer than
 # 10 points rejects almost nothing, so a fit it "accepts" would be unchecked.
 MIN_PARAMETRIC_NULLS = 10
@@ -113,9 +115,9 @@ class Statistic:
     p_parametric: float | None
     private_scores: np.ndarray
     public_scores: np.ndarray
-    p_rank: float = 1.0  # the conformal rank p-value, floor 1/(1 + n_null)
+    p_rank: float = 1.0  # the conformal rank p-value, floor 1/(1 + n_null): reported, not decided on
     null_fit: dict[str, float | int | str | bool | None] | None = None
-    calibration: str = "rank"  # "parametric" or "rank": which p-value p_calibrated is
+    calibration: str = "none"  # "parametric" (p_calibrated is the fitted null's) or "none" (no calibrated null)
 
 
 def null_groups_of(groups: np.ndarray | list[int] | None, n: int) -> np.ndarray:
@@ -163,7 +165,7 @@ def statistic(
     t, p_t, df = welch(scores[0, :m], scores[0, m:])
     null_t = ts[1:]
     p_rank = (1.0 + float(np.sum(null_t >= t))) / (n + 1.0)
-    p_param, fit = parametric_null(t, null_t, groups)
+    p_param, fit = parametric_null(t, null_t, groups, float(config.between_data_sd))
     use_parametric = p_param is not None and fit is not None and bool(fit["accepted"])
     return Statistic(
         t=t,
@@ -171,18 +173,20 @@ def statistic(
         df=df,
         delta_mu=float(scores[0, :m].mean() - scores[0, m:].mean()),
         null_t=null_t,
-        p_calibrated=float(p_param) if use_parametric and p_param is not None else p_rank,
+        # Without an accepted fit there is no calibrated p-value: the rank assumes the suspect exchangeable with the
+        # nulls, and models on other data are not (docs/benchmarks.md "An allowance for another party's data").
+        p_calibrated=float(p_param) if use_parametric and p_param is not None else 1.0,
         p_parametric=p_param,
         private_scores=scores[0, :m],
         public_scores=scores[0, m:],
         p_rank=p_rank,
         null_fit=fit,
-        calibration="parametric" if use_parametric else "rank",
+        calibration="parametric" if use_parametric else "none",
     )
 
 
 def parametric_null(
-    t: float, null_t: np.ndarray, null_groups: np.ndarray | list[int] | None = None
+    t: float, null_t: np.ndarray, null_groups: np.ndarray | list[int] | None = None, between_data_sd: float = 0.0
 ) -> tuple[float | None, dict[str, float | int | str | bool | None] | None]:
     """(p, fit): a normal fitted to the null models' t-statistics, checked by Shapiro-Wilk, and the suspect's
     one-sided p under it.
@@ -202,6 +206,10 @@ def parametric_null(
     between-group part), so a handful of groups gives a wide interval rather than an overconfident one. With one
     null per group this is the formula above. The between-group variance is, if anything, overstated: each null
     is normalised by the other groups, which pushes the group means apart by G/(G − 1).
+
+    **Another party's data** (``between_data_sd`` τ): the owner's reference rows cannot show the shift a model
+    trained on data from elsewhere brings (measured on digits: about ±1 in t, docs/benchmarks.md "An allowance
+    for another party's data"), so τ² is added to V; the degrees of freedom are those of the estimated part.
 
     The fit is ``accepted`` when there are at least ``MIN_PARAMETRIC_NULLS`` finite null statistics in at least
     ``MIN_PARAMETRIC_GROUPS`` groups and Shapiro-Wilk does not reject normality of the null statistics at
@@ -229,6 +237,8 @@ def parametric_null(
         return None, None
     denominator = (c_b * s_b2) ** 2 / (n_groups - 1) + ((c_w * s_w2) ** 2 / within_df if within_df > 0 else 0.0)
     dof = var**2 / denominator if denominator > 0 else float(n - 1)
+    estimated_sd = math.sqrt(var)
+    var += float(between_data_sd) ** 2
     z = (t - mean) / math.sqrt(var)
     p = float(stats.t.sf(z, dof))
     w, p_gof = stats.shapiro(finite)
@@ -237,6 +247,8 @@ def parametric_null(
         "distribution": "normal" if n_groups == n else "normal, one-way random effects over data groups",
         "mean": mean,
         "sd": math.sqrt(var),
+        "estimated_sd": estimated_sd,
+        "between_data_sd": float(between_data_sd),
         "n": n,
         "groups": n_groups,
         "between_group_variance": s_b2,
@@ -253,7 +265,7 @@ def parametric_null(
             else f"normal fit not used: {n} null models in {n_groups} data groups (need >= "
             f"{MIN_PARAMETRIC_NULLS} in >= {MIN_PARAMETRIC_GROUPS})"
             if n < MIN_PARAMETRIC_NULLS or n_groups < MIN_PARAMETRIC_GROUPS
-            else f"normal fit rejected by Shapiro-Wilk (p = {float(p_gof):.3g} < {GOF_ALPHA}): rank p-value used"
+            else f"normal fit rejected by Shapiro-Wilk (p = {float(p_gof):.3g} < {GOF_ALPHA}): no calibrated null"
         ),
     }
     return p, fit
@@ -263,7 +275,14 @@ def decide(
     p_ttest: float, p_cal: float, n_null: int, alpha: float, calibration: str = "rank"
 ) -> tuple[str, str]:
     """Claim when the t-test and the calibration agree below α (module docstring of audit.dataset_inference).
-    With ``calibration`` "rank" the calibrated p-value has a floor of 1/(n_null + 1); "parametric" has none."""
+    With ``calibration`` "rank" the calibrated p-value has a floor of 1/(n_null + 1); "parametric" has none;
+    "none" (no accepted fit) is always inconclusive."""
+    if calibration == "none":
+        return INCONCLUSIVE, (
+            "no calibrated null: the normal fit to the null models' statistics was not accepted (see null_fit), and "
+            "the rank among the nulls is not used because a model on another party's data is not exchangeable "
+            "with them"
+        )
     if calibration == "rank" and 1.0 / (n_null + 1.0) >= alpha:
         need = math.ceil(1.0 / alpha - 1.0 + 1e-9)
         need = need + 1 if 1.0 / (need + 1.0) >= alpha else need

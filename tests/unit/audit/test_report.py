@@ -57,15 +57,15 @@ def test_report_fields() -> None:
     assert rfc3339(datetime(2026, 3, 1, 13, 0, tzinfo=UTC).astimezone()) == "2026-03-01T13:00:00.000Z"
 
 
-def test_a_claim_by_a_method_measured_above_its_alpha_says_so_in_the_verdict() -> None:
+def test_a_claim_by_a_method_with_a_calibration_assumption_says_so_in_the_verdict() -> None:
     from audit.report_reader import verdict_sentence
 
     watermark = verdict_sentence(_report())
     inference = verdict_sentence(_report(method="dataset_inference"))
-    assert "supports the claim" in watermark and "Caution" not in watermark
-    assert "supports the claim" in inference and "Caution" in inference and "27 of 320" in inference
-    assert "Caution" not in verdict_sentence(_report(method="dataset_inference", decision="inconclusive"))
-    assert "Caution" in render_html(_report(method="dataset_inference"))
+    assert "supports the claim" in watermark and "Note:" not in watermark
+    assert "supports the claim" in inference and "Note:" in inference and "1 of 320" in inference
+    assert "Note:" not in verdict_sentence(_report(method="dataset_inference", decision="inconclusive"))
+    assert "Note:" in render_html(_report(method="dataset_inference"))
 
 
 def test_report_validation() -> None:
