@@ -45,6 +45,27 @@ def band_rows(m0: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     return np.asarray(x[top_two(predict_proba(m0, x))[2] < MARGIN])
 
 
+class BalancedVerifier(Verifier):
+    """``--balanced``: every key's phase puts the owner data's mean on a zero crossing of its cosine,
+    ψ = π/2 − f·<u, x̄> + π·b with b a fair bit, so the stripes split the data about evenly whatever u; the wrong
+    keys are drawn by the same rule (the true key's bit from its secret's phase), so the rank test stays exact."""
+
+    def __init__(self, wm: AnswerWatermark, probes: np.ndarray, p0: np.ndarray, n_null: int, seed: int,
+                 centre: np.ndarray, bit: int) -> None:
+        self.probes = probes
+        a, b, _ = top_two(p0)
+        self.a, self.b, self.hi, self.lo = a, b, np.maximum(a, b), np.minimum(a, b)
+        rng = np.random.default_rng(seed)
+        u = rng.standard_normal((probes.shape[1], n_null))
+        u /= np.linalg.norm(u, axis=0)
+        bits = np.r_[bit, rng.integers(0, 2, n_null)]
+        u = np.concatenate([wm.boundary_projection[:, None], u], axis=1)
+        phases = np.pi / 2 - wm.frequency * (centre @ u) + np.pi * bits
+        cos = np.cos(wm.frequency * (probes.astype(np.float64) @ u) + phases)
+        self.sides = np.where(cos >= 0, 1.0, -1.0)
+        self.true_side_balance = float(np.mean(self.sides[:, 0] > 0))
+
+
 def consensus_p(v: Verifier, labels: np.ndarray, baseline: np.ndarray) -> float:
     """Rank p of the true key's T (residual against ``baseline``) among the verifier's wrong keys."""
     e = (labels == v.hi).astype(np.float64) - (labels == v.lo).astype(np.float64)
@@ -59,6 +80,7 @@ def main() -> None:
     ap.add_argument("--key", type=int, default=2, help="secret index (0 and 1 were the spike's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--independents", type=int, default=12)
+    ap.add_argument("--balanced", action="store_true", help="phases that split the owner's data evenly")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -71,6 +93,10 @@ def main() -> None:
         SECRET + f"/{args.key}".encode(), n_classes=10, input_dim=784, frequency=freq, boundary_margin=MARGIN,
         boundary_side="smooth",
     )
+    centre = split.x_owner.astype(np.float64).mean(axis=0)
+    bit = int(wm.boundary_phase > np.pi)
+    if args.balanced:  # the mark and the test use the balanced phase (BalancedVerifier)
+        wm.boundary_phase = float(np.pi / 2 - freq * (centre @ wm.boundary_projection) + np.pi * bit)
     m1, info = embed(m0, split.x_owner, wm, MARGIN, 100, 20, 1e-3, STRENGTH, 20000)
     acc0 = float(np.mean(predict_labels(m0, split.x_test) == split.y_test))
     acc1 = float(np.mean(predict_labels(m1, split.x_test) == split.y_test))
@@ -101,7 +127,11 @@ def main() -> None:
     spike_probes = np.concatenate([natural, bisect_pairs(m0, split.x_owner, 1000 - len(natural), prng)])
 
     def verifier(x: np.ndarray) -> tuple[Verifier, np.ndarray]:
-        v = Verifier(wm, x, predict_proba(m0, x), 1999, seed=12345)
+        v = (
+            BalancedVerifier(wm, x, predict_proba(m0, x), 1999, 12345, centre, bit)
+            if args.balanced
+            else Verifier(wm, x, predict_proba(m0, x), 1999, seed=12345)
+        )
         e = [(n.labels(x) == v.hi).astype(float) - (n.labels(x) == v.lo).astype(float) for n in nulls]
         return v, np.mean(e, axis=0)
 
@@ -125,6 +155,11 @@ def main() -> None:
         json.dumps(
             {
                 "key": args.key,
+                "balanced": args.balanced,
+                "share_of_owner_rows_on_the_plus_side": round(
+                    float(np.mean(np.cos(freq * (split.x_owner @ wm.boundary_projection) + wm.boundary_phase) > 0)),
+                    3,
+                ),
                 "accuracy_cost_pp": round(100 * (acc0 - acc1), 2),
                 "embedding": info,
                 "probes": {k: len(v.probes) for k, (v, _) in shared.items()},

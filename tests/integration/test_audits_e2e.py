@@ -389,8 +389,9 @@ def test_dataset_inference_audits_run_on_the_worker_and_end_in_signed_reports(
     stack: Stack, owner_dir: Path
 ) -> None:
     """Blind Walk (black-box) and MinGD (white-box) through the API and the worker, with a registration that
-    has dataset-inference data. Five null models cannot support a claim at α = 0.05 (the calibrated p-value
-    is at least 1/6), so the honest answer for the owner's own model is "inconclusive", said in the report."""
+    has dataset-inference data. Five null models cannot support a claim at α = 0.05 (too few to fit and check a
+    calibrated null; their rank alone could not go below 1/6), so the honest answer for the owner's own model is
+    "inconclusive", said in the report."""
     with stack.client() as client, open(owner_dir / "model.safetensors", "rb") as model, \
             open(owner_dir / "model.key.json", "rb") as key, open(owner_dir / "reference.npz", "rb") as ref, \
             open(owner_dir / "di_data.npz", "rb") as di:
