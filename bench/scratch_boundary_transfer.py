@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--independents", type=int, default=12)
     ap.add_argument("--balanced", action="store_true", help="phases that split the owner's data evenly")
+    ap.add_argument("--probes", type=int, default=1000, help="the spike's probe set size (a quarter natural rows)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -123,8 +124,9 @@ def main() -> None:
 
     prng = np.random.default_rng(11)
     owner_band = band_rows(m0, split.x_owner)
-    natural = owner_band[np.sort(prng.choice(len(owner_band), min(len(owner_band), 250), replace=False))]
-    spike_probes = np.concatenate([natural, bisect_pairs(m0, split.x_owner, 1000 - len(natural), prng)])
+    n_natural = min(len(owner_band), args.probes // 4)
+    natural = owner_band[np.sort(prng.choice(len(owner_band), n_natural, replace=False))]
+    spike_probes = np.concatenate([natural, bisect_pairs(m0, split.x_owner, args.probes - len(natural), prng)])
 
     def verifier(x: np.ndarray) -> tuple[Verifier, np.ndarray]:
         v = (
