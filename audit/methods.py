@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from audit.boundary_watermark import CLAIMED as BOUNDARY_CLAIMED
+from audit.boundary_watermark import BoundaryKey
 from audit.configs import Progress
 from audit.mingd import WHITE_BOX_NEEDED
 from audit.protected import ProtectedModel, progress_fraction
@@ -152,7 +154,10 @@ def run_watermark_audit(
 ) -> dict[str, Any]:
     """The EWE watermark test (``audit.watermark``) with the registration's key and null calibration."""
     params = normalise_params("watermark", params)
-    key, null = protected.watermark_key(), protected.watermark_null()
+    key = protected.watermark_key()
+    if isinstance(key, BoundaryKey):
+        return _run_boundary_audit(suspect, protected, key, params, progress)
+    null = protected.watermark_null()
     if key is None or null is None:
         raise ValueError(f"protected model {protected.id} was registered without a watermark key")
     verifier = _verifier(params)
@@ -179,6 +184,44 @@ def run_watermark_audit(
         test_name=evidence["test"],
         claim_achievable=achievable,
         parameters=params,
+    )
+    return dict(jsonable(apply_self_test(evidence, protected.self_test("watermark"))))
+
+
+def _run_boundary_audit(
+    suspect: Suspect,
+    protected: ProtectedModel,
+    key: BoundaryKey,
+    params: Mapping[str, Any],
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """The boundary watermark test (``audit.boundary_watermark``): every probe of the key is queried (the test
+    has a fixed size; EWE's ``max_queries``, ``test``, ``alternative_rate`` and ``batch_size`` do not apply), or
+    as many as ``budget`` allows."""
+    from audit.boundary_watermark import N_WRONG_KEYS, verify_boundary_watermark
+
+    baseline = protected.boundary_baseline()
+    if baseline is None:
+        raise ValueError(f"protected model {protected.id} has no baseline for its boundary watermark key")
+    n = min(len(key.probes), params["budget"] or len(key.probes))
+    wrapped = _ProgressSuspect(suspect, n, progress or (lambda f, m: None), params["budget"])
+    evidence = verify_boundary_watermark(
+        wrapped, key, baseline, alpha=params["alpha"], baseline_description="the registration's null models"
+    ).to_dict()
+    # "no-claim" only for the test the self-test measured: every probe answered, a p-value floor below α. A budget
+    # that cut the probes short leaves a weaker test: inconclusive unless it claimed anyway.
+    achievable = 1.0 / (N_WRONG_KEYS + 1) < params["alpha"] and evidence["probes_answered"] == len(key.probes)
+    if evidence["decision"] == BOUNDARY_CLAIMED:
+        verdict = "claim"
+    else:
+        verdict = "no-claim" if achievable else "inconclusive"
+    evidence.update(
+        verdict=verdict,
+        test_name=evidence["test"],
+        claim_achievable=achievable,
+        # the audit's α and budget, and the test's own (wrong keys, their seed); EWE's sequential parameters
+        # (max_queries, test, alternative_rate, batch_size, seed) do not apply to this fixed-size test
+        parameters={"alpha": params["alpha"], "budget": params["budget"], **evidence["parameters"]},
     )
     return dict(jsonable(apply_self_test(evidence, protected.self_test("watermark"))))
 

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audit.boundary_watermark import BoundaryKey, load_any_key
 from audit.configs import Progress
 from audit.provenance import SOFTWARE_VERSION as __version__
 from audit.provenance import sha256_of
@@ -56,6 +57,8 @@ from audit.signing import REGISTRATION_PREDICATE, Signer, as_signer, key_id, ver
 from audit.suspects.base import Suspect
 from audit.watermark import NullCalibration, calibrate_null
 from audit.watermark_key import WatermarkKey
+
+AnyKey = WatermarkKey | BoundaryKey
 
 ENVELOPE_FILE = "registration.dsse.json"
 MODEL_FORMATS = ("safetensors", "onnx", "skops")
@@ -278,12 +281,12 @@ def open_model(
     return load_suspect_file(model_path, model_format, architecture=architecture, config=config)
 
 
-def _train_references(x: np.ndarray, y: np.ndarray, key: WatermarkKey | None, cfg: RegistrationConfig) -> list[Suspect]:
+def _train_references(x: np.ndarray, y: np.ndarray, key: AnyKey | None, cfg: RegistrationConfig) -> list[Suspect]:
     """The registration's null models: ``audit.null_models.train_null_models``, the one trainer the benchmark
     and the tests use too, so what bench/audit.py measures is what a registration builds."""
     from audit.null_models import train_null_models
 
-    shape = key.image_shape if key is not None else None
+    shape = key.image_shape if isinstance(key, WatermarkKey) else None
     classes = key.num_classes if key is not None else None
     return train_null_models(
         x,
@@ -318,7 +321,8 @@ class _Work:
     cfg: RegistrationConfig
     report: Progress
     model_record: dict[str, Any] = field(default_factory=dict)
-    key: WatermarkKey | None = None
+    key: AnyKey | None = None
+    boundary_baseline: np.ndarray | None = None  # boundary keys: the null models' mean pair vote per probe
     ref_data: tuple[np.ndarray, np.ndarray] | None = None
     di_data: dict[str, np.ndarray] | None = None
     owner: Suspect | None = None
@@ -404,7 +408,7 @@ def _copy_inputs(inputs: RegistrationInputs, w: _Work) -> None:
         w.model_record = {"kind": "endpoint", **public}
     if inputs.watermark_key_path is not None:
         _copy(inputs.watermark_key_path, w.dir / "inputs" / "watermark.key.json")
-        w.key = WatermarkKey.load(w.dir / "inputs" / "watermark.key.json")
+        w.key = load_any_key(w.dir / "inputs" / "watermark.key.json")
     if inputs.reference_data_path is not None:
         _copy(inputs.reference_data_path, w.dir / "inputs" / "reference.npz")
         w.ref_data = load_reference_data(w.dir / "inputs" / "reference.npz")
@@ -448,6 +452,9 @@ def _calibrate_watermark(w: _Work) -> None:
         w.report(0.50, "no watermark key")
         return
     assert w.owner is not None
+    if isinstance(w.key, BoundaryKey):
+        _calibrate_boundary(w, w.key)
+        return
     key, cfg = w.key, w.cfg
     null = _select_and_calibrate(w) if cfg.watermark_key_selection else None
     if null is None:
@@ -476,6 +483,43 @@ def _calibrate_watermark(w: _Work) -> None:
     w.report(0.50, "watermark null calibrated")
 
 
+def _calibrate_boundary(w: _Work, key: BoundaryKey) -> None:
+    """A boundary key's baseline: the mean pair vote of every null model on the probes
+    (``audit.boundary_watermark``), and the owner's own test against it."""
+    from audit.boundary_watermark import baseline_from_models, verify_boundary_watermark
+
+    assert w.owner is not None
+    w.report(0.45, "boundary watermark: the null models' baseline on the probes")
+    baseline = baseline_from_models(key, w.nulls)
+    w.boundary_baseline = baseline
+    null = {
+        "kind": "boundary",
+        "key_fingerprint": key.fingerprint(),
+        "baseline": [float(v) for v in baseline],
+        "baseline_models": list(w.descriptions),
+        "method": "mean pair vote (+1 the probe's higher-numbered top-two class, -1 the other, 0 any other "
+        "class) of the registration's null models",
+    }
+    (w.dir / "artifacts" / "watermark_null.json").write_text(json.dumps(null, sort_keys=True))
+    owner = verify_boundary_watermark(w.owner, key, baseline, baseline_description="registration null models")
+    w.watermark = {
+        "kind": "boundary",
+        "key_fingerprint": key.fingerprint(),
+        "key_size": len(key.probes),
+        "inputs_tested": len(key.probes),
+        "owner_p_value": owner.p_value,
+        "owner_statistic": owner.statistic,
+        "owner_success_rate": owner.pair_agreement,
+        "baseline_models": len(w.nulls),
+    }
+    if not owner.claimed:
+        w.notes.append(
+            f"the protected model itself is not claimed by its boundary key (p = {owner.p_value:.3g}): watermark "
+            "audits will not claim copies of it"
+        )
+    w.report(0.50, "boundary watermark baseline ready")
+
+
 def _select_and_calibrate(w: _Work) -> NullCalibration | None:
     """Key selection (``watermark_key_selection``): the even-numbered null models select the key inputs the owner
     answers "target" and none of them does (``audit.watermark.select_key_inputs``); the odd-numbered ones, which
@@ -483,7 +527,7 @@ def _select_and_calibrate(w: _Work) -> NullCalibration | None:
     are fewer than four nulls or fewer than ``watermark_selection_min_inputs`` inputs survive; a note says so."""
     from audit.watermark import select_key_inputs
 
-    assert w.key is not None and w.owner is not None
+    assert isinstance(w.key, WatermarkKey) and w.owner is not None
     key, cfg = w.key, w.cfg
     if len(w.nulls) < 4:
         w.notes.append("watermark key selection skipped: it needs at least four null models")
@@ -621,7 +665,17 @@ def _run_self_tests(w: _Work) -> None:
     agreements = {name: agreement(w.owner, s, check_x) for name, _, s in copies}
     subjects = [("protected_model", "the protected model itself", w.owner), *copies]
     runs: dict[str, Any] = {}
-    if w.watermark and w.key is not None and w.null is not None:
+    if w.watermark and isinstance(w.key, BoundaryKey) and w.boundary_baseline is not None:
+        from audit.boundary_watermark import KeySides, verify_boundary_watermark
+
+        bkey, baseline, sides = w.key, w.boundary_baseline, KeySides(w.key)
+
+        def boundary_run(s: Suspect) -> tuple[float, bool, int]:
+            ev = verify_boundary_watermark(s, bkey, baseline, alpha=SELF_TEST_ALPHA, sides=sides)
+            return float(ev.p_value), ev.claimed, int(ev.queries_used)
+
+        runs["watermark"] = boundary_run
+    elif w.watermark and isinstance(w.key, WatermarkKey) and w.null is not None:
         from audit.watermark import CLAIMED as WM_CLAIMED
         from audit.watermark import WatermarkVerifier
 
@@ -753,13 +807,26 @@ class ProtectedModel:
             "model": {k: v for k, v in self.record["model"].items() if k in ("kind", "format", "sha256", "url")},
         }
 
-    def watermark_key(self) -> WatermarkKey | None:
+    def watermark_key(self) -> AnyKey | None:
+        """The registered key: EWE's ``WatermarkKey`` or a ``BoundaryKey``."""
         path = self.directory / "inputs" / "watermark.key.json"
-        return WatermarkKey.load(path) if path.exists() else None
+        return load_any_key(path) if path.exists() else None
 
     def watermark_null(self) -> NullCalibration | None:
+        """An EWE key's null calibration (None for a boundary key: ``boundary_baseline``)."""
         path = self.directory / "artifacts" / "watermark_null.json"
-        return NullCalibration.from_dict(json.loads(path.read_text())) if path.exists() else None
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        return None if data.get("kind") == "boundary" else NullCalibration.from_dict(data)
+
+    def boundary_baseline(self) -> np.ndarray | None:
+        """A boundary key's null-model baseline (one value per probe), or None."""
+        path = self.directory / "artifacts" / "watermark_null.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        return np.asarray(data["baseline"], dtype=np.float64) if data.get("kind") == "boundary" else None
 
     def dataset_inference_artifacts(self, embedding: str = "blind_walk") -> Any:
         """The saved ``DatasetInferenceArtifacts`` of ``embedding`` ("blind_walk" or "mingd"); ValueError when the

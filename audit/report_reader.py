@@ -81,6 +81,16 @@ def what_was_tested(report: Mapping[str, Any]) -> str:
     method = str(report.get("method", ""))
     stats = report.get("statistics") or {}
     queries = (report.get("queries") or {}).get("used")
+    if method == "watermark" and stats.get("method") == "boundary-watermark":
+        return (
+            f"The owner trained the protected model so that, close to its decision boundaries, its answers lean "
+            f"towards one class or the other along secret stripes of input space (a keyed pattern). We sent the "
+            f"suspect {queries} inputs near those boundaries, chosen before and without the secret, and measured "
+            "how well its answers follow the owner's stripes, compared with "
+            f"{stats.get('n_wrong_keys', 'many')} other stripe patterns drawn the same "
+            "way. A model copied from the protected model inherits the lean; a model trained independently follows "
+            "the owner's pattern no better than any of the others."
+        )
     if method == "watermark":
         target = stats.get("target_class")
         return (
@@ -135,8 +145,10 @@ def power_sentence(report: Mapping[str, Any]) -> str:
 def reader_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     """Everything a plain-words rendering needs, in reading order."""
     method = str(report.get("method", ""))
+    boundary = method == "watermark" and (report.get("statistics") or {}).get("method") == "boundary-watermark"
+    name = "Watermark test (keyed boundary watermark)" if boundary else _METHOD_NAMES.get(method, method)
     return {
-        "title": f"Ownership audit: {_METHOD_NAMES.get(method, method)}",
+        "title": f"Ownership audit: {name}",
         "decision": str(report.get("decision", "inconclusive")),
         "verdict": verdict_sentence(report),
         "what_was_tested": what_was_tested(report),

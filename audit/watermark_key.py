@@ -20,8 +20,28 @@ import numpy as np
 KEY_FORMAT = "modelcustody.watermark-key/v1"
 
 
+class CanonicalJsonKey:
+    """A key that is one canonical JSON document: its bytes, its SHA-256 fingerprint, the file (EWE's
+    ``WatermarkKey`` and ``audit.boundary_watermark.BoundaryKey``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON: what a report names the key by (and what an owner can commit to early)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json())
+        return path
+
+
 @dataclass(frozen=True)
-class WatermarkKey:
+class WatermarkKey(CanonicalJsonKey):
     """What the owner keeps secret and shows the auditor: the trigger, the class pair and the watermarked inputs."""
 
     source_class: int
@@ -79,18 +99,6 @@ class WatermarkKey:
             seeds={k: int(v) for k, v in d.get("seeds", {}).items()},
             info=dict(d.get("info", {})),
         )
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    def fingerprint(self) -> str:
-        """sha256 of the canonical JSON: what a report names the key by (and what an owner can commit to early)."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(self.to_json())
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> WatermarkKey:

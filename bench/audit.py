@@ -388,6 +388,12 @@ def main() -> None:
         default="owner",
         help="--worlds: the registration's reference rows (bench/audit_worlds.py _reference_rows)",
     )
+    parser.add_argument(
+        "--mnist-watermark",
+        choices=["ewe", "boundary"],
+        default="ewe",
+        help="--worlds: the MNIST owner's watermark (owner-side EWE, or the keyed boundary watermark)",
+    )
     parser.add_argument("--world-nulls", type=int, default=20, help="the registration's null models per world")
     parser.add_argument("--worlds-only", action="store_true", help="skip the per-seed digits part")
     parser.add_argument("--api-watermark", nargs="*", choices=["digits", "mnist"], default=None, metavar="WORLD",
@@ -411,7 +417,14 @@ def main() -> None:
         out["registration_cpu_s"] = {}
         out["worlds"] = {}
         for world in args.worlds:
-            w = run_world(world, args.seeds[0], args.world_independents, args.world_nulls, args.reference_source)
+            w = run_world(
+                world,
+                args.seeds[0],
+                args.world_independents,
+                args.world_nulls,
+                args.reference_source,
+                args.mnist_watermark,
+            )
             di, wm = summarise_world(w)
             out["dataset_inference"][world] = di
             out["watermark"][world] = wm

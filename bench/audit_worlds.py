@@ -46,6 +46,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.architectures import predict_labels, save_model
+from audit.boundary_watermark import BoundaryEmbedConfig, embed_boundary_watermark
 from audit.data import split_digits, split_mnist
 from audit.methods import run_audit
 from audit.null_models import train_null_models
@@ -126,7 +127,25 @@ def _reference_rows(world: str, split: Any, seed: int, source: str) -> tuple[Any
     return split, wider.x_pool[10000:], wider.y_pool[10000:]
 
 
-def _owner_model(world: str, split: Any, shape: tuple[int, int], patch: int, seed: int, tmp: Path) -> dict[str, Any]:
+def _owner_model(
+    world: str, split: Any, shape: tuple[int, int], patch: int, seed: int, tmp: Path, watermark: str = "ewe"
+) -> dict[str, Any]:
+    if world == "mnist" and watermark == "boundary":
+        # the owner's own model, trained clean first; then the keyed boundary watermark fine-tunes it
+        clean = WatermarkEmbedder(image_shape=shape, epochs=10, watermark_epochs=10).fit_clean(
+            split.x_owner, split.y_owner, seed=seed
+        )
+        config = {"input_dim": shape[0] * shape[1], "hidden": [128, 64], "num_classes": 10}
+        marked = embed_boundary_watermark(
+            clean,
+            split.x_owner,
+            secret=f"bench-boundary-watermark/{world}/{seed}".encode(),
+            eval_data=(split.x_test, split.y_test),
+            config=BoundaryEmbedConfig(seed=seed),
+        )
+        save_model(tmp / "owner.safetensors", marked.model, "mlp", config)
+        marked.key.save(tmp / "owner.key.json")
+        return {"model": marked.model, "info": marked.summary()}
     if world == "digits":
         result = WatermarkEmbedder(seed=seed).fit(split.x_owner, split.y_owner)
         clean = WatermarkEmbedder(seed=seed).fit_clean(split.x_owner, split.y_owner)
@@ -200,15 +219,23 @@ def register(
     )
 
 
+WATERMARKS = ("ewe", "boundary")
+
+
 def run_world(
-    world: str, seed: int, n_independents: int, n_nulls: int, reference_source: str = "owner"
+    world: str,
+    seed: int,
+    n_independents: int,
+    n_nulls: int,
+    reference_source: str = "owner",
+    watermark: str = "ewe",
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     split, shape, patch = _world_data(world, seed)
     split, x_reference, y_reference = _reference_rows(world, split, seed, reference_source)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        owner = _owner_model(world, split, shape, patch, seed, tmp)
+        owner = _owner_model(world, split, shape, patch, seed, tmp, watermark)
         model = owner["model"]
         log(f"[{world}] owner model ready {owner['info']} ({time.perf_counter() - t0:.0f} s)")
         private = np.random.default_rng(seed).permutation(len(split.x_owner))[:N_PRIVATE]
@@ -261,6 +288,7 @@ def run_world(
     return {
         "world": world,
         "reference_source": reference_source,
+        "watermark": watermark if world == "mnist" else "ewe",
         "seed": seed,
         "owner": owner["info"],
         "registration_cpu_s": round(registration_cpu_s, 1),

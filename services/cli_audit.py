@@ -83,10 +83,25 @@ def watermark_embed(
     source_class: int = 1,
     target_class: int = 7,
     export_data: bool = typer.Option(True, help="digits demo: also write reference.npz and di_data.npz"),
+    method: str = typer.Option("ewe", help="ewe (trigger inputs) or boundary (the keyed boundary watermark, which "
+                               "reaches copies extracted with natural data; needs --model and --test-data)"),
+    margin: float = typer.Option(0.8, help="boundary: top-2 margin below which the mark acts at full strength"),
+    strength: float = typer.Option(1.1, help="boundary: the keyed logit shift, in units of the margin's gap"),
+    cycles_per_std: float = typer.Option(0.25, help="boundary: stripes per standard deviation of the data"),
 ) -> None:
-    """Embed an EWE watermark: into the owner's own model (--data with --model, or --architecture) or, without
-    --data, into a demo MLP on the owner's half of digits. Saves model + secret key and reports the accuracy cost."""
+    """Embed a watermark: EWE into the owner's own model (--data with --model, or --architecture) or, without
+    --data, into a demo MLP on the owner's half of digits; or (--method boundary) the keyed boundary watermark into
+    the owner's trained model. Saves model + secret key and reports the accuracy cost."""
     from audit.watermark_embed import WatermarkEmbedder
+
+    if method not in ("ewe", "boundary"):
+        raise _fail(f"--method must be ewe or boundary, got {method!r}")
+    if method == "boundary":
+        if data is None or model is None or test_data is None:
+            raise _fail("--method boundary fine-tunes the owner's trained model: give --data, --model and "
+                        "--test-data (held-out rows the model never trained on, for the accuracy cost)")
+        _embed_boundary(out, data, test_data, model, seed, margin, strength, cycles_per_std)
+        return
 
     try:
         h, w = (int(v) for v in image_shape.lower().split("x"))
@@ -139,6 +154,47 @@ def _embed_owner(
                f"{result.accuracy_after:.4f}, cost {100 * result.accuracy_cost:+.2f} pp)")
     typer.echo(f"key:   {key_path}  (keep it secret; {summary['key_size']} inputs, trigger success "
                f"{result.trigger_success:.2f}, before the watermark {result.trigger_rate_before:.2f})")
+    typer.echo(f"summary: {out / 'embedding.json'}")
+
+
+def _embed_boundary(
+    out: Path, data: Path, test_data: Path, model: Path, seed: int, margin: float, strength: float,
+    cycles_per_std: float,
+) -> None:
+    import secrets
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from audit.architectures import load_model, save_model
+    from audit.boundary_watermark import BoundaryEmbedConfig, embed_boundary_watermark
+    from audit.watermark_owner import load_owner_data
+
+    try:
+        x, _ = load_owner_data(data)
+        eval_data = load_owner_data(test_data)
+        cfg = BoundaryEmbedConfig(margin=margin, strength=strength, cycles_per_std=cycles_per_std, seed=seed)
+        owner, arch, arch_cfg = load_model(model)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TimeElapsedColumn(), transient=False) as bar:
+            task = bar.add_task("boundary watermark", total=1.0)
+
+            def progress(fraction: float, message: str) -> None:
+                bar.update(task, completed=fraction, description=message)
+
+            result = embed_boundary_watermark(owner, x, secret=secrets.token_bytes(32), eval_data=eval_data,
+                                              config=cfg, progress=progress)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = save_model(out / "model.safetensors", result.model, arch, arch_cfg)
+    key_path = result.key.save(out / "model.key.json")
+    summary = result.summary()
+    (out / "embedding.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    typer.echo(f"model: {model_path}  (boundary; held-out accuracy {result.accuracy_before:.4f} -> "
+               f"{result.accuracy_after:.4f}, cost {100 * result.accuracy_cost:+.2f} pp, "
+               f"{100 * result.labels_changed:.1f} % of held-out labels changed)")
+    typer.echo(f"key:   {key_path}  (keep it secret; {summary['key_size']} probes, the model follows the key on "
+               f"{result.mark_success:.2f} of them, {result.mark_rate_before:.2f} before)")
     typer.echo(f"summary: {out / 'embedding.json'}")
 
 

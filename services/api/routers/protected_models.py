@@ -48,10 +48,13 @@ def _check_model(
 
 
 def _check_key(path: Path) -> None:
-    from audit.watermark_key import WatermarkKey
+    from audit.boundary_watermark import key_from_dict
 
     try:
-        WatermarkKey.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise TypeError("the key file must hold a JSON object")
+        key_from_dict(data)  # EWE's WatermarkKey or a BoundaryKey, by its format field
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"not a watermark key file: {exc}") from None
 
