@@ -39,7 +39,21 @@ CALIBRATION_CAVEATS = {
         "1 of 320 independent models at α = 0.05 on data not used in its design (without it, 27 of 320 on other "
         "such data), so the stated confidence holds for data that differ from the owner's as much as there."
     ),
+    # EWE's trigger watermark (statistics.method "ewe-watermark"), keyed by method and the evidence's method
+    "watermark:ewe-watermark": (
+        "Caution: this test's null rate is estimated from models trained on the owner's reference data; on the "
+        "project's own MNIST benchmark, in registrations not used in its design, it falsely claimed 9 of 80 "
+        "independent models trained on other data at α = 0.05 (up to 6 of 20 in one registration; none on the "
+        "digits benchmark), so this claim is evidence to weigh, strongest where the suspect's likely training data "
+        "resemble the reference data."
+    ),
 }
+
+
+def _caveat(report: Mapping[str, Any]) -> str:
+    method = str(report.get("method", ""))
+    inner = str((report.get("statistics") or {}).get("method", ""))
+    return CALIBRATION_CAVEATS.get(f"{method}:{inner}") or CALIBRATION_CAVEATS.get(method, "")
 
 
 def verdict_sentence(report: Mapping[str, Any]) -> str:
@@ -48,7 +62,7 @@ def verdict_sentence(report: Mapping[str, Any]) -> str:
     p, alpha = report.get("p_value"), (report.get("test") or {}).get("alpha")
     level = f"{(1 - float(alpha)) * 100:.0f} %" if isinstance(alpha, int | float) else "the stated"
     if decision == "claim":
-        caveat = CALIBRATION_CAVEATS.get(str(report.get("method", "")), "")
+        caveat = _caveat(report)
         return (
             f"The evidence supports the claim that the suspect model was derived from the protected model. The "
             f"test found evidence at {level} "

@@ -66,6 +66,10 @@ def test_a_claim_by_a_method_with_a_calibration_assumption_says_so_in_the_verdic
     assert "supports the claim" in inference and "Note:" in inference and "1 of 320" in inference
     assert "Note:" not in verdict_sentence(_report(method="dataset_inference", decision="inconclusive"))
     assert "Note:" in render_html(_report(method="dataset_inference"))
+    # the watermark method: EWE's trigger test carries its measured caution, the keyed boundary test none
+    ewe = verdict_sentence(_report(method="watermark", statistics={"method": "ewe-watermark"}))
+    boundary = verdict_sentence(_report(method="watermark", statistics={"method": "boundary-watermark"}))
+    assert "Caution" in ewe and "9 of 80" in ewe and "Caution" not in boundary and "Note:" not in boundary
 
 
 def test_report_validation() -> None:
