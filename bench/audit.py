@@ -394,6 +394,12 @@ def main() -> None:
         default="ewe",
         help="--worlds: the MNIST owner's watermark (owner-side EWE, or the keyed boundary watermark)",
     )
+    parser.add_argument(
+        "--world-watermark-alpha",
+        type=float,
+        default=None,
+        help="--worlds: the watermark audit's α (default: the audit's own, 0.05)",
+    )
     parser.add_argument("--world-nulls", type=int, default=20, help="the registration's null models per world")
     parser.add_argument("--worlds-only", action="store_true", help="skip the per-seed digits part")
     parser.add_argument("--api-watermark", nargs="*", choices=["digits", "mnist"], default=None, metavar="WORLD",
@@ -424,6 +430,7 @@ def main() -> None:
                 args.world_nulls,
                 args.reference_source,
                 args.mnist_watermark,
+                args.world_watermark_alpha,
             )
             di, wm = summarise_world(w)
             out["dataset_inference"][world] = di

@@ -229,6 +229,7 @@ def run_world(
     n_nulls: int,
     reference_source: str = "owner",
     watermark: str = "ewe",
+    watermark_alpha: float | None = None,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     split, shape, patch = _world_data(world, seed)
@@ -273,7 +274,8 @@ def run_world(
             s.queries_used = 0
             row: dict[str, Any] = {"suspect": kind, "name": name, "agreement": round(agreement, 4)}
             for method in ("watermark", "dataset_inference"):
-                ev = run_audit(method, s, pm, {})
+                params = {"alpha": watermark_alpha} if method == "watermark" and watermark_alpha else {}
+                ev = run_audit(method, s, pm, params)
                 row[method] = {
                     "verdict": ev["verdict"],
                     "p_value": ev.get("p_value"),
@@ -289,6 +291,7 @@ def run_world(
         "world": world,
         "reference_source": reference_source,
         "watermark": watermark if world == "mnist" else "ewe",
+        "watermark_alpha": watermark_alpha or 0.05,
         "seed": seed,
         "owner": owner["info"],
         "registration_cpu_s": round(registration_cpu_s, 1),
