@@ -75,6 +75,9 @@ from services.demo.redteam import Domain, Knockoff, image_shifts  # noqa: E402
 from services.demo.redteam.copies import train_mlp  # noqa: E402
 
 ALPHA = 0.05  # the promised false-claim rate of both audits (EWE's "95% confidence")
+# The MNIST world's keyed boundary watermark is audited at 0.01: adopted by the third rule on held-out world seeds
+# 9-12 (docs/benchmarks.md "The keyed boundary watermark on MNIST"); at 0.05 its false claims sat at α.
+BOUNDARY_WORLD_ALPHA = 0.01
 STOLEN_KINDS = ("label_extraction", "probability_extraction", "distilled", "fine_tuned")
 EXTRACTION_BUDGET = 2000  # docs/design.md: natural-digit label extraction reaches 0.98 agreement at 2,000 queries
 NULL_SUBSAMPLE = 0.6  # of 648 rows: ~389 rows per null, pairs overlap in ~60%
@@ -391,14 +394,15 @@ def main() -> None:
     parser.add_argument(
         "--mnist-watermark",
         choices=["ewe", "boundary"],
-        default="ewe",
-        help="--worlds: the MNIST owner's watermark (owner-side EWE, or the keyed boundary watermark)",
+        default="boundary",
+        help="--worlds: the MNIST owner's watermark (the keyed boundary watermark, audited at α = 0.01 unless "
+        "--world-watermark-alpha says otherwise, by the third rule of docs/benchmarks.md; or owner-side EWE)",
     )
     parser.add_argument(
         "--world-watermark-alpha",
         type=float,
         default=None,
-        help="--worlds: the watermark audit's α (default: the audit's own, 0.05)",
+        help="--worlds: the watermark audit's α (default: the audit's own, 0.05; the MNIST boundary watermark 0.01)",
     )
     parser.add_argument("--world-nulls", type=int, default=20, help="the registration's null models per world")
     parser.add_argument("--worlds-only", action="store_true", help="skip the per-seed digits part")
@@ -430,7 +434,9 @@ def main() -> None:
                 args.world_nulls,
                 args.reference_source,
                 args.mnist_watermark,
-                args.world_watermark_alpha,
+                args.world_watermark_alpha
+                if args.world_watermark_alpha is not None
+                else (BOUNDARY_WORLD_ALPHA if world == "mnist" and args.mnist_watermark == "boundary" else None),
             )
             di, wm = summarise_world(w)
             out["dataset_inference"][world] = di

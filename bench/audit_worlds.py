@@ -9,9 +9,11 @@ Called by bench/audit.py (``--worlds``); its keys go under ``dataset_inference.<
 Per world (one seed each; the digits world of bench/audit.py's main part adds seeds):
 
 - **Owner model.** digits: ``WatermarkEmbedder.fit`` on the owner half (EWE from scratch, the demo path).
-  MNIST: the owner's own (128, 64) MLP trained clean on 10,000 private images, then watermarked by
-  **owner-side EWE** (``audit.watermark_owner.embed_owner_model``, fine-tuning, with ``MNIST_EWE`` and three guard
-  models: the trigger recipe that reaches extraction copies, docs/audits.md), accuracy cost on 5,000 test images.
+  MNIST: the owner's own (128, 64) MLP trained clean on 10,000 private images, then watermarked by the
+  **keyed boundary watermark** (``audit.boundary_watermark``, fine-tuning; the default since the third rule of
+  docs/benchmarks.md, audited at α = 0.01 by bench/audit.py) or, with ``watermark="ewe"``, by **owner-side EWE**
+  (``audit.watermark_owner.embed_owner_model``, with ``MNIST_EWE`` and three guard models, docs/audits.md);
+  accuracy cost on 5,000 test images.
 - **Registration.** reference data = owner rows outside the dataset-inference private samples (digits: 648
   rows; MNIST: 7,500 rows, nulls capped at 3,000 rows each); DI private = 250 owner rows, public = the test
   split; 20 null models (the registration's default key selection: 10 choose the key inputs, 10 set the
