@@ -323,6 +323,7 @@ class _Work:
     model_record: dict[str, Any] = field(default_factory=dict)
     key: AnyKey | None = None
     boundary_baseline: np.ndarray | None = None  # boundary keys: the null models' mean pair vote per probe
+    boundary_sides: Any = None  # boundary keys: the keys' sides on the probes (KeySides), built once
     ref_data: tuple[np.ndarray, np.ndarray] | None = None
     di_data: dict[str, np.ndarray] | None = None
     owner: Suspect | None = None
@@ -486,12 +487,12 @@ def _calibrate_watermark(w: _Work) -> None:
 def _calibrate_boundary(w: _Work, key: BoundaryKey) -> None:
     """A boundary key's baseline: the mean pair vote of every null model on the probes
     (``audit.boundary_watermark``), and the owner's own test against it."""
-    from audit.boundary_watermark import baseline_from_models, verify_boundary_watermark
+    from audit.boundary_watermark import KeySides, baseline_from_models, verify_boundary_watermark
 
     assert w.owner is not None
     w.report(0.45, "boundary watermark: the null models' baseline on the probes")
     baseline = baseline_from_models(key, w.nulls)
-    w.boundary_baseline = baseline
+    w.boundary_baseline, w.boundary_sides = baseline, KeySides(key)
     null = {
         "kind": "boundary",
         "key_fingerprint": key.fingerprint(),
@@ -501,7 +502,9 @@ def _calibrate_boundary(w: _Work, key: BoundaryKey) -> None:
         "class) of the registration's null models",
     }
     (w.dir / "artifacts" / "watermark_null.json").write_text(json.dumps(null, sort_keys=True))
-    owner = verify_boundary_watermark(w.owner, key, baseline, baseline_description="registration null models")
+    owner = verify_boundary_watermark(
+        w.owner, key, baseline, sides=w.boundary_sides, baseline_description="registration null models"
+    )
     w.watermark = {
         "kind": "boundary",
         "key_fingerprint": key.fingerprint(),
@@ -666,9 +669,9 @@ def _run_self_tests(w: _Work) -> None:
     subjects = [("protected_model", "the protected model itself", w.owner), *copies]
     runs: dict[str, Any] = {}
     if w.watermark and isinstance(w.key, BoundaryKey) and w.boundary_baseline is not None:
-        from audit.boundary_watermark import KeySides, verify_boundary_watermark
+        from audit.boundary_watermark import verify_boundary_watermark
 
-        bkey, baseline, sides = w.key, w.boundary_baseline, KeySides(w.key)
+        bkey, baseline, sides = w.key, w.boundary_baseline, w.boundary_sides
 
         def boundary_run(s: Suspect) -> tuple[float, bool, int]:
             ev = verify_boundary_watermark(s, bkey, baseline, alpha=SELF_TEST_ALPHA, sides=sides)
