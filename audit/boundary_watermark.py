@@ -191,10 +191,32 @@ def pair_votes(labels: np.ndarray, key: BoundaryKey) -> np.ndarray:
     return np.asarray((z == key.hi[: len(z)]).astype(np.float64) - (z == key.lo[: len(z)]).astype(np.float64))
 
 
-def baseline_from_models(key: BoundaryKey, models: list[Suspect]) -> np.ndarray:
-    """[n] the mean pair vote of models trained without the mark (the registration's null models)."""
+def pair_scores(probabilities: np.ndarray, key: BoundaryKey) -> np.ndarray:
+    """[n] the pair vote read from probabilities: (p_hi − p_lo) / (p_hi + p_lo) = tanh(half the logit gap), in
+    [−1, 1]; 0 where the suspect gives both classes (almost) nothing. On one-hot answers it is ``pair_votes``
+    exactly, so the label test is the special case of an answer that says nothing beyond its label."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    rows = np.arange(len(p))
+    hi, lo = p[rows, key.hi[: len(p)]], p[rows, key.lo[: len(p)]]
+    total = hi + lo
+    return np.asarray(np.where(total > 1e-12, (hi - lo) / np.maximum(total, 1e-12), 0.0))
+
+
+def baseline_from_models(key: BoundaryKey, models: list[Suspect], answers: str = "labels") -> np.ndarray:
+    """[n] the mean pair vote of models trained without the mark (the registration's null models), read from
+    their labels (``pair_votes``) or, ``answers="probabilities"``, their probabilities (``pair_scores``)."""
     if not models:
         raise ValueError("the baseline needs at least one model")
+    if answers == "probabilities":
+        scores = []
+        for m in models:
+            probs = m.probabilities(key.probes)
+            if probs is None:
+                raise ValueError("a probability baseline needs models that answer probabilities")
+            scores.append(pair_scores(probs, key))
+        return np.asarray(np.mean(scores, axis=0))
+    if answers != "labels":
+        raise ValueError(f"answers must be 'labels' or 'probabilities', got {answers!r}")
     return np.asarray(np.mean([pair_votes(m.labels(key.probes), key) for m in models], axis=0))
 
 
@@ -269,6 +291,7 @@ class BoundaryEvidence:
             "n_wrong_keys": self.parameters["n_wrong_keys"],
             "queries_used": self.queries_used,
             "probes_answered": self.probes_answered,
+            "answers": self.parameters.get("answers", "labels"),
             "statistic": self.statistic,
             "wrong_key_statistics": dict(self.wrong_key_statistics),
             "pair_agreement_with_key": self.pair_agreement,
@@ -299,10 +322,16 @@ def verify_boundary_watermark(
     sides: KeySides | None = None,
     baseline_description: str = "",
     max_queries: int | None = None,
+    probability_baseline: np.ndarray | None = None,
 ) -> BoundaryEvidence:
     """Query the suspect on the key's probes (in order, all of them or up to ``max_queries`` / its budget) and
     test for the key (module docstring). ``baseline``: the registration's null-model baseline; None uses M0's own
-    votes (weaker against per-key clustering, still exact)."""
+    votes (weaker against per-key clustering, still exact).
+
+    ``probability_baseline`` (the null models' mean ``pair_scores``): when given and the suspect answers
+    probabilities, the votes are read from its probabilities instead of its labels (one query per probe either
+    way). Whether a suspect answers probabilities does not depend on the key, so the test stays exact; a copy
+    that learnt the mark's shift of the logit gap without it moving the label still counts."""
     started = time.perf_counter()
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -319,10 +348,24 @@ def verify_boundary_watermark(
         n = min(n, suspect.budget - suspect.queries_used)
     before = suspect.queries_used
     stopped = "all_probes" if n == len(key.probes) else "budget_exhausted"
+    use_probabilities = probability_baseline is not None and suspect.has_probabilities
+    if use_probabilities:
+        probability_baseline = np.asarray(probability_baseline, dtype=np.float64)
+        if probability_baseline.shape != baseline.shape:
+            raise ValueError("the probability baseline must hold one value per probe")
+        baseline = probability_baseline
     labels = np.zeros(0, dtype=np.int64)
+    scores = np.zeros(0)
     if n > 0:
         try:
-            labels = suspect.labels(key.probes[:n])
+            if use_probabilities:
+                probs = suspect.probabilities(key.probes[:n])
+                assert probs is not None  # has_probabilities
+                if probs.shape != (n, key.num_classes) or not np.all(np.isfinite(probs)):
+                    raise ValueError(f"suspect returned probabilities of shape {probs.shape} for {n} probes")
+                labels, scores = probs.argmax(axis=1), pair_scores(probs, key)
+            else:
+                labels = suspect.labels(key.probes[:n])
         except BudgetExceeded:
             stopped = "budget_exhausted"
         if len(labels) not in (0, n):
@@ -331,7 +374,7 @@ def verify_boundary_watermark(
         notes.append(f"only {len(labels)} probes could be answered: no test was made")
         t = np.zeros(sides.sides.shape[1])
     else:
-        t = sides.statistics(pair_votes(labels, key), baseline)
+        t = sides.statistics(scores if use_probabilities else pair_votes(labels, key), baseline)
         if n < len(key.probes):
             notes.append(f"{n} of the key's {len(key.probes)} probes were answered (budget): the test used those")
     p = KeySides.p_value(t)
@@ -365,6 +408,7 @@ def verify_boundary_watermark(
             "wrong_key_seed": sides.seed,
             "probes": len(key.probes),
             "max_queries": max_queries,
+            "answers": "probabilities" if use_probabilities else "labels",
         },
         histogram=[round(float(v), 4) for v in wrong],
         seconds=time.perf_counter() - started,

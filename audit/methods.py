@@ -206,7 +206,12 @@ def _run_boundary_audit(
     n = min(len(key.probes), params["budget"] or len(key.probes))
     wrapped = _ProgressSuspect(suspect, n, progress or (lambda f, m: None), params["budget"])
     evidence = verify_boundary_watermark(
-        wrapped, key, baseline, alpha=params["alpha"], baseline_description="the registration's null models"
+        wrapped,
+        key,
+        baseline,
+        alpha=params["alpha"],
+        baseline_description="the registration's null models",
+        probability_baseline=protected.boundary_probability_baseline(),
     ).to_dict()
     # "no-claim" only for the test the self-test measured: every probe answered, a p-value floor below α. A budget
     # that cut the probes short leaves a weaker test: inconclusive unless it claimed anyway.

@@ -323,6 +323,7 @@ class _Work:
     model_record: dict[str, Any] = field(default_factory=dict)
     key: AnyKey | None = None
     boundary_baseline: np.ndarray | None = None  # boundary keys: the null models' mean pair vote per probe
+    boundary_probability_baseline: np.ndarray | None = None  # the same from the null models' probabilities
     boundary_sides: Any = None  # boundary keys: the keys' sides on the probes (KeySides), built once
     ref_data: tuple[np.ndarray, np.ndarray] | None = None
     di_data: dict[str, np.ndarray] | None = None
@@ -492,7 +493,14 @@ def _calibrate_boundary(w: _Work, key: BoundaryKey) -> None:
     assert w.owner is not None
     w.report(0.45, "boundary watermark: the null models' baseline on the probes")
     baseline = baseline_from_models(key, w.nulls)
-    w.boundary_baseline, w.boundary_sides = baseline, KeySides(key)
+    # the same from the nulls' probabilities: the test of a suspect that answers probabilities reads its votes there
+    probability_baseline = (
+        baseline_from_models(key, w.nulls, answers="probabilities")
+        if all(m.has_probabilities for m in w.nulls)
+        else None
+    )
+    w.boundary_baseline, w.boundary_probability_baseline = baseline, probability_baseline
+    w.boundary_sides = KeySides(key)
     null = {
         "kind": "boundary",
         "key_fingerprint": key.fingerprint(),
@@ -501,9 +509,19 @@ def _calibrate_boundary(w: _Work, key: BoundaryKey) -> None:
         "method": "mean pair vote (+1 the probe's higher-numbered top-two class, -1 the other, 0 any other "
         "class) of the registration's null models",
     }
+    if probability_baseline is not None:
+        null["probability_baseline"] = [float(v) for v in probability_baseline]
+        null["probability_method"] = (
+            "mean pair score (p_hi - p_lo) / (p_hi + p_lo) of the registration's null models' probabilities"
+        )
     (w.dir / "artifacts" / "watermark_null.json").write_text(json.dumps(null, sort_keys=True))
     owner = verify_boundary_watermark(
-        w.owner, key, baseline, sides=w.boundary_sides, baseline_description="registration null models"
+        w.owner,
+        key,
+        baseline,
+        sides=w.boundary_sides,
+        baseline_description="registration null models",
+        probability_baseline=probability_baseline,
     )
     w.watermark = {
         "kind": "boundary",
@@ -672,9 +690,12 @@ def _run_self_tests(w: _Work) -> None:
         from audit.boundary_watermark import verify_boundary_watermark
 
         bkey, baseline, sides = w.key, w.boundary_baseline, w.boundary_sides
+        probability_baseline = w.boundary_probability_baseline
 
         def boundary_run(s: Suspect) -> tuple[float, bool, int]:
-            ev = verify_boundary_watermark(s, bkey, baseline, alpha=SELF_TEST_ALPHA, sides=sides)
+            ev = verify_boundary_watermark(
+                s, bkey, baseline, alpha=SELF_TEST_ALPHA, sides=sides, probability_baseline=probability_baseline
+            )
             return float(ev.p_value), ev.claimed, int(ev.queries_used)
 
         runs["watermark"] = boundary_run
@@ -830,6 +851,16 @@ class ProtectedModel:
             return None
         data = json.loads(path.read_text())
         return np.asarray(data["baseline"], dtype=np.float64) if data.get("kind") == "boundary" else None
+
+    def boundary_probability_baseline(self) -> np.ndarray | None:
+        """A boundary key's baseline from the null models' probabilities, or None (an EWE key, or a registration
+        made before it was recorded: its audits read labels only)."""
+        path = self.directory / "artifacts" / "watermark_null.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        values = data.get("probability_baseline") if data.get("kind") == "boundary" else None
+        return None if values is None else np.asarray(values, dtype=np.float64)
 
     def dataset_inference_artifacts(self, embedding: str = "blind_walk") -> Any:
         """The saved ``DatasetInferenceArtifacts`` of ``embedding`` ("blind_walk" or "mingd"); ValueError when the

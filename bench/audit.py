@@ -404,6 +404,12 @@ def main() -> None:
         default=None,
         help="--worlds: the watermark audit's α (default: the audit's own, 0.05; the MNIST boundary watermark 0.01)",
     )
+    parser.add_argument(
+        "--mnist-boundary-probes",
+        type=int,
+        default=None,
+        help="--worlds: the MNIST boundary key's probes (default: the embedding's own, BoundaryEmbedConfig)",
+    )
     parser.add_argument("--world-nulls", type=int, default=20, help="the registration's null models per world")
     parser.add_argument("--worlds-only", action="store_true", help="skip the per-seed digits part")
     parser.add_argument("--api-watermark", nargs="*", choices=["digits", "mnist"], default=None, metavar="WORLD",
@@ -437,6 +443,7 @@ def main() -> None:
                 args.world_watermark_alpha
                 if args.world_watermark_alpha is not None
                 else (BOUNDARY_WORLD_ALPHA if world == "mnist" and args.mnist_watermark == "boundary" else None),
+                boundary_probes=args.mnist_boundary_probes,
             )
             di, wm = summarise_world(w)
             out["dataset_inference"][world] = di

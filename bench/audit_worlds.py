@@ -54,7 +54,7 @@ from audit.methods import run_audit
 from audit.null_models import train_null_models
 from audit.protected import ProtectedModel, RegistrationConfig, RegistrationInputs, register_protected_model
 from audit.self_test import CopyRecipe, train_copies
-from audit.suspects.base import Suspect
+from audit.suspects.base import CallableSuspect, Suspect
 from audit.suspects.safetensors_loader import TorchModuleSuspect
 from audit.watermark_embed import WatermarkEmbedder
 from audit.watermark_owner import embed_owner_model
@@ -130,7 +130,14 @@ def _reference_rows(world: str, split: Any, seed: int, source: str) -> tuple[Any
 
 
 def _owner_model(
-    world: str, split: Any, shape: tuple[int, int], patch: int, seed: int, tmp: Path, watermark: str = "ewe"
+    world: str,
+    split: Any,
+    shape: tuple[int, int],
+    patch: int,
+    seed: int,
+    tmp: Path,
+    watermark: str = "ewe",
+    boundary_probes: int | None = None,
 ) -> dict[str, Any]:
     if world == "mnist" and watermark == "boundary":
         # the owner's own model, trained clean first; then the keyed boundary watermark fine-tunes it
@@ -143,7 +150,7 @@ def _owner_model(
             split.x_owner,
             secret=f"bench-boundary-watermark/{world}/{seed}".encode(),
             eval_data=(split.x_test, split.y_test),
-            config=BoundaryEmbedConfig(seed=seed),
+            config=BoundaryEmbedConfig(seed=seed, **({"n_probes": boundary_probes} if boundary_probes else {})),
         )
         save_model(tmp / "owner.safetensors", marked.model, "mlp", config)
         marked.key.save(tmp / "owner.key.json")
@@ -232,13 +239,14 @@ def run_world(
     reference_source: str = "owner",
     watermark: str = "ewe",
     watermark_alpha: float | None = None,
+    boundary_probes: int | None = None,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     split, shape, patch = _world_data(world, seed)
     split, x_reference, y_reference = _reference_rows(world, split, seed, reference_source)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        owner = _owner_model(world, split, shape, patch, seed, tmp, watermark)
+        owner = _owner_model(world, split, shape, patch, seed, tmp, watermark, boundary_probes)
         model = owner["model"]
         log(f"[{world}] owner model ready {owner['info']} ({time.perf_counter() - t0:.0f} s)")
         private = np.random.default_rng(seed).permutation(len(split.x_owner))[:N_PRIVATE]
@@ -283,6 +291,11 @@ def run_world(
                     "p_value": ev.get("p_value"),
                     "queries_used": ev.get("queries_used"),
                 }
+            if world == "mnist" and watermark == "boundary":
+                # the same audit on the suspect's labels alone: what a labels-only endpoint of the copy would give
+                params = {"alpha": watermark_alpha} if watermark_alpha else {}
+                ev = run_audit("watermark", CallableSuspect(s.labels, identity=s.identity), pm, params)
+                row["watermark_labels_only"] = {"verdict": ev["verdict"], "p_value": ev.get("p_value")}
             rows.append(row)
             log(
                 f"[{world}] {name:20s} agree {agreement:.3f} WM {row['watermark']['verdict']:12s} "
@@ -362,4 +375,14 @@ def summarise_world(w: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         "self_test_power": w["self_test"].get("watermark", {}).get("power"),
         "inconclusive_share": round(sum(r["watermark"]["verdict"] == "inconclusive" for r in rows) / len(rows), 4),
     }
+    if rows and "watermark_labels_only" in rows[0]:
+        # the boundary test on the suspects' labels alone (the audit reads probabilities where a suspect gives them)
+        wm["labels_only"] = {
+            "stolen_claim_rate": (
+                round(sum(r["watermark_labels_only"]["verdict"] == "claim" for r in copies_80) / len(copies_80), 4)
+                if copies_80
+                else None
+            ),
+            "independent_false_claim_rate": _rate(rows, "watermark_labels_only", ind, "claim"),
+        }
     return di, wm

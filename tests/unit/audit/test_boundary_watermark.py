@@ -143,15 +143,18 @@ def test_registration_and_audit_with_a_boundary_key(marked: dict[str, Any], tmp_
     )
     assert pm.record["watermark"]["kind"] == "boundary" and pm.watermark_null() is None
     assert pm.record["watermark"]["owner_p_value"] < 0.05
-    # the self-test ran the boundary test: the owner claimed; digits copies from 449 pool rows are not (low-power)
+    # the self-test ran the boundary test on the copies' probabilities: the owner and its copies claimed
     self_test = pm.record["self_test"]["watermark"]
     assert self_test["subjects"][0]["name"] == "protected_model" and self_test["subjects"][0]["claimed"]
-    assert self_test["power"] == "low-power"
+    assert self_test["power"] == "powered"
     owner = TorchModuleSuspect(emb.model, identity={"kind": "in-memory", "name": "owner"})
     ev = run_audit("watermark", owner, pm, {})
     assert ev["verdict"] == "claim" and ev["queries_used"] == len(emb.key.probes)
+    assert ev["answers"] == "probabilities"
+    labels_only = run_audit("watermark", CallableSuspect(owner.labels), pm, {})
+    assert labels_only["answers"] == "labels" and labels_only["verdict"] == "claim"
     clean = run_audit("watermark", TorchModuleSuspect(marked["m0"]), pm, {})
-    assert clean["verdict"] == "inconclusive" and clean["p_value"] >= 0.05  # low-power: never "no-claim"
+    assert clean["verdict"] == "no-claim" and clean["p_value"] >= 0.05  # powered: a no-claim is evidence
     short = run_audit("watermark", TorchModuleSuspect(marked["m0"]), pm, {"budget": 100})
     assert short["verdict"] == "inconclusive" and short["queries_used"] == 100
     from datetime import UTC, datetime
