@@ -144,6 +144,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from audit.solve_template import SolveReference, solve_statistics
+
 # scipy is imported where a test needs it, never at module level: the gateway marks answers with this module
 # and a gateway-only install has no scipy (tests/unit/packaging).
 
@@ -170,7 +172,9 @@ PROBABILITY_TEST = (
     "Monte-Carlo rank test against random wrong keys (same c*) of the smallest rank p-value (ties: the mean) of "
     "three statistics: the class-c* residual's correlation with the keyed cosine; on probes where the baseline "
     "gives c* < 1%, the class-c* log-residual's correlation with the cosine's positive half; and the residual's "
-    "correlation with the cosine after both are projected on the probes' linear span"
+    "correlation with the cosine after both are projected on the probes' linear span; with the suspected clients' "
+    "logged inputs, the suspect's class-c* logit departure from a least-squares solve of the owner's unmarked "
+    "answers, against the change a solve of each key's marked answers makes (the solve template)"
 )
 # The half-wave statistic's probes: the baseline gives c* less than 1 %, so the served move there is the
 # positive half of the cosine (the negative half is clipped at zero probability); 90 % of MNIST probes.
@@ -359,6 +363,9 @@ class ProbabilityEvidence(_Claim):
     linear_statistic: float | None = None
     linear_null_mean: float | None = None
     linear_null_std: float | None = None
+    solve_rows: int = 0  # logged inputs of the reference solve (0: the solve statistic was not used)
+    solve_statistic: float | None = None
+    solve_null_max: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -382,6 +389,9 @@ class ProbabilityEvidence(_Claim):
             "linear_statistic": self.linear_statistic,
             "linear_null_mean": self.linear_null_mean,
             "linear_null_std": self.linear_null_std,
+            "solve_rows": self.solve_rows,
+            "solve_statistic": self.solve_statistic,
+            "solve_null_max": self.solve_null_max,
             "alpha": self.alpha,
             "false_claim_bound": self.alpha,
             "decision": self.decision,
@@ -971,6 +981,12 @@ class AnswerWatermark:
         max_change = float(np.max(np.abs(current.astype(np.float64) - p)))
         return MarkedProbabilities(probabilities=current, max_change=max_change, scale=scale)
 
+    def served_for_signal(self, probabilities: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """The probabilities the mark serves if class c*'s signal were ``s`` [n] (any key's: the solve
+        template computes what every wrong key would have served, ``audit.solve_template``)."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        return self._move_mass(p, s, self.target_class, np.dtype(np.float64))[0]
+
     def _move_mass(
         self, p_in: np.ndarray, s: np.ndarray, c: int, out_dtype: np.dtype[Any]
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -1022,6 +1038,7 @@ class AnswerWatermark:
         alpha: float = 1e-3,
         n_null_keys: int = 1999,
         seed: int = 0,
+        solve: SolveReference | None = None,
     ) -> ProbabilityEvidence:
         """Is the keyed cosine in the suspect's class-c* probability on the probes?
 
@@ -1050,6 +1067,11 @@ class AnswerWatermark:
         Bonferroni factor, the wrong keys calibrate the statistics jointly. With two marked classes
         (``probability_classes`` 2) each statistic sums its numerator and squared normaliser over c* (cosine) and
         c₂ (sine), and the c*-only three are kept beside them: the smallest of six rank p-values, same rule.
+
+        ``solve`` (the reference solve on the suspected clients' logged inputs, ``audit.solve_template``; with
+        probability answers): a further statistic, the suspect's class-c* logit departure from the reference
+        solve against each key's *solve template* (what a least-squares solve of that key's marked answers
+        changes), calibrated with the others by the same rule.
         """
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -1085,14 +1107,25 @@ class AnswerWatermark:
         amplitude = self._correlation(marked[0].column, self.signal(x)[:, None])[1]
         rng = np.random.default_rng(seed)
         null_stats: list[list[np.ndarray]] = []
+        keys_v, keys_phase = [self.projection[:, None]], [np.array([self.phase])]
         for start in range(0, n_null_keys, 256):  # chunks keep the [n, keys] arrays small
             m = min(256, n_null_keys - start)
             v = rng.standard_normal((self.input_dim, m))
             v /= np.linalg.norm(v, axis=0)
-            null_stats.append(statistics(v, rng.uniform(0.0, 2 * np.pi, m)))
+            phases = rng.uniform(0.0, 2 * np.pi, m)
+            null_stats.append(statistics(v, phases))
+            keys_v.append(v)
+            keys_phase.append(phases)
         # index 0: the true key; per statistic: cosine, half-wave, linear (then the same for c* alone)
         columns = [np.concatenate([true_stats[i], *(t[i] for t in null_stats)]) for i in range(len(true_stats))]
         used = [i for i in range(len(columns)) if (i % 3 != 1 or use_half) and (i % 3 != 2 or use_linear)]
+        use_solve = solve is not None and not labels_only
+        if solve is not None and use_solve:
+            all_v, all_phase = np.concatenate(keys_v, axis=1), np.concatenate(keys_phase)
+            angle = self.frequency * (solve.x @ all_v) + all_phase
+            solve_templates = solve.templates(self.served_for_signal, self.target_class, angle, x)
+            columns.append(solve_statistics(solve.departure(x, answers, self.target_class), solve_templates))
+            used.append(len(columns) - 1)
         ranks = [_rank_p(columns[i]) for i in used]
         smallest, mean_rank = np.min(ranks, axis=0), np.mean(ranks, axis=0)
         # (1 + #{wrong keys at least as extreme}) / (N + 1), ordered by the smallest rank p, then by the mean
@@ -1131,6 +1164,9 @@ class AnswerWatermark:
             linear_statistic=float(all_lin[0]) if use_linear else None,
             linear_null_mean=lin_mean if use_linear else None,
             linear_null_std=lin_std if use_linear else None,
+            solve_rows=len(solve.x) if solve is not None and use_solve else 0,
+            solve_statistic=float(columns[-1][0]) if use_solve else None,
+            solve_null_max=float(np.max(columns[-1][1:])) if use_solve and n_null_keys else None,
         )
 
     def _as_probabilities(self, answers: ArrayLike, n: int) -> tuple[np.ndarray, bool]:

@@ -65,6 +65,7 @@ from audit.answer_watermark import (
     probability_probes,
 )
 from audit.configs import Progress
+from audit.solve_template import SOLVE_MAX_FEATURES, SolveReference
 from audit.suspects.base import Suspect
 
 # α 1e-3: the issue's bar for a single-shot ownership claim; 500 queries: its bar for the suspect's cost.
@@ -81,6 +82,9 @@ API_WATERMARK_DEFAULTS: dict[str, Any] = {
     # the Knockoff copies' queries unchanged, no independent claimed; docs/benchmarks.md).
     "first_look_share": 0.25,
     "batch_size": 50,  # label probes per suspect call: the claim usually comes within a handful
+    # The solve-template statistic (audit.solve_template) in the probability phase, with logged inputs and an
+    # owner answering probabilities, up to SOLVE_MAX_FEATURES features; false: the three other statistics only.
+    "solve_template": True,
     "seed": 0,
     "budget": None,
 }
@@ -135,6 +139,8 @@ def validate_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     out["clients"] = sorted(set(clients))
     if out["probes"] not in ("auto", "reference"):
         raise ValueError("probes must be 'auto' (logged inputs first) or 'reference'")
+    if not isinstance(out["solve_template"], bool):
+        raise ValueError("solve_template must be true or false")
     return out
 
 
@@ -277,6 +283,7 @@ def run_api_watermark(
         achievable |= 1.0 / (params["n_null_keys"] + 1) <= max(alpha_looks)
         answers = np.zeros((0, mark.n_classes))
         baseline = np.zeros((0, mark.n_classes)) if owner is not None else None
+        solve = _solve_reference(mark, logged, owner, prob_source, notes) if params["solve_template"] else None
         prob_ev = None
         for i, n in enumerate(looks):
             report(0.4 + 0.5 * i / len(looks), f"probability phase: {n} probes")
@@ -295,7 +302,10 @@ def run_api_watermark(
                 baseline=baseline,
                 alpha=alpha_looks[i],
                 n_null_keys=params["n_null_keys"],
-                seed=params["seed"] + i,
+                # with the solve template the looks share their wrong keys, so its templates are computed once
+                # (any wrong keys drawn without the key are valid at each look; the α split does the rest)
+                seed=params["seed"] + (0 if solve is not None else i),
+                solve=solve,
             )
             if prob_ev.claimed:
                 break
@@ -325,6 +335,9 @@ def run_api_watermark(
             "linear_statistic": prob_ev.linear_statistic,
             "linear_null_mean": prob_ev.linear_null_mean,
             "linear_null_std": prob_ev.linear_null_std,
+            "solve_rows": prob_ev.solve_rows,
+            "solve_statistic": prob_ev.solve_statistic,
+            "solve_null_max": prob_ev.solve_null_max,
             "n_null_keys": prob_ev.n_null_keys,
             "decision": "ownership claimed" if prob_ev.claimed else "not claimed",
         }
@@ -371,6 +384,35 @@ def run_api_watermark(
         parameters=params,
     )
     return evidence
+
+
+def _solve_reference(
+    mark: AnswerWatermark,
+    logged: LoggedAnswers | None,
+    owner: Suspect | None,
+    prob_source: str,
+    notes: list[str],
+) -> SolveReference | None:
+    """The reference solve for the solve-template statistic (``audit.solve_template``): the owner's unmarked
+    probabilities on every distinct logged input the clients were served marked probabilities on, solved the way an
+    equation-solving thief solves its answers. None without a log (fresh probes: no solve to mirror), without an
+    owner answering probabilities, or above ``SOLVE_MAX_FEATURES`` features."""
+    if logged is None or owner is None or not owner.has_probabilities or not prob_source.startswith("the suspected"):
+        return None
+    rows = logged.rows("probabilities")
+    if len(rows) < 2:
+        return None
+    if mark.input_dim > SOLVE_MAX_FEATURES:
+        notes.append(
+            f"the solve-template statistic runs up to {SOLVE_MAX_FEATURES} input features ({mark.input_dim} here)"
+        )
+        return None
+    x = np.asarray(logged.inputs[rows], dtype=np.float32)
+    _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)
+    x = x[np.sort(first)].astype(np.float64)
+    own = owner.probabilities(x)
+    assert own is not None
+    return SolveReference.fit(x, own)
 
 
 def _probability_probes(

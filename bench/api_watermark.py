@@ -23,9 +23,10 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 - **Audit**: ``audit.api_watermark.run_api_watermark`` with the thief's logged answers (the suspected clients),
   the victim's unmarked probabilities as baseline, α = 1e-3, at most 500 suspect queries.
 - **Independents** (``--independents``): MLPs of three widths on the owner's distribution with true labels on
-  rows disjoint from every thief's pool, each audited against four thieves' logs (``INDEPENDENT_LOGS``: the
-  Knockoff probability thief and the three label thieves): the false-claim side when the suspected clients'
-  logs exist but the suspect never saw them.
+  rows disjoint from every thief's pool, each audited against the thieves' logs (``INDEPENDENT_LOGS``: the
+  Knockoff probability thief, the three label thieves and, on digits, the equation-solving thief, whose log of
+  uniform random inputs is where the solve-template statistic acts): the false-claim side when the suspected
+  clients' logs exist but the suspect never saw them.
 - **Removal**: the Knockoff-probabilities copy fine-tuned on 300 clean true-labelled rows (20 epochs), and
   re-distilled (a fresh student trained on the copy's own probabilities over other natural inputs).
 - **Diagnosis** per copy (the owner's view with the key, not a test; ``diagnosis``): replaced labels (DAWN's
@@ -90,7 +91,14 @@ AGREEMENT_WORTH_STEALING = 0.8  # stolen_claim_rate counts copies at least this 
 MIN_MARKED_LABELS = 4
 # The logs independents are audited against: a probability thief's and every label thief's (the boundary test
 # on an adaptive client's log is where a false claim could come from: its queries depend on our answers).
-INDEPENDENT_LOGS = ("knockoff_probabilities", "knockoff_labels", "jbda_labels", "adaptive_labels")
+# equation solving (digits only): its log of uniform random inputs is where the solve-template statistic acts
+INDEPENDENT_LOGS = (
+    "knockoff_probabilities",
+    "knockoff_labels",
+    "jbda_labels",
+    "adaptive_labels",
+    "equation_solving_probabilities",
+)
 DEFAULT_FREQUENCY = float(Settings.model_fields["answer_watermark_frequency"].default)  # the gateway's default
 SECRET = "bench-answer-watermark-secret-0001"
 
@@ -357,7 +365,7 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
             # what is tested (a model that never saw our answers) and costs minutes per model on 2 cores.
             model = MLPClassifier(widths[i % 3], max_iter=200 if name == "digits" else 30, random_state=100 + i)
             model.fit(x[ind_rows[pick]], y[ind_rows[pick]])
-        for kind in INDEPENDENT_LOGS:
+        for kind in [k for k in INDEPENDENT_LOGS if k in copies]:
             independents.append(
                 audit_row(
                     f"independent_{i}_vs_{kind}",
@@ -372,7 +380,10 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 )
             )
     claims = sum(r["claimed"] for r in independents)
-    claims_by_log = {k: sum(r["claimed"] for r in independents if r["kind"].endswith(k)) for k in INDEPENDENT_LOGS}
+    claims_without_solve = sum(r.get("claimed_without_solve", r["claimed"]) for r in independents)
+    claims_by_log = {
+        k: sum(r["claimed"] for r in independents if r["kind"].endswith(k)) for k in INDEPENDENT_LOGS if k in copies
+    }
     log(f"[{name}] independents: {claims}/{len(independents)} claimed")
 
     benign = x_test
@@ -399,6 +410,10 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "independent_false_claim_rate": claims / len(independents),
         "independent_trials": len(independents),
         "independent_claims_by_log": claims_by_log,
+        "independent_claims_without_solve": claims_without_solve,
+        "independent_claims_at_0.01_without_solve": sum(
+            r.get("p_without_solve", r["p_value"]) <= ALPHA_LOOSE for r in independents
+        ),
         "at_alpha_0.01": {
             "stolen_claim_rate": (sum(r["p_value"] <= ALPHA_LOOSE for r in worth) / len(worth)) if worth else None,
             "independent_false_claim_rate": sum(r["p_value"] <= ALPHA_LOOSE for r in independents) / len(independents),
@@ -454,7 +469,16 @@ def audit_row(
         "batch_size": 10,
     }
     ev = run_api_watermark(suspect, mark, params, logged=logged, owner=owner)
+    without: dict[str, Any] = {}
+    if getattr(args, "compare_solve", False):
+        # the same audit without the solve-template statistic (bench/api_watermark_keys.py --compare-solve)
+        if ev["phases"].get("probabilities", {}).get("solve_rows"):
+            off = run_api_watermark(suspect, mark, {**params, "solve_template": False}, logged=logged, owner=owner)
+            without = {"p_without_solve": off["p_value"], "claimed_without_solve": off["verdict"] == "claim"}
+        else:
+            without = {"p_without_solve": ev["p_value"], "claimed_without_solve": ev["verdict"] == "claim"}
     return {
+        **without,
         **diagnosis(copy, logged, mark, owner, label_answers),
         "kind": kind,
         "answers": "labels" if label_answers else "probabilities",

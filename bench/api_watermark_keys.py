@@ -74,6 +74,11 @@ def main() -> dict[str, Any]:
     parser.add_argument("--all-copies", action="store_true", help="every stolen copy of the benchmark, per key")
     parser.add_argument("--first-key", type=int, default=0, help="--all-copies: keys first .. first + keys - 1")
     parser.add_argument("--max-queries", type=int, default=500, help="--all-copies: suspect queries per audit")
+    parser.add_argument(
+        "--compare-solve",
+        action="store_true",
+        help="--all-copies: audit every probability-phase suspect again without the solve-template statistic",
+    )
     parser.add_argument("--worlds", nargs="+", default=["digits"], choices=["digits", "mnist"], help="--all-copies")
     parser.add_argument(
         "--probability-classes",
@@ -191,6 +196,7 @@ def all_copies(args: argparse.Namespace) -> dict[str, Any]:
                     probability_classes=args.probability_classes,
                     first_look_share=args.first_look_share,
                     max_queries=args.max_queries,
+                    compare_solve=args.compare_solve,
                 )
                 out = run_world(name, ns)
                 worth = [r for r in out["rows"] if r["agreement"] >= AGREEMENT_WORTH_STEALING]
@@ -228,6 +234,25 @@ def all_copies(args: argparse.Namespace) -> dict[str, Any]:
                     for o in per_key
                 ),
                 "per_key_stolen_claim_rate": [o["stolen_claim_rate"] for o in per_key],
+                **(
+                    {
+                        "without_solve": {
+                            "stolen_claim_rate": sum(r["claimed_without_solve"] for r in worth_rows) / len(worth_rows),
+                            "stolen_claim_rate_at_0.01": sum(r["p_without_solve"] <= ALPHA_LOOSE for r in worth_rows)
+                            / len(worth_rows),
+                            "per_copy_claimed": {
+                                kind: sum(r["claimed_without_solve"] for r in worth_rows if r["kind"] == kind)
+                                for kind in kinds
+                            },
+                            "independent_claims": sum(o["independent_claims_without_solve"] for o in per_key),
+                            "independent_claims_at_0.01": sum(
+                                o["independent_claims_at_0.01_without_solve"] for o in per_key
+                            ),
+                        }
+                    }
+                    if args.compare_solve
+                    else {}
+                ),
                 "independent_claims_by_key_and_log": {
                     str(args.first_key + i): o["independent_claims_by_log"]
                     for i, o in enumerate(per_key)
@@ -237,7 +262,18 @@ def all_copies(args: argparse.Namespace) -> dict[str, Any]:
     return {"api_watermark_keys_all_copies": summary, "rows": rows, "wall_s": round(time.perf_counter() - started, 1)}
 
 
-ROW_FIELDS = ("kind", "agreement", "claimed", "verdict", "p_value", "queries_used", "phases", "boundary_p")
+ROW_FIELDS = (
+    "kind",
+    "agreement",
+    "claimed",
+    "verdict",
+    "p_value",
+    "queries_used",
+    "phases",
+    "boundary_p",
+    "p_without_solve",
+    "claimed_without_solve",
+)
 
 
 if __name__ == "__main__":
