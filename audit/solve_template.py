@@ -94,7 +94,10 @@ class SolveReference:
         others[:, c] = -np.inf
         r = others.argmax(axis=1)
         ell = self.logits(x_probe)
-        log_q = np.log(np.maximum(q, UNDERFLOW))
+        # floored at 1e-300, not at the solve's UNDERFLOW: a linear copy's c* goes far below 1e-30 on some probes
+        # and its log there is exactly its linear logit (flooring at 1e-30 cut the departure: docs/benchmarks.md);
+        # a float32 transport underflows below 1.2e-38, so an endpoint's answers lose those probes to the floor
+        log_q = _log(q)
         return np.asarray(log_q[:, c] - log_q[rows, r] + ell[rows, r] - ell[:, c])
 
     def templates(self, move: MarkMove, c: int, angle: np.ndarray, x_probe: np.ndarray) -> np.ndarray:

@@ -194,7 +194,10 @@ class MarkedOracle:
         self.rng = np.random.default_rng(0)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        p = self.victim.predict_proba(x)
+        # float32 inputs and answers, as a model server behind the gateway computes and serves them (OIP/KServe
+        # tensors are FP32), and as the audit's owner answers again; float64 answers here made the thief's
+        # solve and the audit's reference solve differ in the smallest probabilities (docs/benchmarks.md)
+        p = self.victim.predict_proba(np.asarray(x, dtype=np.float32))
         served = self.marker.serve(np.asarray(x, dtype=np.float64), p, "probabilities", self.policy, self.rng)
         assert served is not None
         new, _, tags = served

@@ -410,6 +410,12 @@ def main() -> None:
         default=None,
         help="--worlds: the MNIST boundary key's probes (default: the embedding's own, BoundaryEmbedConfig)",
     )
+    parser.add_argument(
+        "--mnist-boundary-strength",
+        type=float,
+        default=None,
+        help="--worlds: the MNIST boundary watermark's strength (default: the embedding's own, BoundaryEmbedConfig)",
+    )
     parser.add_argument("--world-nulls", type=int, default=20, help="the registration's null models per world")
     parser.add_argument("--worlds-only", action="store_true", help="skip the per-seed digits part")
     parser.add_argument("--api-watermark", nargs="*", choices=["digits", "mnist"], default=None, metavar="WORLD",
@@ -444,6 +450,7 @@ def main() -> None:
                 if args.world_watermark_alpha is not None
                 else (BOUNDARY_WORLD_ALPHA if world == "mnist" and args.mnist_watermark == "boundary" else None),
                 boundary_probes=args.mnist_boundary_probes,
+                boundary_strength=args.mnist_boundary_strength,
             )
             di, wm = summarise_world(w)
             out["dataset_inference"][world] = di

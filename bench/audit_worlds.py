@@ -138,6 +138,7 @@ def _owner_model(
     tmp: Path,
     watermark: str = "ewe",
     boundary_probes: int | None = None,
+    boundary_strength: float | None = None,
 ) -> dict[str, Any]:
     if world == "mnist" and watermark == "boundary":
         # the owner's own model, trained clean first; then the keyed boundary watermark fine-tunes it
@@ -150,7 +151,11 @@ def _owner_model(
             split.x_owner,
             secret=f"bench-boundary-watermark/{world}/{seed}".encode(),
             eval_data=(split.x_test, split.y_test),
-            config=BoundaryEmbedConfig(seed=seed, **({"n_probes": boundary_probes} if boundary_probes else {})),
+            config=BoundaryEmbedConfig(
+                seed=seed,
+                **({"n_probes": boundary_probes} if boundary_probes else {}),
+                **({"strength": boundary_strength} if boundary_strength else {}),
+            ),
         )
         save_model(tmp / "owner.safetensors", marked.model, "mlp", config)
         marked.key.save(tmp / "owner.key.json")
@@ -240,13 +245,14 @@ def run_world(
     watermark: str = "ewe",
     watermark_alpha: float | None = None,
     boundary_probes: int | None = None,
+    boundary_strength: float | None = None,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     split, shape, patch = _world_data(world, seed)
     split, x_reference, y_reference = _reference_rows(world, split, seed, reference_source)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        owner = _owner_model(world, split, shape, patch, seed, tmp, watermark, boundary_probes)
+        owner = _owner_model(world, split, shape, patch, seed, tmp, watermark, boundary_probes, boundary_strength)
         model = owner["model"]
         log(f"[{world}] owner model ready {owner['info']} ({time.perf_counter() - t0:.0f} s)")
         private = np.random.default_rng(seed).permutation(len(split.x_owner))[:N_PRIVATE]
