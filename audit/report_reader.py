@@ -100,7 +100,13 @@ def what_was_tested(report: Mapping[str, Any]) -> str:
             f"The owner trained the protected model so that, close to its decision boundaries, its answers lean "
             f"towards one class or the other along secret stripes of input space (a keyed pattern). We sent the "
             f"suspect {queries} inputs near those boundaries, chosen before and without the secret, and measured "
-            "how well its answers follow the owner's stripes, compared with "
+            "how well its answers follow the owner's stripes"
+            + (
+                " (read from the probabilities it returned: how far each answer leans, not only which class wins)"
+                if stats.get("answers") == "probabilities"
+                else ""
+            )
+            + ", compared with "
             f"{stats.get('n_wrong_keys', 'many')} other stripe patterns drawn the same "
             "way. A model copied from the protected model inherits the lean; a model trained independently follows "
             "the owner's pattern no better than any of the others."

@@ -164,4 +164,4 @@ def test_registration_and_audit_with_a_boundary_key(marked: dict[str, Any], tmp_
                                 protected=pm, started_at=now, finished_at=now)
     assert reader_summary(report)["title"].endswith("(keyed boundary watermark)")
     assert report["seeds"] == {"wrong_key_seed": ev["parameters"]["wrong_key_seed"]}
-    assert "stripes" in render_html(report)
+    assert "stripes" in render_html(report) and "probabilities it returned" in render_html(report)
