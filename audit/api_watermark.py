@@ -65,7 +65,7 @@ from audit.answer_watermark import (
     probability_probes,
 )
 from audit.configs import Progress
-from audit.solve_template import SOLVE_MAX_FEATURES, SolveReference
+from audit.solve_template import SOLVE_MAX_FEATURES, SOLVE_MAX_ROWS, SolveReference
 from audit.suspects.base import Suspect
 
 # α 1e-3: the bar for a single-shot ownership claim; 500 queries: its bar for the suspect's cost.
@@ -409,7 +409,7 @@ def _solve_reference(
         return None
     x = np.asarray(logged.inputs[rows], dtype=np.float32)
     _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)
-    x = x[np.sort(first)].astype(np.float64)
+    x = x[np.sort(first)][:SOLVE_MAX_ROWS].astype(np.float64)  # logged order: the first rows a thief solved
     own = owner.probabilities(x)
     assert own is not None
     return SolveReference.fit(x, own)

@@ -30,7 +30,9 @@ p-value stays exact, whatever the suspect is; a copy that is not linear simply g
 Cost and limits. One joint least-squares solve ((k − 1)(d + 1) unknowns) for the reference, and per key a
 (d + 1)-dimensional weighted solve: applied up to ``SOLVE_MAX_FEATURES`` input features (digits: 64; at MNIST's
 784 the per-key solves for thousands of wrong keys cost minutes, and the red team's equation-solving thief does
-not run there either). It needs the logged inputs: with fresh reference probes there is no solve to mirror.
+not run there either), on the first ``SOLVE_MAX_ROWS`` distinct logged inputs (a thief that solved more rows is
+mirrored approximately: less power, the same validity). It needs the logged inputs: with fresh reference probes
+there is no solve to mirror.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ from typing import Any
 
 import numpy as np
 
-SOLVE_MAX_FEATURES = 256
+# Memory bounds (an audit of a high-volume client must not exhaust the worker): the templates hold
+# [rows, keys] angles and [rows, (d + 1)²] outer products, 128 MB and 270 MB at these caps with 7,999 wrong keys.
+SOLVE_MAX_FEATURES = 128
+SOLVE_MAX_ROWS = 2000
 # The equation-solving thief's skip threshold for an underflowed probability (float32's normal range ends at
 # 1.2e-38, so 1e-30 keeps every value a float32 transport carries with full relative precision).
 UNDERFLOW = 1e-30
@@ -76,8 +81,11 @@ class SolveReference:
         p = np.asarray(owner_probabilities, dtype=np.float64)
         if x.ndim != 2 or p.ndim != 2 or len(x) != len(p) or len(x) < 2:
             raise ValueError("need logged inputs [n >= 2, d] and the owner's probabilities [n, k] on them")
-        if x.shape[1] > SOLVE_MAX_FEATURES:
-            raise ValueError(f"the solve template runs up to {SOLVE_MAX_FEATURES} features, got {x.shape[1]}")
+        if x.shape[1] > SOLVE_MAX_FEATURES or len(x) > SOLVE_MAX_ROWS:
+            raise ValueError(
+                f"the solve template runs up to {SOLVE_MAX_FEATURES} features and {SOLVE_MAX_ROWS} rows, "
+                f"got {x.shape}"
+            )
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(p))):
             raise ValueError("logged inputs and probabilities must be finite")
         return cls(x, p, solve_softmax_linear(_design(x), p))
