@@ -1120,7 +1120,8 @@ class AnswerWatermark:
         columns = [np.concatenate([true_stats[i], *(t[i] for t in null_stats)]) for i in range(len(true_stats))]
         used = [i for i in range(len(columns)) if (i % 3 != 1 or use_half) and (i % 3 != 2 or use_linear)]
         use_solve = solve is not None and not labels_only
-        if solve is not None and use_solve:
+        if use_solve:
+            assert solve is not None
             all_v, all_phase = np.concatenate(keys_v, axis=1), np.concatenate(keys_phase)
             angle = self.frequency * (solve.x @ all_v) + all_phase
             solve_templates = solve.templates(self.served_for_signal, self.target_class, angle, x)

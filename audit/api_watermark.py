@@ -91,6 +91,7 @@ API_WATERMARK_DEFAULTS: dict[str, Any] = {
 # Query-log tags of label answers (services/gateway/answer_mark.py): every one went through the boundary mark
 # when the upstream answered probabilities.
 LABEL_TAGS = ("label", "label-flipped", "label-boundary")
+LOGGED_PROBES = "the suspected clients' logged inputs served marked probabilities"
 NULL_HYPOTHESIS = "the suspect was trained without answers marked by this deployment's answer-watermark key"
 
 
@@ -386,6 +387,15 @@ def run_api_watermark(
     return evidence
 
 
+def _distinct_probability_rows(mark: AnswerWatermark, logged: LoggedAnswers) -> np.ndarray:
+    """The distinct logged inputs served marked probabilities, in logged order (a repeat is one row), float32."""
+    x = np.asarray(logged.inputs[logged.rows("probabilities")], dtype=np.float32)
+    if not len(x):
+        return x
+    _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)
+    return x[np.sort(first)]
+
+
 def _solve_reference(
     mark: AnswerWatermark,
     logged: LoggedAnswers | None,
@@ -397,19 +407,16 @@ def _solve_reference(
     probabilities on every distinct logged input the clients were served marked probabilities on, solved the way an
     equation-solving thief solves its answers. None without a log (fresh probes: no solve to mirror), without an
     owner answering probabilities, or above ``SOLVE_MAX_FEATURES`` features."""
-    if logged is None or owner is None or not owner.has_probabilities or not prob_source.startswith("the suspected"):
-        return None
-    rows = logged.rows("probabilities")
-    if len(rows) < 2:
+    if logged is None or owner is None or not owner.has_probabilities or prob_source != LOGGED_PROBES:
         return None
     if mark.input_dim > SOLVE_MAX_FEATURES:
         notes.append(
             f"the solve-template statistic runs up to {SOLVE_MAX_FEATURES} input features ({mark.input_dim} here)"
         )
         return None
-    x = np.asarray(logged.inputs[rows], dtype=np.float32)
-    _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)
-    x = x[np.sort(first)][:SOLVE_MAX_ROWS].astype(np.float64)  # logged order: the first rows a thief solved
+    x = _distinct_probability_rows(mark, logged)[:SOLVE_MAX_ROWS].astype(np.float64)  # the first rows solved
+    if len(x) < 2:
+        return None
     own = owner.probabilities(x)
     assert own is not None
     return SolveReference.fit(x, own)
@@ -423,13 +430,10 @@ def _probability_probes(
     limit: int,
 ) -> tuple[np.ndarray | None, str]:
     if logged is not None and params["probes"] == "auto":
-        rows = logged.rows("probabilities")
-        if len(rows):
-            x = np.asarray(logged.inputs[rows], dtype=np.float32)
-            _, first = np.unique(mark.canonicalize(x), axis=0, return_index=True)  # a repeat is one probe
-            x = x[np.sort(first)]
+        x = _distinct_probability_rows(mark, logged)
+        if len(x):
             order = np.random.default_rng(params["seed"]).permutation(len(x))  # not keyed: any order is valid
-            return x[order][:limit], "the suspected clients' logged inputs served marked probabilities"
+            return x[order][:limit], LOGGED_PROBES
     if reference is not None and len(reference) >= 2:
         n = min(limit, 2 * len(reference))
         return probability_probes(reference, n, seed=params["seed"]), "fresh probes from the owner's reference data"
