@@ -22,14 +22,25 @@ docs/audits.md "Keyed boundary watermark"):
   labels differently, and such pairs bisected to M0's boundary (where the mark decides labels).
 - **Probes** (the verification inputs, chosen from M0 and the owner's rows only, never from the key): owner rows in
   M0's band and pairs of owner rows bisected to M0's boundary. The key file carries them and M0's (hi, lo) on each.
-- **Test.** A suspect answers every probe with a label; e = +1 for hi, −1 for lo, 0 for another class;
-  r = e − b (b: the *baseline*, the mean e of the registration's null models, which trained without the mark),
-  centred; T(key) = Σ r σ_key / √Σ r². The p-value is the exact rank of the true key's T among ``n_wrong_keys``
-  keys drawn from the same distribution (Gaussian direction normalised, uniform phase; a public seed):
-  p = (1 + #{wrong keys with T ≥ T_true}) / (N + 1). Under "the suspect, the probes and the baseline do not depend
-  on the key" the true key is exchangeable with the wrong ones, so P(p ≤ α) ≤ α for every such suspect. The
-  baseline only decides which keys an independent model's shared boundary structure happens to favour (per-key
-  clustering of false claims, measured in the spike); it cannot break validity.
+- **Test.** A suspect answers every probe with a label; e = +1 for hi, −1 for lo, 0 for another class (or, when
+  it gives probabilities, the pair score (p_hi − p_lo)/(p_hi + p_lo)). **Residual statistic** (the default):
+  r = the least-squares residual of e on a constant, b (the *baseline*: the mean e of the registration's null
+  models, which trained without the mark) and e0 (the pre-watermark model M0's own e, kept in the key); then
+  per probe group (natural rows, bisected pairs) T_g(key) = Σ r σ_key / √Σ r² over the group's centred r, and
+  T = Σ_g T_g / √2. Why: a copy of the marked model inherits M0's own boundary quirks, and a fine-tuned or
+  distilled copy keeps them while its mark fades, so they fill √Σ r² without following any key; taking out e0 as
+  well as b (the structure every clean model shares) left the mark to be tested (MNIST, seen seeds: the
+  fine-tuned copy's p 0.18 → 0.006 on one registration; docs/benchmarks.md). The two groups are weighed alike
+  because the copies carry the mark in different places: extraction copies on the bisected pairs, the
+  distilled and fine-tuned copies (trained on, or starting from, the owner's rows) on the natural ones. The
+  earlier statistic, r = e − b, is ``statistic="baseline"``. The p-value is the exact rank of the true key's T
+  among ``n_wrong_keys`` keys drawn from the same distribution (Gaussian direction normalised, uniform phase; a
+  public seed): p = (1 + #{wrong keys with T ≥ T_true}) / (N + 1). Under "the suspect, the probes, the baseline
+  and M0 do not depend on the key" (M0 and the probes are fixed before the mark is embedded) the true key is
+  exchangeable with the wrong ones, so P(p ≤ α) ≤ α for every such suspect. The regressors only decide which keys
+  an independent model's shared boundary structure happens to favour (per-key clustering of false claims,
+  measured in the spike); they cannot break validity. Subtracting e0 alone (no regression, no b) was tried and
+  dropped: it left the shared structure in and one registration falsely claimed 3 of 20 independents at 0.01.
 
 What it costs and cannot do (measured, docs/boundary_watermark_spike.md and docs/benchmarks.md): 1.6–2.1 pp of
 MNIST test accuracy at the default strength (7.8 pp on digits' 898 owner rows: small owners pay much more); labels
@@ -68,6 +79,7 @@ NOT_CLAIMED = "not claimed"
 # Wrong keys: public, fixed, independent of every secret (any seed works; a fixed one makes audits reproducible).
 WRONG_KEY_SEED = 20_261_204
 N_WRONG_KEYS = 3999  # p-value floor 1/4,000 = 2.5e-4, far below α = 0.05
+STATISTICS = ("residual", "baseline")
 
 
 def _key_draw(rng: np.random.Generator, dim: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +111,9 @@ class BoundaryKey(CanonicalJsonKey):
     m0_answer: np.ndarray  # [n] M0's label on each probe (the baseline when a registration has no null models)
     seeds: dict[str, int] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    # [n] M0's pair score on each probe (``pair_scores``): a regressor of the residual statistic when the suspect
+    # answers probabilities. Keys written before it have None (their M0 regressor is the label vote).
+    m0_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         probes = np.asarray(self.probes, dtype=np.float32)
@@ -124,6 +139,26 @@ class BoundaryKey(CanonicalJsonKey):
         object.__setattr__(self, "probes", probes)
         for name, arr in arrays.items():
             object.__setattr__(self, name, arr)
+        if self.m0_scores is not None:
+            scores = np.asarray(self.m0_scores, dtype=np.float64).reshape(-1)
+            if scores.shape != (n,) or not np.all(np.abs(scores) <= 1.0):
+                raise ValueError("m0_scores must hold one pair score in [-1, 1] per probe")
+            object.__setattr__(self, "m0_scores", scores)
+
+    @property
+    def n_natural_probes(self) -> int:
+        """How many of the probes (the first ones) are owner rows in M0's band; the rest are bisected pairs."""
+        return int(min(max(int(self.info.get("natural_probes", 0)), 0), len(self.probes)))
+
+    def probe_groups(self) -> np.ndarray:
+        """[n] 0 for a natural probe, 1 for a bisected one (the residual statistic weighs the two groups alike)."""
+        return np.asarray((np.arange(len(self.probes)) >= self.n_natural_probes).astype(np.int64))
+
+    def m0_regressor(self, answers: str) -> np.ndarray:
+        """[n] the pre-watermark model's own vote on each probe, read like the suspect's answers."""
+        if answers == "probabilities" and self.m0_scores is not None:
+            return np.asarray(self.m0_scores)
+        return pair_votes(self.m0_answer, self)
 
     @property
     def input_dim(self) -> int:
@@ -154,6 +189,8 @@ class BoundaryKey(CanonicalJsonKey):
             "hi": self.hi.tolist(),
             "lo": self.lo.tolist(),
             "m0_answer": self.m0_answer.tolist(),
+            # absent for keys written before it, so their canonical JSON (and fingerprint) is unchanged
+            **({"m0_scores": [float(v) for v in self.m0_scores]} if self.m0_scores is not None else {}),
             "seeds": dict(self.seeds),
             "info": dict(self.info),
         }
@@ -179,6 +216,7 @@ class BoundaryKey(CanonicalJsonKey):
             m0_answer=np.asarray(d["m0_answer"]),
             seeds={k: int(v) for k, v in dict(d.get("seeds", {})).items()},
             info=dict(d.get("info", {})),
+            m0_scores=np.asarray(d["m0_scores"], dtype=np.float64) if d.get("m0_scores") is not None else None,
         )
 
 
@@ -244,6 +282,31 @@ class KeySides:
         if norm == 0.0:
             return np.zeros(self.sides.shape[1])
         return np.asarray(r @ self.sides[:n].astype(np.float64) / norm)
+
+    def residual_statistics(self, votes: np.ndarray, regressors: list[np.ndarray], groups: np.ndarray) -> np.ndarray:
+        """[1 + n_wrong] the residual statistic for every key on the first len(votes) probes (module docstring):
+        the votes' least-squares residual on a constant and the key-independent ``regressors`` (the null models'
+        mean vote, the pre-watermark model's vote), then per probe group (natural, bisected) the group's
+        centred residual against each key's sides over its norm, summed over the groups and divided by the root
+        of their number. 0 everywhere when the regressors explain the votes (nothing is left to test)."""
+        v = np.asarray(votes, dtype=np.float64)
+        n = len(v)
+        design = np.column_stack([np.ones(n), *[np.asarray(c, dtype=np.float64)[:n] for c in regressors]])
+        coef, *_ = np.linalg.lstsq(design, v, rcond=None)
+        r = v - design @ coef
+        if float(np.sum(r * r)) <= 1e-18 * max(1.0, float(np.sum(v * v))):
+            return np.zeros(self.sides.shape[1])
+        t = np.zeros(self.sides.shape[1])
+        used = 0
+        g = np.asarray(groups)[:n]
+        for group in np.unique(g):
+            rows = g == group
+            rg = r[rows] - r[rows].mean()
+            norm = math.sqrt(float(np.sum(rg * rg)))
+            if norm > 0.0:
+                t += rg @ self.sides[:n][rows].astype(np.float64) / norm
+                used += 1
+        return t / math.sqrt(used) if used else t
 
     @staticmethod
     def p_value(t: np.ndarray) -> float:
@@ -323,10 +386,13 @@ def verify_boundary_watermark(
     baseline_description: str = "",
     max_queries: int | None = None,
     probability_baseline: np.ndarray | None = None,
+    statistic: str = "residual",
 ) -> BoundaryEvidence:
     """Query the suspect on the key's probes (in order, all of them or up to ``max_queries`` / its budget) and
     test for the key (module docstring). ``baseline``: the registration's null-model baseline; None uses M0's own
-    votes (weaker against per-key clustering, still exact).
+    votes (weaker against per-key clustering, still exact). ``statistic``: "residual" (the default: the votes'
+    residual on the baseline and M0's votes, the probe groups weighed alike) or "baseline" (the votes minus the
+    baseline, the statistic before it; kept so a benchmark can run both on the same answers).
 
     ``probability_baseline`` (the null models' mean ``pair_scores``): when given and the suspect answers
     probabilities, the votes are read from its probabilities instead of its labels (one query per probe either
@@ -335,6 +401,8 @@ def verify_boundary_watermark(
     started = time.perf_counter()
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     sides = sides or KeySides(key)
     notes: list[str] = []
     if baseline is None:
@@ -374,7 +442,14 @@ def verify_boundary_watermark(
         notes.append(f"only {len(labels)} probes could be answered: no test was made")
         t = np.zeros(sides.sides.shape[1])
     else:
-        t = sides.statistics(scores if use_probabilities else pair_votes(labels, key), baseline)
+        votes = scores if use_probabilities else pair_votes(labels, key)
+        if statistic == "residual":
+            m0 = key.m0_regressor("probabilities" if use_probabilities else "labels")
+            t = sides.residual_statistics(votes, [baseline, m0], key.probe_groups())
+            if not np.any(t):
+                notes.append("the null models' and the pre-watermark model's answers explain the suspect's: no test")
+        else:
+            t = sides.statistics(votes, baseline)
         if n < len(key.probes):
             notes.append(f"{n} of the key's {len(key.probes)} probes were answered (budget): the test used those")
     p = KeySides.p_value(t)
@@ -409,6 +484,7 @@ def verify_boundary_watermark(
             "probes": len(key.probes),
             "max_queries": max_queries,
             "answers": "probabilities" if use_probabilities else "labels",
+            "statistic": statistic,
         },
         histogram=[round(float(v), 4) for v in wrong],
         seconds=time.perf_counter() - started,
@@ -582,6 +658,8 @@ def embed_boundary_watermark(
     probes = np.concatenate([natural, bisect_to_boundary(m0, x, cfg.n_probes - n_natural, probe_rng)])
     p_probe = _softmax(_logits(m0, probes))
     a, b, _ = _top_two(p_probe)
+    rows_p = np.arange(len(probes))
+    p_hi, p_lo = p_probe[rows_p, np.maximum(a, b)], p_probe[rows_p, np.minimum(a, b)]
     key = BoundaryKey(
         secret=secret,
         frequency=frequency,
@@ -595,6 +673,7 @@ def embed_boundary_watermark(
         m0_answer=a,
         seeds={"embed": cfg.seed},
         info={"method": "boundary", "natural_probes": int(n_natural), "cycles_per_std": cfg.cycles_per_std},
+        m0_scores=(p_hi - p_lo) / np.maximum(p_hi + p_lo, 1e-12),  # pair_scores of M0 (its top two: never ~0)
     )
 
     logits = _logits(m0, x_train)

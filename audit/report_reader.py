@@ -106,6 +106,12 @@ def what_was_tested(report: Mapping[str, Any]) -> str:
                 if stats.get("answers") == "probabilities"
                 else ""
             )
+            + (
+                ", once what independently trained models and the protected model before marking already answer "
+                "there is taken out"
+                if (stats.get("parameters") or {}).get("statistic") == "residual"
+                else ""
+            )
             + ", compared with "
             f"{stats.get('n_wrong_keys', 'many')} other stripe patterns drawn the same "
             "way. A model copied from the protected model inherits the lean; a model trained independently follows "

@@ -23,6 +23,7 @@ from audit.boundary_watermark import (
     baseline_from_models,
     embed_boundary_watermark,
     key_from_dict,
+    pair_scores,
     pair_votes,
     verify_boundary_watermark,
 )
@@ -85,6 +86,43 @@ def test_the_rank_test_is_exact_for_answers_that_do_not_depend_on_the_key(marked
         p.append(KeySides.p_value(KeySides(other, n_wrong=99, seed=7).statistics(votes, marked["baseline"])))
     rejected = int(np.sum(np.asarray(p) <= 0.05))
     assert 5 <= rejected <= 35, rejected
+
+
+def test_the_residual_statistic_is_exact_for_a_model_that_never_saw_the_mark(marked: dict[str, Any]) -> None:
+    """The residual statistic (the default) on an independent model's fixed answers, 400 secrets as the true key:
+    about 5 % of p <= 0.05 (the same bound as above); the key's M0 scores survive the JSON round trip."""
+    d, key = marked["split"], marked["emb"].key
+    independent = train_null_models(d.x_pool, d.y_pool, n=1, seed=11, subsample=0.8)[0]
+    probs = independent.probabilities(key.probes)
+    assert probs is not None and key.m0_scores is not None
+    again = key_from_dict(key.to_dict())
+    assert np.array_equal(again.m0_scores, key.m0_scores) and "m0_scores" not in replace(key, m0_scores=None).to_dict()
+    scores = pair_scores(probs, key)
+    regressors = [marked["baseline"], key.m0_regressor("probabilities")]
+    p = []
+    for i in range(400):
+        other = replace(key, secret=f"another-secret-number-{i:04d}".encode())
+        sides = KeySides(other, n_wrong=99, seed=7)
+        p.append(KeySides.p_value(sides.residual_statistics(scores, regressors, key.probe_groups())))
+    rejected = int(np.sum(np.asarray(p) <= 0.05))
+    assert 5 <= rejected <= 35, rejected
+
+
+def test_the_residual_statistic_sees_a_faint_mark_under_the_original_models_quirks(marked: dict[str, Any]) -> None:
+    """A copy that keeps the pre-watermark model's own boundary quirks and only a faint trace of the mark (what
+    fine-tuning leaves, docs/benchmarks.md): the quirks fill the baseline statistic's norm, the residual statistic
+    takes them out. Answers: M0's votes + 0.15 x the key's sides + noise, on the key's probes."""
+    key, base = marked["emb"].key, marked["baseline"]
+    sides = KeySides(key, n_wrong=999)
+    e0 = pair_votes(key.m0_answer, key)
+    rng = np.random.default_rng(3)
+    votes = e0 + 0.15 * sides.sides[:, 0] + rng.normal(0.0, 0.3, len(e0))
+    residual = KeySides.p_value(sides.residual_statistics(votes, [base, e0], key.probe_groups()))
+    baseline = KeySides.p_value(sides.statistics(votes, base))
+    assert residual <= 0.002 < baseline, (residual, baseline)
+    # the pre-watermark model itself is explained by its own votes: no test, not claimed
+    ev = verify_boundary_watermark(TorchModuleSuspect(marked["m0"]), key, base, sides=sides)
+    assert not ev.claimed and ev.parameters["statistic"] == "residual"
 
 
 def test_the_marked_model_and_its_copies_are_claimed_the_original_is_not(marked: dict[str, Any]) -> None:
