@@ -241,9 +241,9 @@ def register(
 WATERMARKS = ("ewe", "boundary")
 
 
-def _baseline_statistic_audit(suspect: Suspect, pm: ProtectedModel, alpha: float) -> dict[str, Any]:
-    """The boundary watermark test with its previous statistic (``statistic="baseline"``), for the comparison the
-    rule in docs/benchmarks.md reads; the audit itself uses the residual statistic."""
+def _residual_statistic_audit(suspect: Suspect, pm: ProtectedModel, alpha: float) -> dict[str, Any]:
+    """The boundary watermark test with the residual statistic (``statistic="residual"``), beside the audit's own
+    (``"baseline"``): the comparison of the fifth rule in docs/benchmarks.md, which did not adopt it."""
     key = pm.watermark_key()
     assert isinstance(key, BoundaryKey)
     ev = verify_boundary_watermark(
@@ -252,7 +252,7 @@ def _baseline_statistic_audit(suspect: Suspect, pm: ProtectedModel, alpha: float
         pm.boundary_baseline(),
         alpha=alpha,
         probability_baseline=pm.boundary_probability_baseline(),
-        statistic="baseline",
+        statistic="residual",
     )
     return {"verdict": "claim" if ev.claimed else "no-claim", "p_value": ev.p_value}
 
@@ -323,8 +323,8 @@ def run_world(
                 params = {"alpha": watermark_alpha} if watermark_alpha else {}
                 ev = run_audit("watermark", CallableSuspect(s.labels, identity=s.identity), pm, params)
                 row["watermark_labels_only"] = {"verdict": ev["verdict"], "p_value": ev.get("p_value")}
-                # the boundary test's previous statistic (votes minus the null models' mean) on the same answers
-                row["watermark_baseline_statistic"] = _baseline_statistic_audit(s, pm, watermark_alpha or 0.05)
+                # the boundary test's residual statistic (an option the fifth rule did not adopt) on the same answers
+                row["watermark_residual_statistic"] = _residual_statistic_audit(s, pm, watermark_alpha or 0.05)
             rows.append(row)
             log(
                 f"[{world}] {name:20s} agree {agreement:.3f} WM {row['watermark']['verdict']:12s} "
@@ -414,17 +414,17 @@ def summarise_world(w: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             ),
             "independent_false_claim_rate": _rate(rows, "watermark_labels_only", ind, "claim"),
         }
-    if rows and "watermark_baseline_statistic" in rows[0]:
-        # the boundary test's previous statistic on the same answers (docs/benchmarks.md, the fifth rule)
-        wm["baseline_statistic"] = {
+    if rows and "watermark_residual_statistic" in rows[0]:
+        # the boundary test's residual statistic on the same answers (docs/benchmarks.md, the fifth rule)
+        wm["residual_statistic"] = {
             "stolen_claim_rate": (
                 round(
-                    sum(r["watermark_baseline_statistic"]["verdict"] == "claim" for r in copies_80) / len(copies_80),
+                    sum(r["watermark_residual_statistic"]["verdict"] == "claim" for r in copies_80) / len(copies_80),
                     4,
                 )
                 if copies_80
                 else None
             ),
-            "independent_false_claim_rate": _rate(rows, "watermark_baseline_statistic", ind, "claim"),
+            "independent_false_claim_rate": _rate(rows, "watermark_residual_statistic", ind, "claim"),
         }
     return di, wm

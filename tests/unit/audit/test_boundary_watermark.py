@@ -121,8 +121,11 @@ def test_the_residual_statistic_sees_a_faint_mark_under_the_original_models_quir
     baseline = KeySides.p_value(sides.statistics(votes, base))
     assert residual <= 0.002 < baseline, (residual, baseline)
     # the pre-watermark model itself is explained by its own votes: no test, not claimed
-    ev = verify_boundary_watermark(TorchModuleSuspect(marked["m0"]), key, base, sides=sides)
+    ev = verify_boundary_watermark(TorchModuleSuspect(marked["m0"]), key, base, sides=sides, statistic="residual")
     assert not ev.claimed and ev.parameters["statistic"] == "residual"
+    assert any("no test" in note for note in ev.notes), ev.notes
+    with pytest.raises(ValueError, match="statistic"):
+        verify_boundary_watermark(TorchModuleSuspect(marked["m0"]), key, base, statistic="other")
 
 
 def test_the_marked_model_and_its_copies_are_claimed_the_original_is_not(marked: dict[str, Any]) -> None:
