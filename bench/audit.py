@@ -416,6 +416,12 @@ def main() -> None:
         default=None,
         help="--worlds: the MNIST boundary watermark's strength (default: the embedding's own, BoundaryEmbedConfig)",
     )
+    parser.add_argument(
+        "--mnist-boundary-rehearsal",
+        action="store_true",
+        help="--worlds: embed the MNIST boundary watermark with the fine-tuning attack rehearsed "
+        "(bench/audit_worlds.py BOUNDARY_REHEARSAL; docs/benchmarks.md)",
+    )
     parser.add_argument("--world-nulls", type=int, default=20, help="the registration's null models per world")
     parser.add_argument("--worlds-only", action="store_true", help="skip the per-seed digits part")
     parser.add_argument("--api-watermark", nargs="*", choices=["digits", "mnist"], default=None, metavar="WORLD",
@@ -451,6 +457,7 @@ def main() -> None:
                 else (BOUNDARY_WORLD_ALPHA if world == "mnist" and args.mnist_watermark == "boundary" else None),
                 boundary_probes=args.mnist_boundary_probes,
                 boundary_strength=args.mnist_boundary_strength,
+                boundary_rehearsal=args.mnist_boundary_rehearsal,
             )
             di, wm = summarise_world(w)
             out["dataset_inference"][world] = di

@@ -152,6 +152,25 @@ def test_a_budget_cuts_the_probes_and_a_constant_answer_claims_nothing(marked: d
     assert any("50 of the key's" in n for n in ev.notes)
 
 
+def test_the_embedding_can_rehearse_the_fine_tuning_attack(marked: dict[str, Any]) -> None:
+    """The rehearsal option (BoundaryEmbedConfig.rehearsal_every, clean_weight) runs on the owner's labels and
+    still marks the model; bad settings and labels are refused."""
+    d = marked["split"]
+    small = replace(SMALL, epochs=6, rehearsal_every=20, rehearsal_steps=10, rehearsal_epochs=2, clean_weight=0.3)
+    emb = embed_boundary_watermark(
+        marked["m0"], d.x_owner, secret=b"unit-test-boundary-key-1", eval_data=(d.x_test, d.y_test), config=small,
+        y=d.y_owner,
+    )
+    assert emb.mark_success > 0.7 > emb.mark_rate_before and emb.summary()["config"]["rehearsal_every"] == 20
+    with pytest.raises(ValueError, match="rehearsal"):
+        replace(SMALL, rehearsal_steps=0)
+    with pytest.raises(ValueError, match="clean_weight"):
+        replace(SMALL, clean_weight=float("nan"))
+    with pytest.raises(ValueError, match="one class"):
+        embed_boundary_watermark(marked["m0"], d.x_owner, secret=b"unit-test-boundary-key-1",
+                                 eval_data=(d.x_test, d.y_test), config=small, y=d.y_owner[:10])
+
+
 def test_embed_cli_fine_tunes_the_owners_model(marked: dict[str, Any], tmp_path: Path) -> None:
     d = marked["split"]
     save_model(tmp_path / "mine.safetensors", marked["m0"], "mlp", CONFIG)
