@@ -420,7 +420,7 @@ def main() -> None:
         "--mnist-boundary-rehearsal",
         action="store_true",
         help="--worlds: embed the MNIST boundary watermark with the fine-tuning attack rehearsed "
-        "(bench/audit_worlds.py BOUNDARY_REHEARSAL; docs/benchmarks.md)",
+        "(audit.boundary_watermark.REHEARSED_EMBEDDING; docs/benchmarks.md)",
     )
     parser.add_argument("--world-nulls", type=int, default=20, help="the registration's null models per world")
     parser.add_argument("--worlds-only", action="store_true", help="skip the per-seed digits part")

@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.architectures import predict_labels, save_model
 from audit.boundary_watermark import (
+    REHEARSED_EMBEDDING,
     BoundaryEmbedConfig,
     BoundaryKey,
     embed_boundary_watermark,
@@ -79,15 +80,6 @@ MNIST_EWE: dict[str, Any] = {
     "trigger_steps": 30,
     "false_rate_threshold": 0.3,
     "hold_false_rate": True,
-}
-# The keyed boundary watermark with the fine-tuning attack rehearsed (audit.boundary_watermark.BoundaryEmbedConfig;
-# docs/benchmarks.md "Rehearsing the fine-tuning attack"): chosen on seen seed 17 for about the same accuracy cost.
-BOUNDARY_REHEARSAL: dict[str, Any] = {
-    "rehearsal_every": 5,
-    "rehearsal_steps": 60,
-    "rehearsal_epochs": 5,
-    "strength": 0.9,
-    "clean_weight": 0.3,
 }
 MNIST_GUARDS = 3  # DI private samples: 100 regressor + 150 revealed (BlindWalkConfig defaults)
 
@@ -169,7 +161,7 @@ def _owner_model(
             config=BoundaryEmbedConfig(
                 seed=seed,
                 **({"n_probes": boundary_probes} if boundary_probes else {}),
-                **(BOUNDARY_REHEARSAL if boundary_rehearsal else {}),
+                **(REHEARSED_EMBEDDING if boundary_rehearsal else {}),
                 **({"strength": boundary_strength} if boundary_strength else {}),
             ),
             y=split.y_owner,

@@ -86,8 +86,11 @@ def watermark_embed(
     method: str = typer.Option("ewe", help="ewe (trigger inputs) or boundary (the keyed boundary watermark, which "
                                "reaches copies extracted with natural data; needs --model and --test-data)"),
     margin: float = typer.Option(0.8, help="boundary: top-2 margin below which the mark acts at full strength"),
-    strength: float = typer.Option(1.1, help="boundary: the keyed logit shift, in units of the margin's gap"),
+    strength: float | None = typer.Option(None, help="boundary: the keyed logit shift, in units of the margin's "
+                                          "gap (default 1.1; 0.9 with --rehearse)"),
     cycles_per_std: float = typer.Option(0.25, help="boundary: stripes per standard deviation of the data"),
+    rehearse: bool = typer.Option(False, help="boundary: rehearse a clean fine-tuning attack while embedding, so "
+                                  "more of the mark survives one (about 5x slower; docs/benchmarks.md)"),
 ) -> None:
     """Embed a watermark: EWE into the owner's own model (--data with --model, or --architecture) or, without
     --data, into a demo MLP on the owner's half of digits; or (--method boundary) the keyed boundary watermark into
@@ -100,7 +103,7 @@ def watermark_embed(
         if data is None or model is None or test_data is None:
             raise _fail("--method boundary fine-tunes the owner's trained model: give --data, --model and "
                         "--test-data (held-out rows the model never trained on, for the accuracy cost)")
-        _embed_boundary(out, data, test_data, model, seed, margin, strength, cycles_per_std)
+        _embed_boundary(out, data, test_data, model, seed, margin, strength, cycles_per_std, rehearse)
         return
 
     try:
@@ -158,21 +161,24 @@ def _embed_owner(
 
 
 def _embed_boundary(
-    out: Path, data: Path, test_data: Path, model: Path, seed: int, margin: float, strength: float,
-    cycles_per_std: float,
+    out: Path, data: Path, test_data: Path, model: Path, seed: int, margin: float, strength: float | None,
+    cycles_per_std: float, rehearse: bool = False,
 ) -> None:
     import secrets
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from audit.architectures import load_model, save_model
-    from audit.boundary_watermark import BoundaryEmbedConfig, embed_boundary_watermark
+    from audit.boundary_watermark import REHEARSED_EMBEDDING, BoundaryEmbedConfig, embed_boundary_watermark
     from audit.watermark_owner import load_owner_data
 
     try:
-        x, _ = load_owner_data(data)
+        x, y = load_owner_data(data)
         eval_data = load_owner_data(test_data)
-        cfg = BoundaryEmbedConfig(margin=margin, strength=strength, cycles_per_std=cycles_per_std, seed=seed)
+        recipe: dict[str, Any] = dict(REHEARSED_EMBEDDING) if rehearse else {}
+        if strength is not None:
+            recipe["strength"] = strength
+        cfg = BoundaryEmbedConfig(margin=margin, cycles_per_std=cycles_per_std, seed=seed, **recipe)
         owner, arch, arch_cfg = load_model(model)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                       TimeElapsedColumn(), transient=False) as bar:
@@ -182,7 +188,7 @@ def _embed_boundary(
                 bar.update(task, completed=fraction, description=message)
 
             result = embed_boundary_watermark(owner, x, secret=secrets.token_bytes(32), eval_data=eval_data,
-                                              config=cfg, progress=progress)
+                                              config=cfg, progress=progress, y=y)
     except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)

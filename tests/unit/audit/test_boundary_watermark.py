@@ -180,6 +180,10 @@ def test_embed_cli_fine_tunes_the_owners_model(marked: dict[str, Any], tmp_path:
     missing = runner.invoke(app, ["watermark", "embed", "--method", "boundary", "--out", str(tmp_path / "o"),
                                   "--data", str(tmp_path / "train.npz"), "--model", str(tmp_path / "mine.safetensors")])
     assert missing.exit_code == 2 and "--test-data" in missing.output
+    bad = runner.invoke(app, ["watermark", "embed", "--method", "boundary", "--out", str(tmp_path / "o"),
+                              "--data", str(tmp_path / "train.npz"), "--test-data", str(tmp_path / "test.npz"),
+                              "--model", str(tmp_path / "mine.safetensors"), "--rehearse", "--strength", "-1"])
+    assert bad.exit_code == 2 and "strength" in bad.output
     result = runner.invoke(app, ["watermark", "embed", "--method", "boundary", "--out", str(tmp_path / "o"),
                                  "--data", str(tmp_path / "train.npz"), "--test-data", str(tmp_path / "test.npz"),
                                  "--model", str(tmp_path / "mine.safetensors"), "--strength", "0.9"])
