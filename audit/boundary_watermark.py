@@ -23,23 +23,23 @@ docs/audits.md "Keyed boundary watermark"):
 - **Probes** (the verification inputs, chosen from M0 and the owner's rows only, never from the key): owner rows in
   M0's band and pairs of owner rows bisected to M0's boundary. The key file carries them and M0's (hi, lo) on each.
 - **Test.** A suspect answers every probe with a label; e = +1 for hi, −1 for lo, 0 for another class (or, when it
-  gives probabilities, the pair score (p_hi − p_lo)/(p_hi + p_lo)). The audit's statistic: r = e − b (b: the
-  *baseline*, the mean e of the registration's null models, which trained without the mark), centred; T(key) = Σ r
-  σ_key / √Σ r² (``statistic="baseline"``). **Residual statistic** (an option, not the default: the fifth rule of
-  docs/benchmarks.md did not adopt it, on false claims): r = the least-squares residual of e on a constant, b (the
-  *baseline*: the mean e of the registration's null models, which trained without the mark) and e0 (the
-  pre-watermark model M0's own e, kept in the key); then per probe group (natural rows, bisected pairs) T_g(key) = Σ
-  r σ_key / √Σ r² over the group's centred r, and T = Σ_g T_g / √2. Why: a copy of the marked model inherits M0's
-  own boundary quirks, and a fine-tuned or distilled copy keeps them while its mark fades, so they fill √Σ r²
-  without following any key; taking out e0 as well as b (the structure every clean model shares) left the mark to be
-  tested (MNIST, seen seeds: the fine-tuned copy's p 0.18 → 0.006 on one registration; docs/benchmarks.md). The two
-  groups are weighed alike because the copies carry the mark in different places: extraction copies on the bisected
-  pairs, the distilled and fine-tuned copies (trained on, or starting from, the owner's rows) on the natural ones.
-  On four held-out registrations it claimed 22 of 24 copies against 21 but falsely claimed 3 of one registration's
-  20 independents at 0.01 (the audit's statistic 2): it does not remove the per-key clustering below. The p-value is
-  the exact rank of the true key's T among ``n_wrong_keys`` keys drawn from the same distribution (Gaussian
-  direction normalised, uniform phase; a public seed): p = (1 + #{wrong keys with T ≥ T_true}) / (N + 1). Under "the
-  suspect, the probes, the baseline and M0 do not depend on the key" (M0 and the probes are fixed before the mark is
+  gives probabilities, the pair score (p_hi − p_lo)/(p_hi + p_lo)). **Residual statistic** (the audit's default
+  since the seventh rule of docs/benchmarks.md, with the rehearsed embedding below): r = the least-squares residual
+  of e on a constant, b (the *baseline*: the mean e of the registration's null models, which trained without the
+  mark) and e0 (the pre-watermark model M0's own e, kept in the key); then per probe group (natural rows, bisected
+  pairs) T_g(key) = Σ r σ_key / √Σ r² over the group's centred r, and T = Σ_g T_g / √2. Why: a copy of the marked
+  model inherits M0's own boundary quirks, and a fine-tuned or distilled copy keeps them while its mark fades, so
+  they fill √Σ r² without following any key; taking out e0 as well as b (the structure every clean model shares)
+  left the mark to be tested (MNIST, seen seeds: the fine-tuned copy's p 0.18 → 0.006 on one registration;
+  docs/benchmarks.md). The two groups are weighed alike because the copies carry the mark in different places:
+  extraction copies on the bisected pairs, the distilled and fine-tuned copies (trained on, or starting from, the
+  owner's rows) on the natural ones. With the plain embedding, on four held-out registrations it claimed 22 of 24
+  copies against 21 but falsely claimed 3 of one registration's 20 independents at 0.01 against 2 (the fifth rule:
+  not adopted then; it does not remove the per-key clustering below); with the rehearsed embedding it was adopted by
+  the seventh rule. The earlier statistic, r = e − b centred, is ``statistic="baseline"``. The p-value is the exact
+  rank of the true key's T among ``n_wrong_keys`` keys drawn from the same distribution (Gaussian direction
+  normalised, uniform phase; a public seed): p = (1 + #{wrong keys with T ≥ T_true}) / (N + 1). Under "the suspect,
+  the probes, the baseline and M0 do not depend on the key" (M0 and the probes are fixed before the mark is
   embedded) the true key is exchangeable with the wrong ones, so P(p ≤ α) ≤ α for every such suspect. The regressors
   only decide which keys an independent model's shared boundary structure happens to favour (per-key clustering of
   false claims, measured in the spike); they cannot break validity. Subtracting e0 alone (no regression, no b) was
@@ -390,14 +390,13 @@ def verify_boundary_watermark(
     baseline_description: str = "",
     max_queries: int | None = None,
     probability_baseline: np.ndarray | None = None,
-    statistic: str = "baseline",
+    statistic: str = "residual",
 ) -> BoundaryEvidence:
     """Query the suspect on the key's probes (in order, all of them or up to ``max_queries`` / its budget) and
     test for the key (module docstring). ``baseline``: the registration's null-model baseline; None uses M0's own
-    votes (weaker against per-key clustering, still exact). ``statistic``: "baseline" (the default: the votes minus
-    the baseline) or "residual" (the votes' residual on the baseline and M0's votes, the probe groups weighed
-    alike; not adopted by the fifth rule of docs/benchmarks.md, kept so the benchmark runs both on the same
-    answers).
+    votes (weaker against per-key clustering, still exact). ``statistic``: "residual" (the default since the
+    seventh rule of docs/benchmarks.md: the votes' residual on the baseline and M0's votes, the probe groups weighed
+    alike) or "baseline" (the votes minus the baseline, the statistic before it; the benchmark runs both).
 
     ``probability_baseline`` (the null models' mean ``pair_scores``): when given and the suspect answers
     probabilities, the votes are read from its probabilities instead of its labels (one query per probe either

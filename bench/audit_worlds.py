@@ -11,7 +11,9 @@ Per world (one seed each; the digits world of bench/audit.py's main part adds se
 - **Owner model.** digits: ``WatermarkEmbedder.fit`` on the owner half (EWE from scratch, the demo path).
   MNIST: the owner's own (128, 64) MLP trained clean on 10,000 private images, then watermarked by the
   **keyed boundary watermark** (``audit.boundary_watermark``, fine-tuning; the default since the third rule of
-  docs/benchmarks.md, audited at α = 0.01 by bench/audit.py) or, with ``watermark="ewe"``, by **owner-side EWE**
+  docs/benchmarks.md, audited at α = 0.01 by bench/audit.py; embedded with the fine-tuning attack rehearsed,
+  ``REHEARSED_EMBEDDING``, since the seventh rule, ``boundary_rehearsal``) or, with ``watermark="ewe"``, by
+  **owner-side EWE**
   (``audit.watermark_owner.embed_owner_model``, with ``MNIST_EWE`` and three guard models, docs/audits.md);
   accuracy cost on 5,000 test images.
 - **Registration.** reference data = owner rows outside the dataset-inference private samples (digits: 648
@@ -245,9 +247,9 @@ def register(
 WATERMARKS = ("ewe", "boundary")
 
 
-def _residual_statistic_audit(suspect: Suspect, pm: ProtectedModel, alpha: float) -> dict[str, Any]:
-    """The boundary watermark test with the residual statistic (``statistic="residual"``), beside the audit's own
-    (``"baseline"``): the comparison of the fifth rule in docs/benchmarks.md, which did not adopt it."""
+def _baseline_statistic_audit(suspect: Suspect, pm: ProtectedModel, alpha: float) -> dict[str, Any]:
+    """The boundary watermark test with its previous statistic (``statistic="baseline"``), beside the audit's own
+    (``"residual"``, adopted by the seventh rule of docs/benchmarks.md)."""
     key = pm.watermark_key()
     assert isinstance(key, BoundaryKey)
     ev = verify_boundary_watermark(
@@ -256,7 +258,7 @@ def _residual_statistic_audit(suspect: Suspect, pm: ProtectedModel, alpha: float
         pm.boundary_baseline(),
         alpha=alpha,
         probability_baseline=pm.boundary_probability_baseline(),
-        statistic="residual",
+        statistic="baseline",
     )
     return {"verdict": "claim" if ev.claimed else "no-claim", "p_value": ev.p_value}
 
@@ -330,8 +332,8 @@ def run_world(
                 params = {"alpha": watermark_alpha} if watermark_alpha else {}
                 ev = run_audit("watermark", CallableSuspect(s.labels, identity=s.identity), pm, params)
                 row["watermark_labels_only"] = {"verdict": ev["verdict"], "p_value": ev.get("p_value")}
-                # the boundary test's residual statistic (an option the fifth rule did not adopt) on the same answers
-                row["watermark_residual_statistic"] = _residual_statistic_audit(s, pm, watermark_alpha or 0.05)
+                # the boundary test's previous statistic (votes minus the null models' mean) on the same answers
+                row["watermark_baseline_statistic"] = _baseline_statistic_audit(s, pm, watermark_alpha or 0.05)
             rows.append(row)
             log(
                 f"[{world}] {name:20s} agree {agreement:.3f} WM {row['watermark']['verdict']:12s} "
@@ -421,17 +423,17 @@ def summarise_world(w: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             ),
             "independent_false_claim_rate": _rate(rows, "watermark_labels_only", ind, "claim"),
         }
-    if rows and "watermark_residual_statistic" in rows[0]:
-        # the boundary test's residual statistic on the same answers (docs/benchmarks.md, the fifth rule)
-        wm["residual_statistic"] = {
+    if rows and "watermark_baseline_statistic" in rows[0]:
+        # the boundary test's previous statistic on the same answers (docs/benchmarks.md, the seventh rule)
+        wm["baseline_statistic"] = {
             "stolen_claim_rate": (
                 round(
-                    sum(r["watermark_residual_statistic"]["verdict"] == "claim" for r in copies_80) / len(copies_80),
+                    sum(r["watermark_baseline_statistic"]["verdict"] == "claim" for r in copies_80) / len(copies_80),
                     4,
                 )
                 if copies_80
                 else None
             ),
-            "independent_false_claim_rate": _rate(rows, "watermark_residual_statistic", ind, "claim"),
+            "independent_false_claim_rate": _rate(rows, "watermark_baseline_statistic", ind, "claim"),
         }
     return di, wm

@@ -190,6 +190,7 @@ def test_embed_cli_fine_tunes_the_owners_model(marked: dict[str, Any], tmp_path:
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "o" / "embedding.json").read_text())
     assert summary["method"] == "boundary" and summary["trigger_success"] > 0.7 and "cost" in result.output
+    assert summary["config"]["rehearsal_every"] == 5 and summary["config"]["strength"] == 0.9  # rehearsed: default
     assert isinstance(key_from_dict(json.loads((tmp_path / "o" / "model.key.json").read_text())), BoundaryKey)
 
 
