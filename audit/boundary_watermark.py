@@ -565,7 +565,9 @@ class BoundaryEmbedConfig:
     probes); 2,000 probes, natural rows in M0's band (up to a quarter), the rest bisected pairs (1,000 left 2 of 5
     copies of one balanced key unclaimed, p 0.17 and 0.08; 2,000 claimed them, p 0.041 and 0.003).
 
-    **Rehearsal** (off unless ``rehearsal_every`` > 0; docs/benchmarks.md, "Rehearsing the fine-tuning attack"):
+    **Rehearsal** (off unless ``rehearsal_every`` > 0; ``REHEARSED_EMBEDDING`` is the setting that
+    ``watermark embed --method boundary`` and the world bench use by default since the seventh rule of
+    docs/benchmarks.md, "Rehearsing the fine-tuning attack"):
     every ``rehearsal_every`` steps of the last ``rehearsal_epochs`` epochs, a copy of the model being marked is
     fine-tuned for ``rehearsal_steps`` Adam steps (lr 1e-3, batch 64) on the owner's labelled rows, the marked
     distillation loss is taken at the fine-tuned weights and its gradient added to the model's own (first-order,
