@@ -84,6 +84,7 @@ NOT_CLAIMED = "not claimed"
 WRONG_KEY_SEED = 20_261_204
 N_WRONG_KEYS = 3999  # p-value floor 1/4,000 = 2.5e-4, far below α = 0.05
 STATISTICS = ("residual", "baseline")
+DEFAULT_STATISTIC = "residual"  # since the seventh rule of docs/benchmarks.md (with the rehearsed embedding)
 
 
 def _key_draw(rng: np.random.Generator, dim: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -390,7 +391,7 @@ def verify_boundary_watermark(
     baseline_description: str = "",
     max_queries: int | None = None,
     probability_baseline: np.ndarray | None = None,
-    statistic: str = "residual",
+    statistic: str = DEFAULT_STATISTIC,
 ) -> BoundaryEvidence:
     """Query the suspect on the key's probes (in order, all of them or up to ``max_queries`` / its budget) and
     test for the key (module docstring). ``baseline``: the registration's null-model baseline; None uses M0's own

@@ -212,6 +212,7 @@ def _run_boundary_audit(
         alpha=params["alpha"],
         baseline_description="the registration's null models",
         probability_baseline=protected.boundary_probability_baseline(),
+        statistic=protected.boundary_statistic(),
     ).to_dict()
     # "no-claim" only for the test the self-test measured: every probe answered, a p-value floor below α. A budget
     # that cut the probes short leaves a weaker test: inconclusive unless it claimed anyway.

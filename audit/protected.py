@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audit.boundary_watermark import DEFAULT_STATISTIC as BOUNDARY_STATISTIC
 from audit.boundary_watermark import BoundaryKey, load_any_key
 from audit.configs import Progress
 from audit.provenance import SOFTWARE_VERSION as __version__
@@ -508,6 +509,8 @@ def _calibrate_boundary(w: _Work, key: BoundaryKey) -> None:
         "baseline_models": list(w.descriptions),
         "method": "mean pair vote (+1 the probe's higher-numbered top-two class, -1 the other, 0 any other "
         "class) of the registration's null models",
+        # the boundary test's statistic this registration was calibrated (self-tested) with: its audits use it too
+        "statistic": BOUNDARY_STATISTIC,
     }
     if probability_baseline is not None:
         null["probability_baseline"] = [float(v) for v in probability_baseline]
@@ -851,6 +854,13 @@ class ProtectedModel:
             return None
         data = json.loads(path.read_text())
         return np.asarray(data["baseline"], dtype=np.float64) if data.get("kind") == "boundary" else None
+
+    def boundary_statistic(self) -> str:
+        """The boundary test's statistic this registration was self-tested with ("residual"; "baseline" for a
+        registration made before the statistic was recorded): its audits use the same one."""
+        path = self.directory / "artifacts" / "watermark_null.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        return str(data.get("statistic", "baseline"))
 
     def boundary_probability_baseline(self) -> np.ndarray | None:
         """A boundary key's baseline from the null models' probabilities, or None (an EWE key, or a registration

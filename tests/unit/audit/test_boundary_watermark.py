@@ -220,6 +220,12 @@ def test_registration_and_audit_with_a_boundary_key(marked: dict[str, Any], tmp_
     assert labels_only["answers"] == "labels" and labels_only["verdict"] == "claim"
     clean = run_audit("watermark", TorchModuleSuspect(marked["m0"]), pm, {})
     assert clean["verdict"] == "no-claim" and clean["p_value"] >= 0.05  # powered: a no-claim is evidence
+    # the registration records the statistic it was self-tested with and its audits use it; one made before it
+    # was recorded keeps the previous statistic
+    assert pm.boundary_statistic() == "residual" and ev["parameters"]["statistic"] == "residual"
+    null_path = pm.directory / "artifacts" / "watermark_null.json"
+    null_path.write_text(json.dumps({k: v for k, v in json.loads(null_path.read_text()).items() if k != "statistic"}))
+    assert run_audit("watermark", owner, pm, {})["parameters"]["statistic"] == "baseline"
     short = run_audit("watermark", TorchModuleSuspect(marked["m0"]), pm, {"budget": 100})
     assert short["verdict"] == "inconclusive" and short["queries_used"] == 100
     from datetime import UTC, datetime
