@@ -847,29 +847,26 @@ class ProtectedModel:
         data = json.loads(path.read_text())
         return None if data.get("kind") == "boundary" else NullCalibration.from_dict(data)
 
+    def _boundary_null(self) -> dict[str, Any]:
+        """A boundary key's ``watermark_null.json`` (empty for an EWE key or a registration without a key)."""
+        path = self.directory / "artifacts" / "watermark_null.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        return dict(data) if data.get("kind") == "boundary" else {}
+
     def boundary_baseline(self) -> np.ndarray | None:
         """A boundary key's null-model baseline (one value per probe), or None."""
-        path = self.directory / "artifacts" / "watermark_null.json"
-        if not path.exists():
-            return None
-        data = json.loads(path.read_text())
-        return np.asarray(data["baseline"], dtype=np.float64) if data.get("kind") == "boundary" else None
+        values = self._boundary_null().get("baseline")
+        return None if values is None else np.asarray(values, dtype=np.float64)
 
     def boundary_statistic(self) -> str:
         """The boundary test's statistic this registration was self-tested with ("residual"; "baseline" for a
         registration made before the statistic was recorded): its audits use the same one."""
-        path = self.directory / "artifacts" / "watermark_null.json"
-        data = json.loads(path.read_text()) if path.exists() else {}
-        return str(data.get("statistic", "baseline"))
+        return str(self._boundary_null().get("statistic", "baseline"))
 
     def boundary_probability_baseline(self) -> np.ndarray | None:
         """A boundary key's baseline from the null models' probabilities, or None (an EWE key, or a registration
         made before it was recorded: its audits read labels only)."""
-        path = self.directory / "artifacts" / "watermark_null.json"
-        if not path.exists():
-            return None
-        data = json.loads(path.read_text())
-        values = data.get("probability_baseline") if data.get("kind") == "boundary" else None
+        values = self._boundary_null().get("probability_baseline")
         return None if values is None else np.asarray(values, dtype=np.float64)
 
     def dataset_inference_artifacts(self, embedding: str = "blind_walk") -> Any:

@@ -400,11 +400,7 @@ def summarise_world(w: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     wm = {
         **({"accuracy_cost": w["owner"].get("accuracy_cost"), "embedding": w["owner"]}),
-        "stolen_claim_rate": (
-            round(sum(r["watermark"]["verdict"] == "claim" for r in copies_80) / len(copies_80), 4)
-            if copies_80
-            else None
-        ),
+        "stolen_claim_rate": _rate(copies_80, "watermark", STOLEN, "claim"),
         "stolen_claim_rate_note": f"over the {len(copies_80)} copies with >= {AGREEMENT_BAR:.0%} test agreement",
         "stolen_claim_rate_all_copies": _rate(rows, "watermark", STOLEN, "claim"),
         "independent_false_claim_rate": _rate(rows, "watermark", ind, "claim"),
@@ -416,24 +412,13 @@ def summarise_world(w: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     if rows and "watermark_labels_only" in rows[0]:
         # the boundary test on the suspects' labels alone (the audit reads probabilities where a suspect gives them)
         wm["labels_only"] = {
-            "stolen_claim_rate": (
-                round(sum(r["watermark_labels_only"]["verdict"] == "claim" for r in copies_80) / len(copies_80), 4)
-                if copies_80
-                else None
-            ),
+            "stolen_claim_rate": _rate(copies_80, "watermark_labels_only", STOLEN, "claim"),
             "independent_false_claim_rate": _rate(rows, "watermark_labels_only", ind, "claim"),
         }
     if rows and "watermark_baseline_statistic" in rows[0]:
         # the boundary test's previous statistic on the same answers (docs/benchmarks.md, the seventh rule)
         wm["baseline_statistic"] = {
-            "stolen_claim_rate": (
-                round(
-                    sum(r["watermark_baseline_statistic"]["verdict"] == "claim" for r in copies_80) / len(copies_80),
-                    4,
-                )
-                if copies_80
-                else None
-            ),
+            "stolen_claim_rate": _rate(copies_80, "watermark_baseline_statistic", STOLEN, "claim"),
             "independent_false_claim_rate": _rate(rows, "watermark_baseline_statistic", ind, "claim"),
         }
     return di, wm
