@@ -401,6 +401,16 @@ class ProbabilityEvidence(_Claim):
 # --- sequential label test --------------------------------------------------------------------------------
 
 
+def _preference(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """The hash-side boundary test's bet: (mine − theirs) / (mine + theirs) ∈ [−1, 1], 0 where both are 0.
+
+    Odd in the swap of the two, so its mean is 0 when the keyed one is a fair coin. Sharpened variants
+    ((a^c − b^c) / (a^c + b^c), c up to 16) and the plain difference a − b claimed no more copies on 20 keys
+    (``bench/scratch_boundary_power.py``, docs/benchmarks.md).
+    """
+    return np.divide(mine - theirs, mine + theirs, out=np.zeros(len(mine)), where=(mine + theirs) > 0)
+
+
 def mixture_log_wealth(matches: np.ndarray, disagreements: np.ndarray, p0: float) -> np.ndarray:
     """log M of the Bernoulli(q)/Bernoulli(p0) likelihood ratio averaged over q ~ Uniform[p0, 1] (vectorised).
 
@@ -914,8 +924,7 @@ class AnswerWatermark:
         if q is not None:
             active = np.flatnonzero(band & (side != 0))
             other = np.where(keyed == top, runner, top)
-            mine, theirs = q[active, keyed[active]], q[active, other[active]]
-            steps = np.divide(mine - theirs, mine + theirs, out=np.zeros(len(active)), where=(mine + theirs) > 0)
+            steps = _preference(q[active, keyed[active]], q[active, other[active]])
             lams = (np.arange(BET_GRID) + 0.5) / BET_GRID
             log_paths = np.cumsum(np.log1p(np.clip(steps, -1.0, 1.0)[:, None] * lams[None, :]), axis=0)
             from scipy.special import logsumexp

@@ -25,15 +25,12 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.neural_network import MLPClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,10 +39,11 @@ from api_watermark import (  # noqa: E402  (beside this script)
     AGREEMENT_WORTH_STEALING,
     ALPHA_LOOSE,
     DEFAULT_FREQUENCY,
-    SECRET,
     K,
     MarkedOracle,
     audit_row,
+    independent_model,
+    key_secret,
     log,
     run_world,
     world,
@@ -60,7 +58,7 @@ from services.gateway.metrics import GatewayMetrics  # noqa: E402
 
 
 def secrets(n: int) -> list[str]:
-    return [SECRET] + [f"bench-answer-watermark-secret-k{i:03d}" for i in range(1, n)]
+    return [key_secret(i) for i in range(n)]
 
 
 def main() -> dict[str, Any]:
@@ -99,20 +97,13 @@ def main() -> dict[str, Any]:
         return all_copies(args)
     started = time.perf_counter()
     w = world("digits", args.seed)
-    x, y, parts, victim, domain = w["x"], w["y"], w["parts"], w["victim"], w["domain"]
+    x, parts, victim, domain = w["x"], w["parts"], w["victim"], w["domain"]
     x_test = x[parts["test"]]
     victim_test = victim.predict(x_test)
     owner = CallableSuspect(victim.predict, victim.predict_proba)
     pool = x[parts["pool"]]
     thieves_pool = np.array_split(np.random.default_rng(args.seed).permutation(len(pool)), 5)  # as the bench
-    ind_rows = parts["independent"]
-    independents = []
-    for i in range(args.independents):  # as bench/api_watermark.py's independents
-        pick = np.random.default_rng(100 + i).choice(len(ind_rows), int(0.8 * len(ind_rows)), replace=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model = MLPClassifier([(64,), (128,), (64, 32)][i % 3], max_iter=200, random_state=100 + i)
-            independents.append(model.fit(x[ind_rows[pick]], y[ind_rows[pick]]))
+    independents = [independent_model(w, i) for i in range(args.independents)]  # as the benchmark's
     bench_args = argparse.Namespace(null_keys=args.null_keys)
     rows: list[dict[str, Any]] = []
     for side in args.sides:
@@ -230,8 +221,7 @@ def all_copies(args: argparse.Namespace) -> dict[str, Any]:
                     round(o["independent_false_claim_rate"] * o["independent_trials"]) for o in per_key
                 ),
                 "independent_claims_at_0.01": sum(
-                    round(o["at_alpha_0.01"]["independent_false_claim_rate"] * o["independent_trials"])
-                    for o in per_key
+                    round(o["at_alpha_0.01"]["independent_false_claim_rate"] * o["independent_trials"]) for o in per_key
                 ),
                 "per_key_stolen_claim_rate": [o["stolen_claim_rate"] for o in per_key],
                 **(
