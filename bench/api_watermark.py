@@ -1,6 +1,6 @@
 """Answer-watermark benchmark: copies stolen through the gateway's marked answers, audited by ``api_watermark``.
 
-    python bench/api_watermark.py [--worlds digits mnist] [--independents 20] [--budget 1000]
+    python bench/api_watermark.py [--worlds digits mnist] [--independents 20] [--budget 1000] [--extra-keys 9]
 
 Prints progress to stderr and one JSON object as its LAST stdout line, ``{"api_watermark": {world: {...}}}``;
 ``bench/audit.py --api-watermark`` merges the same object into its own last line.
@@ -33,6 +33,11 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
   and the boundary mark's) served and reproduced (label copies), share of the served move reproduced
   (probability copies). The same ensemble is audited again with a 1,000-query budget (``extra_…``, not
   counted).
+- **Keys** (``--extra-keys 9 --first-extra-key 180``, ``--key-independents 6``): every stolen copy is made again
+  under nine more secrets, with independents audited against each key's logs; the world's ``stolen_claim_rate``,
+  ``independent_false_claim_rate``, ``queries_to_claim`` and ``at_alpha_0.01`` count every key's copies and
+  trials (a key is one draw of the owner's secret: one key's seven copies estimate the rate to a seventh), the
+  benchmark key's own object, with the removal and extra rows, is under ``benchmark_key`` (``over_keys``).
 - **Benign side**: over the test rows, how many served top-1 labels differ from the upstream's on probability
   answers (must be 0) and the share of label answers the marks replaced (in all, by DAWN, by the boundary mark)
   and in the boundary band.
