@@ -167,6 +167,8 @@ BOUNDARY_HASH_WEIGHTED_TEST = (
 )
 # The bet fraction λ's mixture: the average over 100 midpoints of [0, 1] (a finite mixture, exactly valid).
 BET_GRID = 100
+# The bets λ of the weighted boundary test's mixture: the uniform prior's BET_GRID quantile midpoints.
+BET_LAMBDAS = (np.arange(BET_GRID) + 0.5) / BET_GRID
 BOUNDARY_SIDES = ("smooth", "hash")
 PROBABILITY_TEST = (
     "Monte-Carlo rank test against random wrong keys (same c*) of the smallest rank p-value (ties: the mean) of "
@@ -925,11 +927,11 @@ class AnswerWatermark:
             active = np.flatnonzero(band & (side != 0))
             other = np.where(keyed == top, runner, top)
             steps = _preference(q[active, keyed[active]], q[active, other[active]])
-            lams = (np.arange(BET_GRID) + 0.5) / BET_GRID
+            lams = BET_LAMBDAS
             log_paths = np.cumsum(np.log1p(np.clip(steps, -1.0, 1.0)[:, None] * lams[None, :]), axis=0)
             from scipy.special import logsumexp
 
-            best = float(np.max(logsumexp(log_paths, axis=1) - math.log(BET_GRID))) if len(active) else 0.0
+            best = float(np.max(logsumexp(log_paths, axis=1) - math.log(len(lams)))) if len(active) else 0.0
             p = float(min(1.0, math.exp(-max(0.0, best))))
         elif n_rel:
             log_m = mixture_log_wealth(np.cumsum(hit), np.arange(1, n_rel + 1), 0.5)

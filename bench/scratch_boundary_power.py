@@ -69,10 +69,15 @@ def _mass(c: float) -> Any:
     return lambda a, b: _sharpened(c)(a, b) * np.minimum(1.0, a + b)
 
 
-# name → the bet's x per active band probe from (a, b), the suspect's keyed and other probabilities; None: labels
+U = answer_watermark.BET_LAMBDAS  # the uniform prior's quantile midpoints
+# name → the bet's x per active band probe from (a, b), the suspect's keyed and other probabilities, and the
+# mixture's bets λ (equal weights: the quantile midpoints of the prior); None: the label answers alone
 VARIANTS: dict[str, Any] = {
     "labels": None,
     "pref_c1": _sharpened(1.0),
+    "prior_beta21": (_sharpened(1.0), np.sqrt(U)),
+    "prior_beta31": (_sharpened(1.0), np.cbrt(U)),
+    "prior_u25": (_sharpened(1.0), 0.25 + 0.75 * U),
     "pref_c2": _sharpened(2.0),
     "pref_c3": _sharpened(3.0),
     "pref_c5": _sharpened(5.0),
@@ -145,9 +150,11 @@ def main() -> dict[str, Any]:
                         asked = CallableSuspect(model.predict)
                     else:
                         asked = suspect
+                        bet, lams = bet if isinstance(bet, tuple) else (bet, U)
                         answer_watermark._preference = bet  # scratch only: the bet under study
+                        answer_watermark.BET_LAMBDAS = lams
                     ev = run_api_watermark(asked, mark, params, logged=logged, owner=owner)
-                    answer_watermark._preference = PREFERENCE
+                    answer_watermark._preference, answer_watermark.BET_LAMBDAS = PREFERENCE, U
                     p_by_power[name] = ev["p_value"]
                 rows.append({"key": k, "kind": kind, "who": who, "agreement": agreement, "p": p_by_power})
         mine = [r for r in rows if r["key"] == k and r["who"] == "copy"]
