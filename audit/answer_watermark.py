@@ -152,6 +152,10 @@ from audit.solve_template import SolveReference, solve_statistics
 DOMAIN = b"modelcustody.answer-watermark/v1"
 LABEL_TEST = "exact one-sided binomial on the suspect's disagreements with the upstream label, p0 = 1/(k-1)"
 SEQUENTIAL_LABEL_TEST = "uniform-mixture Bernoulli test martingale on disagreements, p0 = 1/(k-1) (Ville)"
+SEQUENTIAL_LABEL_TEST_PROBABILITIES = (
+    "uniform-mixture Bernoulli test martingale, p0 = 1/(k-1) (Ville), on every probe where the suspect has one most "
+    "likely class other than the upstream label: P(that class = the watermark label) = 1/(k-1)"
+)
 BOUNDARY_TEST = (
     "Monte-Carlo rank test against random wrong keys of the correlation between the keyed region's side and the "
     "suspect's move towards the higher- or lower-numbered class of the owner's top two, on probes where the "
@@ -330,8 +334,13 @@ class LabelEvidence(_Claim):
     def to_dict(self) -> dict[str, Any]:
         return {
             "test": self.test,
-            "null": "suspect independent of the key: P(answer = watermark label | answer ≠ upstream label) "
-            f"= 1/(k-1) = {self.null_rate:.4g}",
+            "null": (
+                "suspect independent of the key: P(its most likely class other than the upstream label = watermark "
+                f"label) = 1/(k-1) = {self.null_rate:.4g}"
+                if self.test == SEQUENTIAL_LABEL_TEST_PROBABILITIES
+                else "suspect independent of the key: P(answer = watermark label | answer ≠ upstream label) "
+                f"= 1/(k-1) = {self.null_rate:.4g}"
+            ),
             "n_classes": self.n_classes,
             "queries": self.queries,
             "disagreements": self.disagreements,
@@ -408,7 +417,7 @@ def _preference(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
 
     Odd in the swap of the two, so its mean is 0 when the keyed one is a fair coin. Sharpened variants
     ((a^c − b^c) / (a^c + b^c), c up to 16) and the plain difference a − b claimed no more copies on 20 keys
-    (``bench/scratch_boundary_power.py``, docs/benchmarks.md).
+    (``bench/scratch_label_audit.py``, docs/benchmarks.md).
     """
     return np.divide(mine - theirs, mine + theirs, out=np.zeros(len(mine)), where=(mine + theirs) > 0)
 
@@ -427,11 +436,34 @@ def mixture_log_wealth(matches: np.ndarray, disagreements: np.ndarray, p0: float
     return np.asarray(special.betaln(m + 1, f + 1) + tail - np.log1p(-p0) - m * np.log(p0) - f * np.log1p(-p0))
 
 
+def top_other_labels(probabilities: ArrayLike, original: ArrayLike, n_classes: int) -> np.ndarray:
+    """Per row, the class other than ``original`` the suspect gives the most probability; ``original`` where that
+    maximum is shared by several classes (no single answer: the label test then skips the probe).
+
+    Why: a copy trained on a replaced label w often keeps the upstream label y on top and w second (the digits
+    JBDA copies put 30–90 % of the mass outside y on w; docs/benchmarks.md). Under the null the key draws w
+    uniformly among the k − 1 classes other than y, independently of the suspect, so P(the suspect's most likely
+    class other than y = w) = 1/(k − 1) on every probe, as for a disagreeing label answer; the skip depends on
+    the suspect's answers alone.
+    """
+    q = np.array(probabilities, dtype=np.float64)
+    y = np.asarray(original, dtype=np.int64).ravel()
+    if q.shape != (len(y), n_classes) or not np.all(np.isfinite(q)):
+        raise ValueError(f"answers must be finite [{len(y)}, {n_classes}] probabilities, got shape {q.shape}")
+    rows = np.arange(len(y))
+    q[rows, y] = -np.inf
+    top = q.argmax(axis=1) if len(y) else np.zeros(0, dtype=np.int64)
+    tied = np.sum(q == q[rows, top][:, None], axis=1) > 1
+    return np.where(tied, y, top).astype(np.int64)
+
+
 class SequentialLabelTest:
     """Anytime-valid label test: feed answers as they come, stop as soon as ``claimed``.
 
     Only probes the suspect answers with a label other than the upstream's move the martingale; ``queries``
-    counts every probe fed, which is what an audit pays.
+    counts every probe fed, which is what an audit pays. A suspect answering probabilities is asked for them and
+    its answer on a probe is its most likely class other than the upstream label (``run(probabilities=True)``),
+    so every probe moves the martingale.
     """
 
     def __init__(self, n_classes: int, *, alpha: float = 1e-3) -> None:
@@ -447,6 +479,7 @@ class SequentialLabelTest:
         self.matches = 0
         self.max_log_wealth = 0.0
         self.claimed = False
+        self.probabilities = False  # the answers were the suspect's most likely other class (``run``)
 
     @property
     def p_value(self) -> float:
@@ -480,24 +513,33 @@ class SequentialLabelTest:
         *,
         batch_size: int = 1,
         max_queries: int | None = None,
+        probabilities: bool = False,
     ) -> LabelEvidence:
-        """Query the suspect (``query``: inputs → labels) on the probes in order, stopping at the first claim."""
+        """Query the suspect on the probes in order, stopping at the first claim.
+
+        ``query``: inputs → labels; with ``probabilities``, inputs → [n, k] probabilities, and each probe's answer
+        is the suspect's most likely class other than the upstream label (``top_other_labels``).
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        self.probabilities |= probabilities
         limit = len(probes) if max_queries is None else min(len(probes), max_queries)
         start = 0
         while start < limit and not self.claimed:
             stop = min(start + batch_size, limit)
+            original = probes.original_labels[start:stop]
             answers = np.asarray(query(probes.inputs[start:stop]))
+            if probabilities:
+                answers = top_other_labels(answers, original, self.n_classes)
             paid = self.queries + (stop - start)
-            self.observe(probes.original_labels[start:stop], probes.watermark_labels[start:stop], answers)
+            self.observe(original, probes.watermark_labels[start:stop], answers)
             self.queries = paid  # a batch is paid in full even when the claim came at its first row
             start = stop
         return self.evidence()
 
     def evidence(self) -> LabelEvidence:
         return LabelEvidence(
-            test=SEQUENTIAL_LABEL_TEST,
+            test=SEQUENTIAL_LABEL_TEST_PROBABILITIES if self.probabilities else SEQUENTIAL_LABEL_TEST,
             n_classes=self.n_classes,
             null_rate=self.null_rate,
             queries=self.queries,

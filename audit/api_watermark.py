@@ -7,7 +7,10 @@ queries a suspect (a file or an endpoint) with inputs that carry the key's signa
    replaced (query-log rows tagged ``label-flipped``), with the upstream label recovered from the served one
    (``AnswerWatermark.unmark_labels``). Test: the anytime-valid sequential test on the suspect's
    disagreements (``SequentialLabelTest``: P(answer = served label | answer ≠ upstream label) = 1/(k−1)
-   under the null that the suspect never saw our marked answers). It stops at the first query with p ≤ α.
+   under the null that the suspect never saw our marked answers). A suspect answering probabilities answers
+   with its most likely class other than the upstream label (``top_other_labels``), on every probe: a copy
+   that learned the replaced label as its second choice is found, and the null rate is the same 1/(k−1).
+   It stops at the first query with p ≤ α.
 2. **Boundary phase**, when the clients were served label answers and the owner answers probabilities.
    Probes: the clients' distinct logged label-answer inputs where the owner's top-2 margin is in the boundary
    band. Test: ``AnswerWatermark.verify_boundary``. With the smooth side (the keyed cosine region), the exact
@@ -49,7 +52,7 @@ measured power and the removal attacks tried.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,7 +214,16 @@ def run_api_watermark(
         best = float(mixture_log_wealth(np.array([n_label]), np.array([n_label]), test.null_rate)[0])
         achievable |= best >= math.log(1.0 / alpha_phase)
         report(0.1, f"label phase: {n_label} probes")
-        ev = test.run(label_probes, suspect.labels, batch_size=params["batch_size"], max_queries=limit)
+        # A suspect answering probabilities is asked for them: its most likely class other than the upstream
+        # label is an answer on every probe (a copy often keeps the upstream label first and the replaced one
+        # second), where its top-1 answers only on the probes it disagrees on.
+        ev = test.run(
+            label_probes,
+            _probabilities_of(suspect) if suspect.has_probabilities else suspect.labels,
+            batch_size=params["batch_size"],
+            max_queries=limit,
+            probabilities=suspect.has_probabilities,
+        )
         used += ev.queries
         claimed |= ev.claimed
         p_label = ev.p_value
@@ -385,6 +397,15 @@ def run_api_watermark(
         parameters=params,
     )
     return evidence
+
+
+def _probabilities_of(suspect: Suspect) -> Callable[[np.ndarray], np.ndarray]:
+    def query(x: np.ndarray) -> np.ndarray:
+        got = suspect.probabilities(x)
+        assert got is not None  # only called when the suspect has probabilities
+        return got
+
+    return query
 
 
 def _distinct_probability_rows(mark: AnswerWatermark, logged: LoggedAnswers) -> np.ndarray:

@@ -26,12 +26,15 @@ from audit.answer_watermark import (
     BOUNDARY_HASH_TEST,
     BOUNDARY_HASH_WEIGHTED_TEST,
     CLAIMED,
+    SEQUENTIAL_LABEL_TEST,
+    SEQUENTIAL_LABEL_TEST_PROBABILITIES,
     AnswerWatermark,
     LabelProbes,
     SequentialLabelTest,
     _rank_p,
     mixture_log_wealth,
     probability_probes,
+    top_other_labels,
 )
 
 SECRET = b"unit-test-deployment-secret-0001"
@@ -229,6 +232,72 @@ def test_label_test_false_claims_stay_below_alpha() -> None:
         sequential += seq.claimed
     bound = alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)  # +3σ of the binomial
     assert fixed <= bound and sequential <= bound
+
+
+def _in_order(answers: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A suspect answering the given rows in the order the probes are asked, whatever the batch size."""
+    asked = [0]
+
+    def query(x: np.ndarray) -> np.ndarray:
+        start, asked[0] = asked[0], asked[0] + len(x)
+        return answers[start : asked[0]]
+
+    return query
+
+
+def test_top_other_labels_skips_the_upstream_label_and_ties() -> None:
+    q = np.array(
+        [
+            [0.70, 0.20, 0.10],  # upstream 0: most likely other class 1
+            [0.70, 0.20, 0.10],  # upstream 1 (the suspect disagrees): most likely other class 0
+            [1.00, 0.00, 0.00],  # upstream 0, the rest tied at zero: no single answer, reported as the upstream
+            [0.40, 0.30, 0.30],  # upstream 0, tied others
+        ]
+    )
+    assert top_other_labels(q, [0, 1, 0, 0], 3).tolist() == [1, 0, 0, 0]
+    with pytest.raises(ValueError, match="finite"):
+        top_other_labels(np.array([[np.nan, 0.5, 0.5]]), [0], 3)
+    with pytest.raises(ValueError, match="probabilities"):
+        top_other_labels(q, [0, 1], 3)
+
+
+def test_label_test_on_probabilities_claims_a_copy_keeping_the_upstream_label_first() -> None:
+    """A copy that learned the replaced labels only as its second choice (the digits JBDA copies) answers the
+    upstream label everywhere: its top-1 gives the label test nothing, its most likely other class everything."""
+    rng = np.random.default_rng(2)
+    n = 8
+    y = rng.integers(0, K, n)
+    w = (y + rng.integers(1, K, n)) % K
+    probes = LabelProbes(np.zeros((n, D), np.float32), y, w)
+    q = np.full((n, K), 0.02)
+    q[np.arange(n), y] = 0.6
+    q[np.arange(n), w] = 0.24
+    q /= q.sum(axis=1, keepdims=True)
+    by_label = SequentialLabelTest(K, alpha=1e-3).run(probes, _in_order(q.argmax(axis=1)), batch_size=3)
+    assert not by_label.claimed and by_label.disagreements == 0 and by_label.test == SEQUENTIAL_LABEL_TEST
+    by_probabilities = SequentialLabelTest(K, alpha=1e-3).run(probes, _in_order(q), batch_size=3, probabilities=True)
+    assert by_probabilities.claimed and by_probabilities.matches == 4  # the fourth match crosses 1/α, as above
+    assert by_probabilities.test == SEQUENTIAL_LABEL_TEST_PROBABILITIES
+    assert "most likely class other than the upstream label" in by_probabilities.to_dict()["null"]
+
+
+def test_label_test_on_probabilities_false_claims_stay_below_alpha() -> None:
+    """Suspects independent of the key answering probabilities: every probe is a trial now, so the martingale
+    moves on each; over many keys the claim rate must stay within sampling error of α."""
+    rng = np.random.default_rng(6)
+    x = rng.random((2000, D)).astype(np.float32)
+    q = rng.dirichlet(np.full(K, 0.3), 2000)  # a fixed suspect with its own confident preferences
+    y = q.argmax(axis=1)  # the upstream agrees with the suspect's top-1 (the usual case)
+    index = {row.tobytes(): j for j, row in enumerate(x)}
+    alpha, trials = 0.05, 200
+    claims = 0
+    for i in range(trials):
+        w = _watermark(f"null-key-{i:05d}".encode().ljust(32, b"."), label_share=0.005)
+        probes = w.label_probes(x, y)
+        rows = [index[row.tobytes()] for row in probes.inputs]
+        claims += w.sequential_label_test(alpha=alpha).run(probes, _in_order(q[rows]), probabilities=True).claimed
+    bound = alpha * trials + 3 * np.sqrt(alpha * (1 - alpha) * trials)  # +3σ of the binomial
+    assert claims <= bound
 
 
 # --- boundary label mark ----------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
-"""Scratch: the hash-side boundary test's bet sharpened by a power c, over keys, on the label thieves' copies.
+"""Scratch: variants of the label thieves' audit (boundary bet, label phase), over keys, on the same copies.
 
-    python bench/scratch_boundary_power.py [--world digits] [--first-key 0] [--keys 20] [--independents 6]
-        [--variants labels pref_c1 ...]
+    python bench/scratch_label_audit.py [--world digits] [--first-key 0] [--keys 20] [--independents 6]
+        [--variants current previous_label_phase labels pref_c2 ...]
 
 Per key (the secrets of ``bench/api_watermark_keys.py``, hash side), the label thieves of
 ``bench/api_watermark.py`` (Knockoff labels, JBDA, adaptive) are re-run through the gateway's marking, and each
 copy, and ``--independents`` MLPs trained on true labels against each of those logs, is audited by
-``run_api_watermark`` once per variant of the hash-side boundary test's bet (``audit.answer_watermark._preference``,
-replaced here for the run): sharpened (a^c − b^c)/(a^c + b^c), a and b the suspect's probabilities of the keyed
-and the other of the owner's top two (c = 1 is the audit's bet), the same times a + b, and the label answers
-alone (the unweighted test). The copies do not depend on the bet, so every variant is read on the same copies.
+``run_api_watermark`` once per variant (``audit.answer_watermark`` functions replaced here for the run):
+``current`` is the audit as it stands; ``previous_label_phase`` the label phase on the suspect's top-1 (before
+``top_other_labels``); the hash-side boundary test's bet sharpened, (a^c − b^c)/(a^c + b^c) with a and b the
+suspect's probabilities of the keyed and the other of the owner's top two (``pref_c…``; c = 1 is the audit's
+bet), the same times a + b (``diff``, ``mass_c…``), with other priors over the bet (``prior_…``); and the label
+answers alone (``labels``: the unweighted tests). The copies do not depend on the audit, so every variant is read
+on the same copies.
 Prints one line per key to stderr and one JSON object as its LAST stdout line: per variant and copy kind,
 claims at α = 1e-3 and at 0.01, and the independents' claims.
 """
@@ -50,8 +53,6 @@ from services.demo.redteam import AdaptiveRetraining, JacobianAugmentation, Knoc
 from services.gateway.answer_mark import AnswerMarker  # noqa: E402
 from services.gateway.metrics import GatewayMetrics  # noqa: E402
 
-PREFERENCE = answer_watermark._preference
-
 
 def _sharpened(c: float) -> Any:
     """(a^c − b^c) / (a^c + b^c) = tanh(c/2 · log(a/b)); c = 1 is the audit's bet."""
@@ -70,21 +71,22 @@ def _mass(c: float) -> Any:
 
 
 U = answer_watermark.BET_LAMBDAS  # the uniform prior's quantile midpoints
-# name → the bet's x per active band probe from (a, b), the suspect's keyed and other probabilities, and the
-# mixture's bets λ (equal weights: the quantile midpoints of the prior); None: the label answers alone
-VARIANTS: dict[str, Any] = {
+ORIGINAL = {name: getattr(answer_watermark, name) for name in ("_preference", "BET_LAMBDAS", "top_other_labels")}
+# name → the module attributes replaced for the variant's audits; None: the suspect answers labels alone
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "current": {},
+    "previous_label_phase": {"top_other_labels": lambda q, y, k: np.argmax(q, axis=1)},
     "labels": None,
-    "pref_c1": _sharpened(1.0),
-    "prior_beta21": (_sharpened(1.0), np.sqrt(U)),
-    "prior_beta31": (_sharpened(1.0), np.cbrt(U)),
-    "prior_u25": (_sharpened(1.0), 0.25 + 0.75 * U),
-    "pref_c2": _sharpened(2.0),
-    "pref_c3": _sharpened(3.0),
-    "pref_c5": _sharpened(5.0),
-    "pref_c16": _sharpened(16.0),
-    "diff": _mass(1.0),
-    "mass_c3": _mass(3.0),
-    "mass_c16": _mass(16.0),
+    "prior_beta21": {"BET_LAMBDAS": np.sqrt(U)},
+    "prior_beta31": {"BET_LAMBDAS": np.cbrt(U)},
+    "prior_u25": {"BET_LAMBDAS": 0.25 + 0.75 * U},
+    "pref_c2": {"_preference": _sharpened(2.0)},
+    "pref_c3": {"_preference": _sharpened(3.0)},
+    "pref_c5": {"_preference": _sharpened(5.0)},
+    "pref_c16": {"_preference": _sharpened(16.0)},
+    "diff": {"_preference": _mass(1.0)},
+    "mass_c3": {"_preference": _mass(3.0)},
+    "mass_c16": {"_preference": _mass(16.0)},
 }
 
 
@@ -142,21 +144,18 @@ def main() -> dict[str, Any]:
             suspects = [("copy", copy)] + [(f"independent_{i}", m) for i, m in enumerate(independents)]
             for who, model in suspects:
                 suspect = CallableSuspect(model.predict, model.predict_proba)
-                p_by_power = {}
+                p_by_variant = {}
                 for name in args.variants:
-                    bet = VARIANTS[name]
+                    patch = VARIANTS[name]
                     params = {"clients": [kind], "alpha": ALPHA, "max_queries": 500, "batch_size": 10}
-                    if bet is None:  # the label answers alone: the unweighted test on relevant probes
-                        asked = CallableSuspect(model.predict)
-                    else:
-                        asked = suspect
-                        bet, lams = bet if isinstance(bet, tuple) else (bet, U)
-                        answer_watermark._preference = bet  # scratch only: the bet under study
-                        answer_watermark.BET_LAMBDAS = lams
+                    asked = CallableSuspect(model.predict) if patch is None else suspect
+                    for attribute, value in (patch or {}).items():  # scratch only: the variant under study
+                        setattr(answer_watermark, attribute, value)
                     ev = run_api_watermark(asked, mark, params, logged=logged, owner=owner)
-                    answer_watermark._preference, answer_watermark.BET_LAMBDAS = PREFERENCE, U
-                    p_by_power[name] = ev["p_value"]
-                rows.append({"key": k, "kind": kind, "who": who, "agreement": agreement, "p": p_by_power})
+                    for attribute, value in ORIGINAL.items():
+                        setattr(answer_watermark, attribute, value)
+                    p_by_variant[name] = ev["p_value"]
+                rows.append({"key": k, "kind": kind, "who": who, "agreement": agreement, "p": p_by_variant})
         mine = [r for r in rows if r["key"] == k and r["who"] == "copy"]
         log(f"[key {k}] " + "; ".join(f"{r['kind']} {r['agreement']:.2f} {r['p']}" for r in mine))
     summary: dict[str, Any] = {}
@@ -177,7 +176,7 @@ def main() -> dict[str, Any]:
             }
         summary[key] = per_kind
     return {
-        "scratch_boundary_power": summary,
+        "scratch_label_audit": summary,
         "world": args.world,
         "keys": f"{args.first_key}-{args.first_key + args.keys - 1}",
         "rows": rows,
