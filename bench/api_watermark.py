@@ -27,8 +27,9 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
   Knockoff probability thief, the three label thieves and, on digits, the equation-solving thief, whose log of
   uniform random inputs is where the solve-template statistic acts): the false-claim side when the suspected
   clients' logs exist but the suspect never saw them.
-- **Removal**: the Knockoff-probabilities copy fine-tuned on 300 clean true-labelled rows (20 epochs), and
-  re-distilled (a fresh student trained on the copy's own probabilities over other natural inputs).
+- **Removal**: the Knockoff-probabilities copy fine-tuned on 300 clean true-labelled rows (20 epochs),
+  re-distilled (a fresh student trained on the copy's own probabilities over other natural inputs), and pruned
+  (50 % and 80 % of its weights, the smallest in magnitude, set to zero; no retraining).
 - **Diagnosis** per copy (the owner's view with the key, not a test; ``diagnosis``): replaced labels (DAWN's
   and the boundary mark's) served and reproduced (label copies), share of the served move reproduced
   (probability copies). The same ensemble is audited again with a 1,000-query budget (``extra_…``, not
@@ -46,6 +47,7 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
 from __future__ import annotations
 
 import argparse
+import copy as copy_module
 import gzip
 import importlib.util
 import json
@@ -79,7 +81,7 @@ from services.demo.redteam import (  # noqa: E402
     Knockoff,
     image_shifts,
 )
-from services.demo.redteam.copies import train_mlp  # noqa: E402
+from services.demo.redteam.copies import MLPCopy, train_mlp  # noqa: E402
 from services.gateway.answer_mark import AnswerMarker  # noqa: E402
 from services.gateway.metrics import GatewayMetrics  # noqa: E402
 
@@ -381,7 +383,11 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
         rows.append(
             audit_row("removal_redistilled", redistilled, base_log, mark, owner, x_test, victim_test, False, args)
         )
-        log(f"[{name}] removal: {rows[-2:]}")
+        for share in PRUNED_SHARES:  # magnitude pruning, no retraining: a mark in small weights would go first
+            pruned = pruned_copy(base_copy, share)
+            kind = f"removal_pruned_{round(100 * share)}"
+            rows.append(audit_row(kind, pruned, base_log, mark, owner, x_test, victim_test, False, args))
+        log(f"[{name}] removal: {rows[-2 - len(PRUNED_SHARES) :]}")
 
     # Independent models: true labels on rows no thief queried, audited against two thieves' logs.
     independents = []
@@ -524,6 +530,22 @@ def over_keys(name: str, benchmark: dict[str, Any], args: argparse.Namespace) ->
         "answered_queries_per_thief": args.budget,
         "benchmark_key": benchmark,
     }
+
+
+PRUNED_SHARES = (0.5, 0.8)  # of the copy's weights set to zero, the smallest in magnitude over all layers
+
+
+def pruned_copy(copy: MLPCopy, share: float) -> MLPCopy:
+    """The copy with the ``share`` of its linear layers' weights smallest in magnitude set to zero (global
+    magnitude pruning, ``torch.nn.utils.prune``; biases kept), the original left untouched."""
+    from torch.nn.utils import prune
+
+    net = copy_module.deepcopy(copy.net)
+    layers = [(m, "weight") for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=share)
+    for module, name in layers:
+        prune.remove(module, name)
+    return MLPCopy(net, copy.n_classes)
 
 
 class _Ensemble:
