@@ -24,7 +24,7 @@ Per world (digits: scikit-learn's 8×8 digits scaled to [0, 1]; mnist: the ``mds
   the victim's unmarked probabilities as baseline, α = 1e-3, at most 500 suspect queries.
 - **Independents** (``--independents``): MLPs of three widths on the owner's distribution with true labels on
   rows disjoint from every thief's pool, each audited against the thieves' logs (``INDEPENDENT_LOGS``: the
-  Knockoff probability thief, the three label thieves and, on digits, the equation-solving thief, whose log of
+  Knockoff probability thief, the three label thieves and, where it runs, the equation-solving thief, whose log of
   uniform random inputs is where the solve-template statistic acts): the false-claim side when the suspected
   clients' logs exist but the suspect never saw them.
 - **Removal**: the Knockoff-probabilities copy fine-tuned on 300 clean true-labelled rows (20 epochs),
@@ -401,7 +401,7 @@ def run_world(name: str, args: argparse.Namespace) -> dict[str, Any]:
             rows.append(audit_row(kind, pruned, base_log, mark, owner, x_test, victim_test, False, args))
         log(f"[{name}] removal: {rows[-2 - len(PRUNED_SHARES) :]}")
 
-    # Independent models: true labels on rows no thief queried, audited against two thieves' logs.
+    # Independent models: true labels on rows no thief queried, audited against the thieves' logs.
     independents = []
     for i in range(args.independents):
         model = independent_model(w, i)
